@@ -1,0 +1,128 @@
+"""Bloom filter of image hashes that have a cached result, one per model.
+
+Only a hint that saves cache reads for never-seen images: a "maybe" is always confirmed by the
+cache itself, and an item is added after its cache entry is written. A Bloom filter cannot
+forget, while cache entries expire; so the filter rotates by generation (one generation = one
+cache TTL): items go into the current generation, look-ups consult the current and the previous
+one, and each generation key expires after two TTLs. Capacity is per generation.
+
+Native `BF.*` (Redis 8, Redis Stack) is used when the server has it, else a bitmap driven by Lua
+with the same capacity and error rate.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis.exceptions
+
+from common.keys import Keys
+from common.scripts import Scripts
+
+Mode = Literal["native", "lua", "off"]
+
+
+@dataclass(frozen=True, slots=True)
+class BloomShape:
+    bits: int
+    hashes: int
+
+    @classmethod
+    def for_capacity(cls, capacity: int, error_rate: float) -> BloomShape:
+        bits = math.ceil(-capacity * math.log(error_rate) / (math.log(2) ** 2))
+        # A Redis string holds at most 2**32 bits.
+        bits = min(bits, 2**32 - 1)
+        hashes = max(1, round(bits / capacity * math.log(2)))
+        return cls(bits, hashes)
+
+    def offsets(self, sha256: str) -> list[int]:
+        # The item is already a uniform 256-bit hash: double hashing over two of its 64-bit
+        # words gives k independent-enough positions without hashing again.
+        h1 = int(sha256[0:16], 16)
+        h2 = int(sha256[16:32], 16) | 1
+        return [(h1 + i * h2) % self.bits for i in range(self.hashes)]
+
+
+async def server_has_native_bloom(client: Any, probe_key: str) -> bool:
+    """Probe with a read-only BF.MEXISTS (redis-py cannot parse COMMAND INFO's nil entries)."""
+    try:
+        await client.execute_command("BF.MEXISTS", probe_key, "probe")
+    except redis.exceptions.ResponseError as exc:
+        if "unknown command" in str(exc).lower():
+            return False
+        raise
+    return True
+
+
+class BloomFilter:
+    def __init__(
+        self,
+        keys: Keys,
+        scripts: Scripts,
+        model_tag: str,
+        mode: Mode,
+        capacity: int,
+        error_rate: float,
+        generation_ms: int,
+    ) -> None:
+        self.mode = mode
+        self._keys = keys
+        self._scripts = scripts
+        self._model = model_tag
+        self._capacity = capacity
+        self._error_rate = error_rate
+        self._generation_ms = generation_ms
+        self._shape = BloomShape.for_capacity(capacity, error_rate)
+
+    def _generation(self, now_ms: int | None = None) -> int:
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        return now // self._generation_ms
+
+    def _key(self, generation: int) -> str:
+        return f"{self._keys.bloom(self._model)}:{generation}"
+
+    async def check(self, client: Any, shas: list[str]) -> list[bool]:
+        """One round trip; True = maybe cached (read the cache), False = never cached."""
+        if not shas:
+            return []
+        if self.mode == "off":
+            return [True] * len(shas)
+        gen = self._generation()
+        pipe = client.pipeline(transaction=False)
+        for g in (gen, gen - 1):
+            if self.mode == "native":
+                pipe.execute_command("BF.MEXISTS", self._key(g), *shas)
+            else:
+                offsets = [o for sha in shas for o in self._shape.offsets(sha)]
+                self._scripts.bloom_check(pipe, self._key(g), self._shape.hashes, offsets)
+        current, previous = await pipe.execute()
+        return [bool(a) or bool(b) for a, b in zip(current, previous, strict=True)]
+
+    def queue_add(self, pipe: Any, shas: list[str]) -> None:
+        """Queue the adds on the caller's pipeline (after the cache writes they vouch for)."""
+        if not shas or self.mode == "off":
+            return
+        key = self._key(self._generation())
+        ttl_ms = 2 * self._generation_ms + 60_000
+        if self.mode == "native":
+            pipe.execute_command(
+                "BF.INSERT",
+                key,
+                "CAPACITY",
+                self._capacity,
+                "ERROR",
+                self._error_rate,
+                "ITEMS",
+                *shas,
+            )
+            pipe.execute_command("PEXPIRE", key, ttl_ms, "NX")
+        else:
+            offsets = [o for sha in shas for o in self._shape.offsets(sha)]
+            self._scripts.bloom_add(pipe, key, self._shape.hashes, ttl_ms, offsets)
+
+    @property
+    def shape(self) -> BloomShape:
+        return self._shape

@@ -1,0 +1,41 @@
+"""Redis clients built from Settings (hiredis parser when installed, timeouts above BLOCK)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+import redis.asyncio as aioredis
+
+from common.settings import Settings
+
+
+def _options(settings: Settings) -> dict[str, Any]:
+    return {
+        "socket_timeout": settings.socket_timeout_s,
+        "socket_connect_timeout": settings.socket_connect_timeout_s,
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+        "client_name": f"facestream:{settings.consumer}",
+    }
+
+
+def async_client(settings: Settings) -> aioredis.Redis:
+    return aioredis.Redis.from_url(settings.redis_url, **_options(settings))
+
+
+def sync_client(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url, **_options(settings))
+
+
+def redact(url: str) -> str:
+    """A URL safe to log: the password replaced."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -1,0 +1,20 @@
+-- lookup_or_lock: read an (image, model) cache entry, or take the single-flight lock for it.
+-- Cache and lock share the {sha256} hash tag, so this stays one slot on a cluster.
+-- KEYS[1]  cache hash    <prefix>:face:{<sha256>}:<model>
+-- KEYS[2]  lock string   <prefix>:lock:{<sha256>}:<model>
+-- ARGV[1]  token         random token of the caller
+-- ARGV[2]  ttl_ms        lock time to live
+-- ARGV[3]  check_cache   "1": read the cache first; "0": the Bloom filter said never seen
+-- return   {1, faces, width, height, model, created_ms}  cache hit
+--          {2}                                            lock taken by the caller
+--          {3, pttl_ms}                                   lock held by another worker
+if ARGV[3] == "1" then
+  local hit = redis.call("HMGET", KEYS[1], "faces", "width", "height", "model", "created_ms")
+  if hit[1] then
+    return {1, hit[1], hit[2], hit[3], hit[4], hit[5]}
+  end
+end
+if redis.call("SET", KEYS[2], ARGV[1], "NX", "PX", ARGV[2]) then
+  return {2}
+end
+return {3, redis.call("PTTL", KEYS[2])}

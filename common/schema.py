@@ -1,0 +1,225 @@
+"""Wire contract v1: image events in, results out, both one msgpack map in one stream field.
+
+See docs/contract.md. Decoding is defensive: explicit msgpack size limits, exact types, and a
+`SchemaError` carrying the error code that the result will report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import msgpack
+
+VERSION = 1
+EVENT_FIELD = b"event"
+RESULT_FIELD = b"result"
+MAX_ID_CHARS = 128
+MAX_SOURCE_CHARS = 256
+MAX_REPLY_TO_CHARS = 512
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class ErrorCode(StrEnum):
+    BAD_EVENT = "bad_event"
+    UNDECODABLE = "undecodable"
+    TOO_LARGE = "too_large"
+    TOO_MANY_PIXELS = "too_many_pixels"
+    HASH_MISMATCH = "hash_mismatch"
+    INFERENCE_FAILED = "inference_failed"
+    MAX_DELIVERIES = "max_deliveries"
+
+
+class SchemaError(ValueError):
+    """An event or image that cannot be answered with faces; `code` goes into the result."""
+
+    def __init__(self, code: ErrorCode, message: str, event_id: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.event_id = event_id
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_event_bytes: int = 24 * 1024 * 1024
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_meta_bytes: int = 4096
+
+
+@dataclass(slots=True)
+class ImageEvent:
+    id: str
+    image: bytes
+    sha256: str | None = None
+    source: str | None = None
+    ts_ms: int | None = None
+    meta: dict[str, Any] | None = None
+    reply_to: str | None = None
+
+    def to_wire(self) -> bytes:
+        body: dict[str, Any] = {"v": VERSION, "id": self.id, "image": self.image}
+        for name in ("sha256", "source", "ts_ms", "meta", "reply_to"):
+            value = getattr(self, name)
+            if value is not None:
+                body[name] = value
+        return msgpack.packb(body, use_bin_type=True)
+
+    def content_sha256(self) -> str:
+        """The verified content hash: computed, and compared with the claimed one if any."""
+        actual = hashlib.sha256(self.image).hexdigest()
+        if self.sha256 is not None and self.sha256 != actual:
+            raise SchemaError(
+                ErrorCode.HASH_MISMATCH,
+                f"sha256 {self.sha256} does not match the image bytes ({actual})",
+                self.id,
+            )
+        return actual
+
+
+def _opt(body: Mapping[str, Any], name: str, kind: type, event_id: str) -> Any:
+    value = body.get(name)
+    # bool is an int subclass; a True timestamp is not a timestamp.
+    if value is not None and (type(value) is not kind):
+        raise SchemaError(ErrorCode.BAD_EVENT, f"field {name!r} must be {kind.__name__}", event_id)
+    return value
+
+
+def decode_event(payload: bytes | None, limits: Limits) -> ImageEvent:
+    """Parse one `event` field; raises SchemaError(code) for anything outside the contract."""
+    if payload is None:
+        raise SchemaError(ErrorCode.BAD_EVENT, "entry has no 'event' field")
+    if len(payload) > limits.max_event_bytes:
+        raise SchemaError(
+            ErrorCode.TOO_LARGE, f"event is {len(payload)} bytes, limit {limits.max_event_bytes}"
+        )
+    try:
+        body = msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=limits.max_image_bytes,
+            max_str_len=max(limits.max_meta_bytes, MAX_REPLY_TO_CHARS * 4),
+            max_array_len=max(64, limits.max_meta_bytes),
+            max_map_len=max(64, limits.max_meta_bytes),
+            max_ext_len=0,
+        )
+    except ValueError as exc:
+        # msgpack reports an over-limit bin as ValueError too; name the likely cause.
+        code = ErrorCode.TOO_LARGE if "exceeds max_bin_len" in str(exc) else ErrorCode.BAD_EVENT
+        raise SchemaError(code, f"not a valid msgpack event: {exc}") from None
+    except Exception as exc:  # msgpack raises several unrelated types on corrupt input
+        raise SchemaError(ErrorCode.BAD_EVENT, f"not a valid msgpack event: {exc}") from None
+    if not isinstance(body, dict):
+        raise SchemaError(ErrorCode.BAD_EVENT, "event must be a msgpack map")
+
+    raw_id = body.get("id")
+    event_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= MAX_ID_CHARS else ""
+    if type(body.get("v")) is not int or body["v"] != VERSION:
+        raise SchemaError(ErrorCode.BAD_EVENT, f"field 'v' must be {VERSION}", event_id)
+    if not event_id:
+        raise SchemaError(ErrorCode.BAD_EVENT, f"field 'id' must be a str of 1..{MAX_ID_CHARS}")
+    image = body.get("image")
+    if not isinstance(image, bytes) or not image:
+        raise SchemaError(ErrorCode.BAD_EVENT, "field 'image' must be non-empty bin", event_id)
+
+    sha = _opt(body, "sha256", str, event_id)
+    if sha is not None:
+        if not _HEX64.match(sha):
+            raise SchemaError(ErrorCode.BAD_EVENT, "field 'sha256' must be 64 hex chars", event_id)
+        sha = sha.lower()
+    source = _opt(body, "source", str, event_id)
+    if source is not None and len(source) > MAX_SOURCE_CHARS:
+        raise SchemaError(ErrorCode.BAD_EVENT, "field 'source' is too long", event_id)
+    ts_ms = _opt(body, "ts_ms", int, event_id)
+    meta = _opt(body, "meta", dict, event_id)
+    if meta is not None and len(msgpack.packb(meta, use_bin_type=True)) > limits.max_meta_bytes:
+        raise SchemaError(
+            ErrorCode.BAD_EVENT,
+            f"field 'meta' packs to over {limits.max_meta_bytes} bytes",
+            event_id,
+        )
+    reply_to = _opt(body, "reply_to", str, event_id)
+    if reply_to is not None and not 0 < len(reply_to) <= MAX_REPLY_TO_CHARS:
+        raise SchemaError(ErrorCode.BAD_EVENT, "field 'reply_to' is empty or too long", event_id)
+    return ImageEvent(event_id, image, sha, source, ts_ms, meta, reply_to)
+
+
+@dataclass(slots=True)
+class Face:
+    box: list[float]
+    score: float
+    kps: list[list[float]]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"box": self.box, "score": self.score, "kps": self.kps}
+
+    @classmethod
+    def from_wire(cls, body: Mapping[str, Any]) -> Face:
+        return cls(list(body["box"]), float(body["score"]), [list(p) for p in body["kps"]])
+
+
+@dataclass(slots=True)
+class Result:
+    id: str
+    model: str
+    consumer: str
+    entry: str
+    done_ms: int
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    faces: list[Face] | None = None
+    error: dict[str, str] | None = None
+    cached: bool = False
+    source: str | None = None
+    meta: dict[str, Any] | None = None
+    ts_ms: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "v": VERSION,
+            "id": self.id,
+            "sha256": self.sha256,
+            "model": self.model,
+            "width": self.width,
+            "height": self.height,
+        }
+        if self.error is not None:
+            body["error"] = self.error
+        else:
+            body["faces"] = [f.to_wire() for f in self.faces or []]
+        body.update(
+            cached=self.cached,
+            source=self.source,
+            meta=self.meta,
+            ts_ms=self.ts_ms,
+            done_ms=self.done_ms,
+            consumer=self.consumer,
+            entry=self.entry,
+        )
+        return body
+
+    def to_wire(self) -> bytes:
+        return msgpack.packb(self.to_dict(), use_bin_type=True)
+
+
+def decode_result(payload: bytes) -> dict[str, Any]:
+    """Results are produced by us; sinks read them as plain maps."""
+    body = msgpack.unpackb(payload, raw=False)
+    if not isinstance(body, dict) or body.get("v") != VERSION:
+        raise ValueError("not a v1 result")
+    return body
+
+
+def pack_faces(faces: list[Face]) -> bytes:
+    return msgpack.packb([f.to_wire() for f in faces], use_bin_type=True)
+
+
+def unpack_faces(payload: bytes) -> list[Face]:
+    return [Face.from_wire(f) for f in msgpack.unpackb(payload, raw=False)]

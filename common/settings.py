@@ -1,0 +1,81 @@
+"""All configuration, read once per entry point from FACESTREAM_* environment variables.
+
+Entry points build one `Settings` and pass it down; library code never reads the environment.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FACESTREAM_", extra="ignore")
+
+    # --- Redis connection -------------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # redis-py's default read timeout would cut a blocking XREADGROUP; it must exceed block_ms.
+    socket_timeout_s: float = Field(default=30.0, gt=0)
+    socket_connect_timeout_s: float = Field(default=5.0, gt=0)
+
+    # --- names (wire contract v1) -----------------------------------------------------------
+    prefix: str = Field(default="facestream", min_length=1, pattern=r"^[^{}\s]+$")
+    detector_group: str = "detectors"
+
+    # --- detector consumer ------------------------------------------------------------------
+    # Stable across restarts so a restarted process re-reads its own pending entries; two live
+    # processes may not share one (the detector refuses to start, see detector/identity.py).
+    consumer: str = Field(default_factory=socket.gethostname, min_length=1)
+    read_count: int = Field(default=64, ge=1, le=10_000)
+    block_ms: int = Field(default=1000, ge=1)
+    max_inflight_batches: int = Field(default=2, ge=1, le=64)
+    max_deferred: int = Field(default=10_000, ge=1)
+    defer_min_ms: int = Field(default=20, ge=1)
+    defer_max_ms: int = Field(default=1000, ge=1)
+    # Acked image entries hold the image bytes; deleting them on ack keeps Redis memory flat.
+    # Turn off only when another consumer group also reads the images stream.
+    delete_acked_images: bool = True
+    results_maxlen: int = Field(default=0, ge=0, description="0 = never trim the results stream")
+    reply_maxlen: int = Field(default=10_000, ge=1)
+
+    # --- cache, Bloom filter, lock ----------------------------------------------------------
+    cache_ttl_s: int = Field(default=86_400, ge=1)
+    bloom: Literal["auto", "native", "lua", "off"] = "auto"
+    bloom_capacity: int = Field(default=1_000_000, ge=1_000)
+    bloom_error_rate: float = Field(default=0.001, gt=0, lt=0.5)
+    lock_ttl_ms: int = Field(default=30_000, ge=100)
+    consumer_claim_ttl_ms: int = Field(default=15_000, ge=1_000)
+
+    # --- input limits -----------------------------------------------------------------------
+    max_event_bytes: int = Field(default=24 * 1024 * 1024, ge=1024)
+    max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(default=40_000_000, ge=1)
+    max_meta_bytes: int = Field(default=4096, ge=0)
+
+    # --- model ------------------------------------------------------------------------------
+    model: str = "builtin"
+    input_size: int | None = Field(default=None, ge=32, le=4096)
+    score_threshold: float | None = Field(default=None, ge=0, le=1)
+    nms_iou: float | None = Field(default=None, gt=0, le=1)
+    max_faces: int = Field(default=1000, ge=1)
+    providers: Literal["auto", "cpu", "cuda"] = "auto"
+    intra_op_threads: int = Field(default=0, ge=0, description="0 = onnxruntime's default")
+    score_activation: Literal["auto", "sigmoid", "none"] = "auto"
+
+    # --- logging ----------------------------------------------------------------------------
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.socket_timeout_s * 1000 <= self.block_ms:
+            raise ValueError(
+                f"socket_timeout_s ({self.socket_timeout_s}) must be longer than block_ms "
+                f"({self.block_ms} ms), or blocking reads time out"
+            )
+        if self.defer_max_ms < self.defer_min_ms:
+            raise ValueError("defer_max_ms must be >= defer_min_ms")
+        return self

@@ -1,0 +1,71 @@
+"""`python -m detector` / `facestream detector`: run one detector process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+from common.connection import async_client, redact
+from common.log import configure, get_logger
+from common.settings import Settings
+from detector.model.backend import installed_runtime_builds
+from detector.model.loader import load_model
+from detector.worker import Detector
+
+log = get_logger("detector")
+
+
+async def serve(settings: Settings) -> int:
+    builds = installed_runtime_builds()
+    if len(builds) > 1:
+        log.warning(
+            "onnxruntime_conflict",
+            installed=builds,
+            hint="both builds share one module; see README 'GPU' to keep only onnxruntime-gpu",
+        )
+    model = load_model(settings)
+    client = async_client(settings)
+    detector = Detector(settings, client, model)
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.info(
+                "stopping",
+                signal=signal.Signals(signum).name,
+                hint="finishing the batch in hand; signal again to stop at once",
+            )
+            detector.stop.set()
+        else:
+            # Unfinished entries stay pending and are re-read or claimed later.
+            os._exit(130)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    log.info("detector_starting", redis=redact(settings.redis_url), consumer=settings.consumer)
+    try:
+        counters = await detector.run()
+    finally:
+        await client.aclose()
+    print(
+        f"detector {settings.consumer}: {counters.read} read, {counters.results} results "
+        f"({counters.cached} cached, {counters.errors} errors), "
+        f"{counters.images_inferred} images inferred",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = Settings()
+    configure(settings)
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

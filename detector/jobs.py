@@ -1,0 +1,95 @@
+"""Per-entry bookkeeping shared by the detector's stages."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from common.schema import ErrorCode, Face, ImageEvent, Result, SchemaError
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class Job:
+    """One images-stream entry on its way to exactly one result."""
+
+    entry: str
+    event: ImageEvent
+    sha: str
+
+
+@dataclass(slots=True)
+class Deferred:
+    """Entries whose image another worker is inferring: re-check the cache later."""
+
+    jobs: list[Job]
+    due: float  # monotonic seconds
+    delay_ms: int
+
+
+@dataclass(slots=True)
+class Counters:
+    read: int = 0
+    results: int = 0
+    errors: int = 0
+    cached: int = 0
+    inferences: int = 0
+    images_inferred: int = 0
+    not_emitted: int = 0  # answered, but another consumer had acked the entry already
+    deleted_entries: int = 0
+    deferred: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+
+
+@dataclass(slots=True)
+class ResultFactory:
+    model: str
+    consumer: str
+    counters: Counters = field(default_factory=Counters)
+
+    def faces(self, job: Job, faces: list[Face], width: int, height: int, cached: bool) -> Result:
+        ev = job.event
+        return Result(
+            id=ev.id,
+            model=self.model,
+            consumer=self.consumer,
+            entry=job.entry,
+            done_ms=now_ms(),
+            sha256=job.sha,
+            width=width,
+            height=height,
+            faces=faces,
+            cached=cached,
+            source=ev.source,
+            meta=ev.meta,
+            ts_ms=ev.ts_ms,
+        )
+
+    def error(
+        self,
+        entry: str,
+        err: SchemaError,
+        event: ImageEvent | None = None,
+        sha: str | None = None,
+    ) -> Result:
+        return Result(
+            id=event.id if event else err.event_id,
+            model=self.model,
+            consumer=self.consumer,
+            entry=entry,
+            done_ms=now_ms(),
+            sha256=sha,
+            error={"code": str(err.code), "message": err.message[:500]},
+            source=event.source if event else None,
+            meta=event.meta if event else None,
+            ts_ms=event.ts_ms if event else None,
+        )
+
+    def inference_failed(self, job: Job, message: str) -> Result:
+        err = SchemaError(ErrorCode.INFERENCE_FAILED, message, job.event.id)
+        return self.error(job.entry, err, job.event, job.sha)

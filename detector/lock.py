@@ -1,0 +1,94 @@
+"""Token locks: the single-flight locks of images being inferred and the consumer-name claim.
+
+A lock is `SET key token NX PX ttl`; release and extend check the token in Lua (a holder whose
+lock expired and was taken over must not delete or extend the new holder's lock). While work
+runs, `LockKeeper.run` extends every held lock each third of the TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from typing import Any
+
+from common.log import get_logger
+from common.scripts import Scripts
+
+log = get_logger(__name__)
+
+
+def new_token() -> str:
+    return secrets.token_hex(16)
+
+
+class LockKeeper:
+    def __init__(self, scripts: Scripts, ttl_ms: int) -> None:
+        self.scripts = scripts
+        self.ttl_ms = ttl_ms
+        self._held: dict[str, str] = {}
+        self.lost = 0
+
+    def hold(self, key: str, token: str) -> None:
+        self._held[key] = token
+
+    def drop(self, key: str) -> None:
+        self._held.pop(key, None)
+
+    def token(self, key: str) -> str | None:
+        return self._held.get(key)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    async def extend_all(self, client: Any) -> list[str]:
+        """Extend every held lock in one round trip; returns the keys no longer ours."""
+        held = list(self._held.items())
+        if not held:
+            return []
+        pipe = client.pipeline(transaction=False)
+        for key, token in held:
+            self.scripts.lock_extend(pipe, key, token, self.ttl_ms)
+        replies = await pipe.execute()
+        lost = [key for (key, _), ok in zip(held, replies, strict=True) if not ok]
+        for key in lost:
+            # The work goes on; another worker may redo it, which the emit step tolerates.
+            self._held.pop(key, None)
+            self.lost += 1
+            log.warning("lock_lost", key=key)
+        return lost
+
+    async def run(self, client: Any, stop: asyncio.Event) -> None:
+        interval = self.ttl_ms / 3000
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+            try:
+                await self.extend_all(client)
+            except Exception as exc:  # Redis away: the next tick retries
+                log.warning("lock_extend_failed", error=str(exc))
+
+
+class ConsumerNameInUse(RuntimeError):
+    pass
+
+
+async def claim_consumer_name(
+    client: Any, key: str, ttl_ms: int, wait_s: float | None = None
+) -> str:
+    """Take the liveness claim of a consumer name, waiting out a crashed predecessor's claim."""
+    token = new_token()
+    deadline = time.monotonic() + (2 * ttl_ms / 1000 if wait_s is None else wait_s)
+    while True:
+        if await client.set(key, token, nx=True, px=ttl_ms):
+            return token
+        remaining = await client.pttl(key)
+        if time.monotonic() >= deadline:
+            raise ConsumerNameInUse(
+                f"consumer name claim {key} is held by another live process; give each "
+                "detector process its own FACESTREAM_CONSUMER"
+            )
+        log.info("consumer_name_busy", key=key, retry_in_ms=remaining)
+        await asyncio.sleep(min(max(remaining, 50), 1000) / 1000)

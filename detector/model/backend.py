@@ -1,0 +1,81 @@
+"""The runtime seam: an onnxruntime session behind `InferenceBackend`.
+
+Pre/post-processing never touch onnxruntime, so another runtime (TensorRT, Triton) can stand
+in without changing the model code.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Literal, Protocol
+
+import numpy as np
+import onnxruntime as ort
+
+ProviderChoice = Literal["auto", "cpu", "cuda"]
+
+
+class InferenceBackend(Protocol):
+    provider: str
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]: ...
+
+
+class ProviderError(RuntimeError):
+    pass
+
+
+def installed_runtime_builds() -> list[str]:
+    """Which onnxruntime distributions are installed; more than one means a clobbered module."""
+    found = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.version(dist)
+            found.append(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def choose_providers(choice: ProviderChoice) -> list[str]:
+    available = ort.get_available_providers()
+    cuda = "CUDAExecutionProvider" in available
+    if choice == "cuda" and not cuda:
+        raise ProviderError(
+            "FACESTREAM_PROVIDERS=cuda but this onnxruntime has no CUDAExecutionProvider "
+            f"(available: {available}); install onnxruntime-gpu as the README's GPU section says"
+        )
+    if choice == "cpu" or not cuda:
+        return ["CPUExecutionProvider"]
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+class OrtBackend:
+    def __init__(
+        self, model: bytes, providers: ProviderChoice = "auto", intra_op_threads: int = 0
+    ) -> None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        # A detector process runs one session; inter-op parallelism only adds thread churn.
+        options.inter_op_num_threads = 1
+        wanted = choose_providers(providers)
+        try:
+            self._session = ort.InferenceSession(model, sess_options=options, providers=wanted)
+        except Exception:
+            if wanted[0] != "CUDAExecutionProvider" or providers == "cuda":
+                raise
+            # CUDA libraries present in the wheel but not usable on this host: fall back.
+            self._session = ort.InferenceSession(
+                model, sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        self.provider = self._session.get_providers()[0]
+        self.input_name = self._session.get_inputs()[0].name
+        self.input_shape = list(self._session.get_inputs()[0].shape)
+        self.output_names = [o.name for o in self._session.get_outputs()]
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        outputs = self._session.run(self.output_names, {self.input_name: batch})
+        return [np.asarray(o) for o in outputs]

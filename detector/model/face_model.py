@@ -1,0 +1,73 @@
+"""A face model: normalisation + runtime + decoder + NMS, from decoded images to faces."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.schema import Face
+from detector.imaging import DecodedImage
+from detector.model.backend import InferenceBackend
+from detector.model.nms import nms
+from detector.model.preprocess import Normalisation, to_tensor
+from detector.model.types import Candidates, Decoder
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    family: str  # "retinaface" | "scrfd"
+    name: str
+    tag: str  # name + digest of weights and output-changing settings; in results and keys
+    input_size: int | None  # long side the image is scaled to fit; None = native size
+    norm: Normalisation
+    score_threshold: float
+    nms_iou: float
+    max_faces: int
+
+
+class FaceModel:
+    def __init__(self, spec: ModelSpec, backend: InferenceBackend, decoder: Decoder) -> None:
+        self.spec = spec
+        self.backend = backend
+        self.decoder = decoder
+
+    @property
+    def tag(self) -> str:
+        return self.spec.tag
+
+    def detect(self, images: list[DecodedImage]) -> list[list[Face]]:
+        """Faces per image, in original-image pixels, best score first."""
+        results: list[list[Face]] = [[] for _ in images]
+        # One run per padded shape: padding never depends on what else is in the batch, so an
+        # image's faces are the same whatever it was batched with (cache entries stay exact).
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, im in enumerate(images):
+            groups[self.spec.norm.padded(*im.pixels.shape[:2])].append(i)
+        for (ph, pw), members in groups.items():
+            tensor = to_tensor([images[i].pixels for i in members], self.spec.norm)
+            outputs = self.backend.run(tensor)
+            candidates = self.decoder.decode(outputs, ph, pw, self.spec.score_threshold)
+            for i, cand in zip(members, candidates, strict=True):
+                results[i] = self._finish(cand, images[i])
+        return results
+
+    def _finish(self, cand: Candidates, image: DecodedImage) -> list[Face]:
+        if len(cand.scores) == 0:
+            return []
+        keep = nms(cand.boxes, cand.scores, self.spec.nms_iou)[: self.spec.max_faces]
+        scale = np.array([image.scale_x, image.scale_y], dtype=np.float64)
+        boxes = cand.boxes[keep].astype(np.float64).reshape(-1, 2, 2) / scale
+        kps = cand.kps[keep].astype(np.float64) / scale
+        limit = np.array([image.width, image.height], dtype=np.float64)
+        boxes = np.clip(boxes, 0, limit).reshape(-1, 4)
+        scores = cand.scores[keep].astype(np.float64)
+        return [
+            Face(
+                box=[round(float(v), 2) for v in box],
+                score=round(float(score), 6),
+                kps=[[round(float(x), 2), round(float(y), 2)] for x, y in pts],
+            )
+            for box, score, pts in zip(boxes, scores, kps, strict=True)
+        ]

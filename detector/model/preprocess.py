@@ -1,0 +1,43 @@
+"""Pixels -> network input: channel order, normalisation, padding to the stride grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Normalisation:
+    bgr: bool  # feed channels as B, G, R
+    mean: tuple[float, float, float]  # in the fed channel order
+    std: tuple[float, float, float]
+    align: int = 32  # pad height and width up to a multiple of this
+    upscale: bool = False  # scale images smaller than the input size up to it
+
+    def padded(self, height: int, width: int) -> tuple[int, int]:
+        a = self.align
+        return -(-height // a) * a, -(-width // a) * a
+
+
+def to_tensor(images: list[np.ndarray], norm: Normalisation) -> np.ndarray:
+    """Stack same-shape-after-padding RGB uint8 images into one (b, 3, H, W) float32 batch.
+
+    Padding sits at the bottom and right and is zero in normalised space, so coordinates in
+    the padded input equal coordinates in the unpadded one.
+    """
+    h = max(im.shape[0] for im in images)
+    w = max(im.shape[1] for im in images)
+    ph, pw = norm.padded(h, w)
+    out = np.zeros((len(images), 3, ph, pw), dtype=np.float32)
+    mean = np.asarray(norm.mean, dtype=np.float32).reshape(3, 1, 1)
+    inv_std = (1.0 / np.asarray(norm.std, dtype=np.float32)).reshape(3, 1, 1)
+    for i, im in enumerate(images):
+        chw = im.transpose(2, 0, 1)
+        if norm.bgr:
+            chw = chw[::-1]
+        ih, iw = im.shape[:2]
+        view = out[i, :, :ih, :iw]
+        np.subtract(chw, mean, out=view, casting="unsafe")
+        view *= inv_std
+    return out

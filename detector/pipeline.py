@@ -1,0 +1,305 @@
+"""What the detector does with one batch of images-stream entries.
+
+Round trips per batch: (1) Bloom filter check, (2) cache read or single-flight lock per distinct
+image (one slot-local script each, pipelined), (3) after inference: cache writes, Bloom adds,
+replies and the ack-gated emit, pipelined. The hit path never waits on inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from common.bloom import BloomFilter
+from common.keys import Keys
+from common.log import get_logger
+from common.schema import (
+    EVENT_FIELD,
+    ErrorCode,
+    Face,
+    ImageEvent,
+    Limits,
+    SchemaError,
+    decode_event,
+    unpack_faces,
+)
+from common.settings import Settings
+from detector.imaging import DecodedImage, decode_image
+from detector.jobs import Deferred, Job, ResultFactory
+from detector.lock import LockKeeper, new_token
+from detector.model.face_model import FaceModel
+from detector.writer import Emission, Writer
+
+log = get_logger(__name__)
+
+HIT, ACQUIRED, BUSY = 1, 2, 3
+
+
+class BatchProcessor:
+    def __init__(
+        self,
+        settings: Settings,
+        client: Any,
+        keys: Keys,
+        model: FaceModel,
+        bloom: BloomFilter,
+        locks: LockKeeper,
+        writer: Writer,
+        results: ResultFactory,
+    ) -> None:
+        self.s = settings
+        self.client = client
+        self.keys = keys
+        self.model = model
+        self.bloom = bloom
+        self.locks = locks
+        self.writer = writer
+        self.results = results
+        self.counters = results.counters
+        self.limits = Limits(
+            settings.max_event_bytes, settings.max_image_bytes, settings.max_meta_bytes
+        )
+        self.reply_prefix = keys.reply_stream("")
+        self.deferred: dict[str, Deferred] = {}
+        self.inferring: dict[str, list[Job]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.pool = ThreadPoolExecutor(settings.max_inflight_batches, "infer")
+
+    def _reply_ok(self, event: ImageEvent) -> bool:
+        # Only reply streams under our prefix: an event must not make us write elsewhere.
+        return event.reply_to is None or event.reply_to.startswith(self.reply_prefix)
+
+    # --- stage 1: parse -------------------------------------------------------------------
+    def parse(self, entries: list[tuple[bytes, Any]]) -> tuple[list[Job], Emission]:
+        jobs: list[Job] = []
+        out = Emission()
+        for raw_id, fields in entries:
+            entry = raw_id.decode()
+            self.counters.read += 1
+            if not fields:
+                # Deleted from the stream while pending: nothing left to answer; just ack.
+                out.ack_only.append(entry)
+                self.counters.deleted_entries += 1
+                continue
+            event = None
+            try:
+                event = decode_event(fields.get(EVENT_FIELD), self.limits)
+                if not self._reply_ok(event):
+                    raise SchemaError(
+                        ErrorCode.BAD_EVENT,
+                        f"reply_to must be a stream key under {self.reply_prefix!r}",
+                        event.id,
+                    )
+                jobs.append(Job(entry, event, event.content_sha256()))
+            except SchemaError as err:
+                log.warning(
+                    "bad_event",
+                    entry=entry,
+                    event_id=err.event_id,
+                    code=str(err.code),
+                    reason=err.message,
+                )
+                reply = event.reply_to if event is not None and self._reply_ok(event) else None
+                out.add(self.results.error(entry, err, event), reply)
+        return jobs, out
+
+    # --- stage 2: look up -----------------------------------------------------------------
+    async def handle(self, entries: list[tuple[bytes, Any]]) -> None:
+        jobs, out = self.parse(entries)
+        by_sha: dict[str, list[Job]] = defaultdict(list)
+        for job in jobs:
+            # Same image already waiting or being inferred here: ride along, no lookup.
+            if job.sha in self.inferring:
+                self.inferring[job.sha].append(job)
+            elif job.sha in self.deferred:
+                self.deferred[job.sha].jobs.append(job)
+                self.counters.deferred += 1
+            else:
+                by_sha[job.sha].append(job)
+        if by_sha:
+            maybe = await self.bloom.check(self.client, list(by_sha))
+            await self._lookup(by_sha, dict(zip(by_sha, maybe, strict=True)), out)
+        await self.writer.write(out)
+
+    async def _lookup(
+        self, by_sha: dict[str, list[Job]], check_cache: dict[str, bool], out: Emission
+    ) -> None:
+        tag = self.model.tag
+        tokens = {sha: new_token() for sha in by_sha}
+        pipe = self.client.pipeline(transaction=False)
+        for sha in by_sha:
+            self.writer.scripts.lookup_or_lock(
+                pipe,
+                self.keys.cache(sha, tag),
+                self.keys.lock(sha, tag),
+                tokens[sha],
+                self.s.lock_ttl_ms,
+                check_cache[sha],
+            )
+        replies = await pipe.execute()
+        misses: dict[str, list[Job]] = {}
+        for (sha, group), reply in zip(by_sha.items(), replies, strict=True):
+            kind = int(reply[0])
+            if kind == HIT:
+                faces = unpack_faces(reply[1])
+                width, height = int(reply[2]), int(reply[3])
+                for job in group:
+                    out.add(self.results.faces(job, faces, width, height, True), job.event.reply_to)
+            elif kind == ACQUIRED:
+                self.locks.hold(self.keys.lock(sha, tag), tokens[sha])
+                misses[sha] = group
+            else:
+                self._defer(sha, group)
+        if misses:
+            self._start_inference(misses)
+
+    def _defer(self, sha: str, group: list[Job], delay_ms: int | None = None) -> None:
+        delay = self.s.defer_min_ms if delay_ms is None else delay_ms
+        self.deferred[sha] = Deferred(group, time.monotonic() + delay / 1000, delay)
+        self.counters.deferred += len(group)
+
+    def deferred_jobs(self) -> int:
+        return sum(len(d.jobs) for d in self.deferred.values())
+
+    def next_due(self) -> float | None:
+        return min((d.due for d in self.deferred.values()), default=None)
+
+    async def recheck_deferred(self) -> None:
+        """Deferred images whose time has come: cached now, ours to infer, or still busy."""
+        now = time.monotonic()
+        due = {sha: d for sha, d in self.deferred.items() if d.due <= now}
+        if not due:
+            return
+        for sha in due:
+            del self.deferred[sha]
+        tag = self.model.tag
+        tokens = {sha: new_token() for sha in due}
+        pipe = self.client.pipeline(transaction=False)
+        for sha in due:
+            self.writer.scripts.lookup_or_lock(
+                pipe,
+                self.keys.cache(sha, tag),
+                self.keys.lock(sha, tag),
+                tokens[sha],
+                self.s.lock_ttl_ms,
+                True,
+            )
+        try:
+            replies = await pipe.execute()
+        except Exception:
+            for sha, d in due.items():  # keep them; the loop retries after the outage
+                self.deferred[sha] = d
+            raise
+        out = Emission()
+        misses: dict[str, list[Job]] = {}
+        for (sha, d), reply in zip(due.items(), replies, strict=True):
+            kind = int(reply[0])
+            if kind == HIT:
+                faces = unpack_faces(reply[1])
+                for job in d.jobs:
+                    result = self.results.faces(job, faces, int(reply[2]), int(reply[3]), True)
+                    out.add(result, job.event.reply_to)
+            elif kind == ACQUIRED:
+                # The holder died (its lock expired) without a result: the work is ours now.
+                self.locks.hold(self.keys.lock(sha, tag), tokens[sha])
+                misses[sha] = d.jobs
+            else:
+                self._defer(sha, d.jobs, min(d.delay_ms * 2, self.s.defer_max_ms))
+                self.counters.deferred -= len(d.jobs)  # re-deferral is not a new deferral
+        if misses:
+            self._start_inference(misses)
+        await self.writer.write(out)
+
+    # --- stage 3: infer -------------------------------------------------------------------
+    def _start_inference(self, misses: dict[str, list[Job]]) -> None:
+        for sha, group in misses.items():
+            self.inferring[sha] = group
+        task = asyncio.create_task(self._infer(list(misses)))
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The entries stay pending in our PEL; recovery re-reads or claims them.
+            log.error("batch_write_failed", error=repr(task.exception()))
+
+    def _decode_and_detect(
+        self, images: list[tuple[str, bytes]]
+    ) -> dict[str, tuple[DecodedImage, list[Face]] | SchemaError]:
+        spec = self.model.spec
+        decoded: dict[str, DecodedImage] = {}
+        out: dict[str, tuple[DecodedImage, list[Face]] | SchemaError] = {}
+        for sha, data in images:
+            try:
+                decoded[sha] = decode_image(
+                    data,
+                    max_bytes=self.s.max_image_bytes,
+                    max_pixels=self.s.max_pixels,
+                    max_side=spec.input_size,
+                    upscale=spec.norm.upscale,
+                )
+            except SchemaError as err:
+                out[sha] = err
+        if decoded:
+            faces = self.model.detect(list(decoded.values()))
+            for (sha, image), found in zip(decoded.items(), faces, strict=True):
+                out[sha] = (image, found)
+        return out
+
+    async def _infer(self, shas: list[str]) -> None:
+        tag = self.model.tag
+        images = [(sha, self.inferring[sha][0].event.image) for sha in shas]
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            answers = await loop.run_in_executor(self.pool, self._decode_and_detect, images)
+            failure = None
+        except Exception as exc:
+            log.exception("inference_failed", images=len(shas))
+            answers, failure = {}, f"{type(exc).__name__}: {exc}"
+        # From here on, new copies of these images go through the cache, not this batch.
+        groups = {sha: self.inferring.pop(sha) for sha in shas}
+        out = Emission()
+        inferred = sum(1 for a in answers.values() if not isinstance(a, SchemaError))
+        self.counters.inferences += 1 if inferred else 0
+        self.counters.images_inferred += inferred
+        for sha, group in groups.items():
+            lock_key = self.keys.lock(sha, tag)
+            token = self.locks.token(lock_key)
+            answer = answers.get(sha)
+            if isinstance(answer, tuple):
+                image, faces = answer
+                if token is not None:
+                    out.cache_puts.append((sha, token, faces, image.width, image.height))
+                else:  # lock lost mid-inference: still answer, but leave the cache alone
+                    log.warning("lock_lost_before_write", sha256=sha)
+                for i, job in enumerate(group):
+                    result = self.results.faces(job, faces, image.width, image.height, i > 0)
+                    out.add(result, job.event.reply_to)
+            else:
+                if token is not None:
+                    out.releases.append((lock_key, token))
+                for job in group:
+                    if isinstance(answer, SchemaError):
+                        result = self.results.error(job.entry, answer, job.event, sha)
+                    else:
+                        result = self.results.inference_failed(job, failure or "no answer")
+                    out.add(result, job.event.reply_to)
+        log.debug("inferred", images=inferred, ms=round((time.perf_counter() - started) * 1000, 1))
+        try:
+            await self.writer.write(out)
+        finally:
+            for sha in shas:
+                self.locks.drop(self.keys.lock(sha, tag))
+
+    async def drain(self) -> None:
+        """Wait for inference in flight to finish and be written."""
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=False)

@@ -1,0 +1,170 @@
+"""The detector: one consumer-group member reading the images stream.
+
+It first re-reads its own pending entries (a restart after a crash answers what it had taken),
+then reads new ones with XREADGROUP `>`, serving cache hits at once while inference runs in a
+thread pool, and re-checks deferred images (another worker holds their lock) on a backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import redis.exceptions
+
+from common.bloom import BloomFilter, server_has_native_bloom
+from common.keys import Keys
+from common.log import get_logger
+from common.scripts import Scripts
+from common.settings import Settings
+from detector.jobs import Counters, ResultFactory
+from detector.lock import LockKeeper, claim_consumer_name
+from detector.model.face_model import FaceModel
+from detector.pipeline import BatchProcessor
+from detector.writer import Writer
+
+log = get_logger(__name__)
+
+
+async def ensure_group(client: Any, stream: str, group: str) -> None:
+    """Create the group at the stream's start ("0"): events published before any detector
+    ran are still answered."""
+    try:
+        await client.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis.exceptions.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+async def resolve_bloom_mode(client: Any, wanted: str, probe_key: str) -> str:
+    if wanted in ("lua", "off"):
+        return wanted
+    native = await server_has_native_bloom(client, probe_key)
+    if wanted == "native" and not native:
+        raise RuntimeError("FACESTREAM_BLOOM=native but the server has no BF.* commands")
+    return "native" if native else "lua"
+
+
+class Detector:
+    def __init__(self, settings: Settings, client: Any, model: FaceModel) -> None:
+        self.s = settings
+        self.client = client
+        self.model = model
+        self.keys = Keys(settings.prefix)
+        self.scripts = Scripts(client)
+        self.counters = Counters()
+        self.locks = LockKeeper(self.scripts, settings.lock_ttl_ms)
+        self.stop = asyncio.Event()
+        self.processor: BatchProcessor | None = None
+
+    async def _setup(self) -> BatchProcessor:
+        s = self.s
+        await ensure_group(self.client, self.keys.images, s.detector_group)
+        mode = await resolve_bloom_mode(self.client, s.bloom, self.keys.bloom(self.model.tag))
+        bloom = BloomFilter(
+            self.keys,
+            self.scripts,
+            self.model.tag,
+            mode,  # type: ignore[arg-type]
+            s.bloom_capacity,
+            s.bloom_error_rate,
+            s.cache_ttl_s * 1000,
+        )
+        writer = Writer(
+            s, self.client, self.keys, self.scripts, bloom, self.model.tag, self.counters
+        )
+        results = ResultFactory(self.model.tag, s.consumer, self.counters)
+        log.info(
+            "detector_ready",
+            model=self.model.tag,
+            provider=self.model.backend.provider,
+            bloom=mode,
+            group=s.detector_group,
+            stream=self.keys.images,
+        )
+        return BatchProcessor(
+            s, self.client, self.keys, self.model, bloom, self.locks, writer, results
+        )
+
+    async def run(self) -> Counters:
+        s = self.s
+        claim_key = self.keys.consumer_claim(s.detector_group, s.consumer)
+        token = await claim_consumer_name(self.client, claim_key, s.consumer_claim_ttl_ms)
+        # The claim is kept alive by the same keeper that extends image locks.
+        keeper = LockKeeper(self.scripts, s.consumer_claim_ttl_ms)
+        keeper.hold(claim_key, token)
+        keeper_stop = asyncio.Event()
+        tasks = [
+            asyncio.create_task(keeper.run(self.client, keeper_stop)),
+            asyncio.create_task(self.locks.run(self.client, keeper_stop)),
+        ]
+        processor = self.processor = await self._setup()
+        started = time.monotonic()
+        try:
+            await self._loop(processor)
+            await processor.drain()
+        finally:
+            keeper_stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            processor.close()
+            try:
+                await self.scripts.lock_release(self.client, claim_key, token)
+            except redis.exceptions.RedisError:
+                pass  # it expires on its own
+            log.info(
+                "detector_stopped",
+                seconds=round(time.monotonic() - started, 1),
+                deferred_left_pending=processor.deferred_jobs(),
+                **self.counters.as_dict(),
+            )
+        return self.counters
+
+    async def _read(self, start: str, block_ms: int | None) -> list[tuple[bytes, Any]]:
+        reply = await self.client.xreadgroup(
+            self.s.detector_group,
+            self.s.consumer,
+            {self.keys.images: start},
+            count=self.s.read_count,
+            block=block_ms,
+        )
+        if not reply:
+            return []
+        entries: list[tuple[bytes, Any]] = reply[0][1]
+        return entries
+
+    async def _loop(self, p: BatchProcessor) -> None:
+        s = self.s
+        cursor: str | None = "0"  # own pending entries first, then ">"
+        while not self.stop.is_set():
+            await p.recheck_deferred()
+            if cursor is not None:
+                entries = await self._read(cursor, None)
+                if not entries:
+                    cursor = None
+                    continue
+                cursor = entries[-1][0].decode()
+                await p.handle(entries)
+                continue
+            if len(p.tasks) >= s.max_inflight_batches or p.deferred_jobs() >= s.max_deferred:
+                # Saturated: let inference finish (or deferrals come due) before reading more.
+                await self._wait_for_work(p)
+                continue
+            block = s.block_ms
+            due = p.next_due()
+            if due is not None:
+                block = max(1, min(block, int((due - time.monotonic()) * 1000)))
+            entries = await self._read(">", block)
+            if entries:
+                await p.handle(entries)
+
+    async def _wait_for_work(self, p: BatchProcessor) -> None:
+        due = p.next_due()
+        timeout = s_block = self.s.block_ms / 1000
+        if due is not None:
+            timeout = max(0.001, min(s_block, due - time.monotonic()))
+        waiters: set[asyncio.Future[Any]] = set(p.tasks)
+        stop_wait = asyncio.ensure_future(self.stop.wait())
+        waiters.add(stop_wait)
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()

@@ -1,0 +1,128 @@
+"""The detector's write step: one pipelined round trip per batch of answers.
+
+Order inside the pipeline matters: cache entries (each releasing its lock atomically), then the
+Bloom adds that vouch for them, then replies, then the ack-gated emit. Replies go before the
+ack so a crash in between can repeat a reply (the gateway dedupes by id) but never lose one;
+results go out only through the emit script, after a successful XACK.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.bloom import BloomFilter
+from common.keys import Keys
+from common.log import get_logger
+from common.schema import RESULT_FIELD, Face, Result, pack_faces
+from common.scripts import Scripts
+from common.settings import Settings
+from detector.jobs import Counters, now_ms
+
+log = get_logger(__name__)
+
+
+@dataclass(slots=True)
+class Emission:
+    results: list[tuple[Result, str | None]] = field(default_factory=list)  # (result, reply_to)
+    cache_puts: list[tuple[str, str, list[Face], int, int]] = field(default_factory=list)
+    releases: list[tuple[str, str]] = field(default_factory=list)  # (lock key, token)
+    ack_only: list[str] = field(default_factory=list)
+
+    def add(self, result: Result, reply_to: str | None = None) -> None:
+        self.results.append((result, reply_to))
+
+    def __bool__(self) -> bool:
+        return bool(self.results or self.cache_puts or self.releases or self.ack_only)
+
+
+class WriteError(RuntimeError):
+    pass
+
+
+class Writer:
+    def __init__(
+        self,
+        settings: Settings,
+        client: Any,
+        keys: Keys,
+        scripts: Scripts,
+        bloom: BloomFilter,
+        model_tag: str,
+        counters: Counters,
+    ) -> None:
+        self.s = settings
+        self.client = client
+        self.keys = keys
+        self.scripts = scripts
+        self.bloom = bloom
+        self.model_tag = model_tag
+        self.counters = counters
+
+    async def write(self, out: Emission) -> None:
+        if not out:
+            return
+        s, keys = self.s, self.keys
+        pipe = self.client.pipeline(transaction=False)
+        created = now_ms()
+        for sha, token, faces, width, height in out.cache_puts:
+            self.scripts.cache_put(
+                pipe,
+                keys.cache(sha, self.model_tag),
+                keys.lock(sha, self.model_tag),
+                token,
+                s.cache_ttl_s * 1000,
+                pack_faces(faces),
+                width,
+                height,
+                self.model_tag,
+                created,
+            )
+        self.bloom.queue_add(pipe, [put[0] for put in out.cache_puts])
+        for lock_key, token in out.releases:
+            self.scripts.lock_release(pipe, lock_key, token)
+        payloads = [result.to_wire() for result, _ in out.results]
+        replies = 0
+        for (_, reply_to), payload in zip(out.results, payloads, strict=True):
+            if reply_to is not None:
+                pipe.xadd(
+                    reply_to, {RESULT_FIELD: payload}, maxlen=s.reply_maxlen, approximate=True
+                )
+                replies += 1
+        if out.ack_only:
+            pipe.xack(keys.images, s.detector_group, *out.ack_only)
+            if s.delete_acked_images:
+                pipe.xdel(keys.images, *out.ack_only)
+        if out.results:
+            self.scripts.emit(
+                pipe,
+                keys.images,
+                keys.results,
+                s.detector_group,
+                s.delete_acked_images,
+                s.results_maxlen,
+                [
+                    (result.entry, payload)
+                    for (result, _), payload in zip(out.results, payloads, strict=True)
+                ],
+            )
+        answers = await pipe.execute(raise_on_error=False)
+        for answer in answers[:-1] if out.results else answers:
+            if isinstance(answer, Exception):
+                # A cache write, Bloom add or reply failed: results still go out; the cache
+                # is an optimisation and the results stream is the record.
+                log.warning("write_step_failed", error=str(answer))
+        if not out.results:
+            return
+        acked = answers[-1]
+        if isinstance(acked, Exception):
+            raise WriteError(f"emit failed: {acked}")
+        for (result, _), ok in zip(out.results, acked, strict=True):
+            if not ok:
+                self.counters.not_emitted += 1
+                continue
+            self.counters.results += 1
+            if result.error is not None:
+                self.counters.errors += 1
+            elif result.cached:
+                self.counters.cached += 1

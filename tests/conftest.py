@@ -8,20 +8,18 @@ prefix, so tests never see each other's keys even on a shared server.
 
 from __future__ import annotations
 
-import io
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import redis
-from PIL import Image
 
 from common.embedded import EmbeddedRedis
 from common.settings import Settings
+from ingest import samples
 
 
 @pytest.fixture(scope="session")
@@ -76,42 +74,12 @@ def make_settings(redis_url: str, prefix: str) -> Callable[..., Settings]:
 
 # --- photos ----------------------------------------------------------------------------------
 
-
-def encode(pixels: np.ndarray, fmt: str = "PNG", **opts: Any) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, fmt, **opts)
-    return buf.getvalue()
-
-
-def lfw_mosaic() -> np.ndarray:
-    """20 real face photos (LFW, shipped by scikit-image) tiled 5 x 4 into one 640 x 512 image:
-    an image with many faces, at a size that needs neither scaling nor padding."""
-    import skimage.data
-
-    faces = (skimage.data.lfw_subset()[:20] * 255).astype(np.uint8)
-    tiles = np.array(
-        [np.asarray(Image.fromarray(f).resize((128, 128), Image.Resampling.BICUBIC)) for f in faces]
-    )
-    return tiles.reshape(4, 5, 128, 128).transpose(0, 2, 1, 3).reshape(512, 640)
-
-
-def photo_pixels() -> dict[str, np.ndarray]:
-    import matplotlib.cbook
-    import skimage.data
-
-    grace = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
-    return {
-        "astronaut": skimage.data.astronaut(),  # one face, colour
-        "camera": skimage.data.camera(),  # one face, greyscale
-        "grace_hopper": np.asarray(Image.open(grace).convert("RGB")),  # one face, 512 x 600
-        "lfw_mosaic": lfw_mosaic(),  # twenty faces
-        "coffee": skimage.data.coffee(),  # no face
-    }
+encode = samples.encode
 
 
 @pytest.fixture(scope="session")
 def photos() -> dict[str, np.ndarray]:
-    return photo_pixels()
+    return samples.sample_pixels()
 
 
 @pytest.fixture(scope="session")

@@ -90,9 +90,11 @@ def build(
     graph = helper.make_graph(
         nodes,
         "scrfd_test",
-        [helper.make_tensor_value_info(
-            "input", TensorProto.FLOAT, ["batch" if batched else 1, 3, size, size]
-        )],
+        [
+            helper.make_tensor_value_info(
+                "input", TensorProto.FLOAT, ["batch" if batched else 1, 3, size, size]
+            )
+        ],
         outputs,
         inits,
     )

@@ -22,6 +22,7 @@ from common.settings import Settings
 
 LIMITS = Limits()
 SHA = "a" * 64
+BIG_META = {"a": "v" * 3000, "b": "v" * 3000}  # each string fits, the map does not
 
 
 def packed(**body: object) -> bytes:
@@ -49,13 +50,24 @@ def test_prefix_cannot_carry_hash_tags() -> None:
 
 def test_event_round_trip() -> None:
     event = ImageEvent(
-        id="e1", image=b"\xff\xd8\xffxx", sha256=SHA, source="cam", ts_ms=5, meta={"k": [1]},
+        id="e1",
+        image=b"\xff\xd8\xffxx",
+        sha256=SHA,
+        source="cam",
+        ts_ms=5,
+        meta={"k": [1]},
         reply_to="facestream:reply:g",
     )
     wire = msgpack.unpackb(event.to_wire())
     assert wire == {
-        "v": 1, "id": "e1", "image": b"\xff\xd8\xffxx", "sha256": SHA, "source": "cam",
-        "ts_ms": 5, "meta": {"k": [1]}, "reply_to": "facestream:reply:g",
+        "v": 1,
+        "id": "e1",
+        "image": b"\xff\xd8\xffxx",
+        "sha256": SHA,
+        "source": "cam",
+        "ts_ms": 5,
+        "meta": {"k": [1]},
+        "reply_to": "facestream:reply:g",
     }
     assert decode_event(event.to_wire(), LIMITS) == event
 
@@ -82,7 +94,7 @@ def test_minimal_event_and_unknown_fields_ignored() -> None:
         (packed(v=1, id="a", image=b"x", ts_ms=True), ErrorCode.BAD_EVENT, "a"),
         (packed(v=1, id="a", image=b"x", ts_ms="5"), ErrorCode.BAD_EVENT, "a"),
         (packed(v=1, id="a", image=b"x", meta=[1]), ErrorCode.BAD_EVENT, "a"),
-        (packed(v=1, id="a", image=b"x", meta={"a": "v" * 3000, "b": "v" * 3000}), ErrorCode.BAD_EVENT, "a"),
+        (packed(v=1, id="a", image=b"x", meta=BIG_META), ErrorCode.BAD_EVENT, "a"),
         (packed(v=1, id="a", image=b"x", reply_to=""), ErrorCode.BAD_EVENT, "a"),
     ],
 )
@@ -116,17 +128,44 @@ def test_hash_is_verified() -> None:
 def test_result_fields_pinned() -> None:
     face = Face(box=[1.0, 2.0, 3.0, 4.0], score=0.9, kps=[[1.0, 1.0]] * 5)
     ok = Result(
-        id="e", model="m-1", consumer="c", entry="1-0", done_ms=9, sha256=SHA, width=10,
-        height=20, faces=[face], cached=True, source="s", meta={"a": 1}, ts_ms=3,
+        id="e",
+        model="m-1",
+        consumer="c",
+        entry="1-0",
+        done_ms=9,
+        sha256=SHA,
+        width=10,
+        height=20,
+        faces=[face],
+        cached=True,
+        source="s",
+        meta={"a": 1},
+        ts_ms=3,
     )
     body = decode_result(ok.to_wire())
     assert list(body) == [
-        "v", "id", "sha256", "model", "width", "height", "faces", "cached", "source", "meta",
-        "ts_ms", "done_ms", "consumer", "entry",
+        "v",
+        "id",
+        "sha256",
+        "model",
+        "width",
+        "height",
+        "faces",
+        "cached",
+        "source",
+        "meta",
+        "ts_ms",
+        "done_ms",
+        "consumer",
+        "entry",
     ]
     assert body["faces"] == [{"box": [1.0, 2.0, 3.0, 4.0], "score": 0.9, "kps": [[1.0, 1.0]] * 5}]
     err = Result(
-        id="e", model="m-1", consumer="c", entry="1-0", done_ms=9,
+        id="e",
+        model="m-1",
+        consumer="c",
+        entry="1-0",
+        done_ms=9,
         error={"code": "undecodable", "message": "nope"},
     )
     body = decode_result(err.to_wire())
@@ -136,8 +175,13 @@ def test_result_fields_pinned() -> None:
 
 def test_error_codes_are_the_contracts() -> None:
     assert {c.value for c in ErrorCode} == {
-        "bad_event", "undecodable", "too_large", "too_many_pixels", "hash_mismatch",
-        "inference_failed", "max_deliveries",
+        "bad_event",
+        "undecodable",
+        "too_large",
+        "too_many_pixels",
+        "hash_mismatch",
+        "inference_failed",
+        "max_deliveries",
     }
 
 

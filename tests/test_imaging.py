@@ -19,8 +19,11 @@ BIG = 1 << 30
 
 def decode(data: bytes, max_side: int | None = 640, **kw: int) -> object:
     return decode_image(
-        data, max_bytes=kw.get("max_bytes", BIG), max_pixels=kw.get("max_pixels", BIG),
-        max_side=max_side, upscale=False,
+        data,
+        max_bytes=kw.get("max_bytes", BIG),
+        max_pixels=kw.get("max_pixels", BIG),
+        max_side=max_side,
+        upscale=False,
     )
 
 

@@ -74,7 +74,7 @@ def test_faces_map_back_to_original_pixels(builtin_model: Any, photos: dict[str,
 
 def test_kps_order_left_eye_first(builtin_model: Any, photos: dict[str, np.ndarray]) -> None:
     face = detect(builtin_model, encode(photos["astronaut"]))[0]
-    (lex, ley), (rex, rey), (nx, ny), (lmx, lmy), (rmx, rmy) = face.kps
+    (lex, ley), (rex, rey), (_nx, ny), (lmx, lmy), (rmx, rmy) = face.kps
     # Image left/right: left eye and left mouth corner have the smaller x; eyes above mouth.
     assert lex < rex and lmx < rmx
     assert max(ley, rey) < ny < min(lmy, rmy)
@@ -94,9 +94,17 @@ HOTS = [
 ]
 EXPECTED = [
     # stride 8, cell (3, 2) -> centre (24, 16); box = centre -/+ distance * 8
-    (0.95, [16.0, 0.0, 48.0, 48.0], [[24 + 0.0, 16 + 0.8], [24 + 1.6, 16 + 2.4],
-                                     [24 + 3.2, 16 + 4.0], [24 + 4.8, 16 + 5.6],
-                                     [24 + 6.4, 16 + 7.2]]),
+    (
+        0.95,
+        [16.0, 0.0, 48.0, 48.0],
+        [
+            [24 + 0.0, 16 + 0.8],
+            [24 + 1.6, 16 + 2.4],
+            [24 + 3.2, 16 + 4.0],
+            [24 + 4.8, 16 + 5.6],
+            [24 + 6.4, 16 + 7.2],
+        ],
+    ),
     # stride 16, cell (0, 3) -> centre (0, 48)
     (0.80, [0.0, 48.0, 16.0, 64.0], [[0.0, 48.0]] * 5),
 ]
@@ -104,9 +112,7 @@ EXPECTED = [
 
 @pytest.mark.parametrize("batched", [True, False])
 @pytest.mark.parametrize("sigmoid_in_graph", [True, False])
-def test_scrfd_decode_hand_computed(
-    tmp_path: Path, batched: bool, sigmoid_in_graph: bool
-) -> None:
+def test_scrfd_decode_hand_computed(tmp_path: Path, batched: bool, sigmoid_in_graph: bool) -> None:
     path = build(tmp_path / "scrfd.onnx", HOTS, batched=batched, sigmoid_in_graph=sigmoid_in_graph)
     model = load_model(Settings(model=str(path)))
     assert model.spec.family == "scrfd" and model.spec.input_size == 64

@@ -4,17 +4,25 @@
 -- KEYS[2]  lock string   <prefix>:lock:{<sha256>}:<model>
 -- ARGV[1]  token         random token of the caller
 -- ARGV[2]  ttl_ms        lock time to live
--- ARGV[3]  check_cache   "1": read the cache first; "0": the Bloom filter said never seen
+-- ARGV[3]  check_cache   "1": read the cache first; "0": the Bloom filter said never seen, so
+--                        skip the read, and only once the lock is ours confirm that no result
+--                        landed since the Bloom check (else a second inference could start)
 -- return   {1, faces, width, height, model, created_ms}  cache hit
 --          {2}                                            lock taken by the caller
 --          {3, pttl_ms}                                   lock held by another worker
+local fields = {"faces", "width", "height", "model", "created_ms"}
 if ARGV[3] == "1" then
-  local hit = redis.call("HMGET", KEYS[1], "faces", "width", "height", "model", "created_ms")
+  local hit = redis.call("HMGET", KEYS[1], unpack(fields))
   if hit[1] then
     return {1, hit[1], hit[2], hit[3], hit[4], hit[5]}
   end
 end
 if redis.call("SET", KEYS[2], ARGV[1], "NX", "PX", ARGV[2]) then
+  if ARGV[3] == "0" and redis.call("EXISTS", KEYS[1]) == 1 then
+    redis.call("DEL", KEYS[2])
+    local hit = redis.call("HMGET", KEYS[1], unpack(fields))
+    return {1, hit[1], hit[2], hit[3], hit[4], hit[5]}
+  end
   return {2}
 end
 return {3, redis.call("PTTL", KEYS[2])}

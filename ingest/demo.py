@@ -48,23 +48,34 @@ def load_inputs(paths: list[str]) -> dict[str, bytes]:
 def start_detectors(settings: Settings, url: str, n: int, logs: Path) -> list[Any]:
     procs = []
     for i in range(n):
-        env = dict(os.environ, FACESTREAM_REDIS_URL=url, FACESTREAM_PREFIX=settings.prefix,
-                   FACESTREAM_CONSUMER=f"{settings.consumer}-demo-{i}")
+        env = dict(
+            os.environ,
+            FACESTREAM_REDIS_URL=url,
+            FACESTREAM_PREFIX=settings.prefix,
+            FACESTREAM_CONSUMER=f"{settings.consumer}-demo-{i}",
+        )
         with (logs / f"detector-{i}.log").open("ab") as log:
-            procs.append(subprocess.Popen([sys.executable, "-m", "detector"], env=env,
-                                          stdout=log, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "detector"],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
     return procs
 
 
-def wait_replies(client: redis.Redis, stream: str, want: set[str], timeout_s: float,
-                 procs: list[Any]) -> dict[str, dict[str, Any]]:
+def wait_replies(
+    client: redis.Redis, stream: str, want: set[str], timeout_s: float, procs: list[Any]
+) -> dict[str, dict[str, Any]]:
     got: dict[str, dict[str, Any]] = {}
     last = "0"
     deadline = time.monotonic() + timeout_s
     while want - set(got) and time.monotonic() < deadline:
         if all(p.poll() is not None for p in procs):
             raise RuntimeError("every detector process exited; see their logs")
-        reply = client.xread({stream: last}, count=100, block=500)
+        reply: Any = client.xread({stream: last}, count=100, block=500)
         for _, entries in reply or []:
             for entry_id, fields in entries:
                 last = entry_id.decode()
@@ -99,19 +110,25 @@ def run_demo(settings: Settings, paths: list[str], detectors: int, timeout_s: fl
         stack.callback(client.delete, reply)
         ids = {name: f"{Path(name).name}-{uuid.uuid4().hex[:6]}" for name in inputs}
         Publisher(settings, client).publish_many(
-            [make_event(data, ids[name], source=name, reply_to=reply)
-             for name, data in inputs.items()]
+            [
+                make_event(data, ids[name], source=name, reply_to=reply)
+                for name, data in inputs.items()
+            ]
         )
         got = wait_replies(client, reply, set(ids.values()), timeout_s, procs)
         failed = [n for n, i in ids.items() if i not in got or "error" in got[i]]
         for name, event_id in ids.items():
-            res = got.get(event_id)
-            what = "no answer" if res is None else (
-                f"error {res['error']['code']}" if "error" in res else
-                f"{len(res['faces'])} face(s){' (cached)' if res['cached'] else ''}"
-            )
+            what = describe(got.get(event_id))
             print(f"{name:>40}  {what}", file=sys.stderr)
         return 1 if failed else 0
+
+
+def describe(result: dict[str, Any] | None) -> str:
+    if result is None:
+        return "no answer"
+    if "error" in result:
+        return f"error {result['error']['code']}: {result['error']['message']}"
+    return f"{len(result['faces'])} face(s)" + (" (cached)" if result["cached"] else "")
 
 
 def stop_all(procs: list[Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -19,7 +20,8 @@ def lfw_mosaic() -> np.ndarray:
     an image with many faces, at a size that needs neither scaling nor padding."""
     import skimage.data
 
-    faces = (skimage.data.lfw_subset()[:20] * 255).astype(np.uint8)
+    data: Any = skimage.data  # untyped package
+    faces: np.ndarray = (data.lfw_subset()[:20] * 255).astype(np.uint8)
     tiles = np.array(
         [np.asarray(Image.fromarray(f).resize((128, 128), Image.Resampling.BICUBIC)) for f in faces]
     )
@@ -37,12 +39,13 @@ def sample_pixels() -> dict[str, np.ndarray]:
             f"(pip install 'facestream[demo]'): {exc}"
         ) from None
     grace = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    data: Any = skimage.data  # untyped package
     return {
-        "astronaut": skimage.data.astronaut(),  # one face, colour
-        "camera": skimage.data.camera(),  # one face, greyscale
+        "astronaut": data.astronaut(),  # one face, colour
+        "camera": data.camera(),  # one face, greyscale
         "grace_hopper": np.asarray(Image.open(grace).convert("RGB")),  # one face, 512 x 600
         "lfw_mosaic": lfw_mosaic(),  # twenty faces
-        "coffee": skimage.data.coffee(),  # no face
+        "coffee": data.coffee(),  # no face
     }
 
 

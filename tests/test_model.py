@@ -169,3 +169,18 @@ def test_bad_model_paths(tmp_path: Path) -> None:
     junk.write_bytes(b"not a model")
     with pytest.raises(ModelLoadError, match="not a readable ONNX"):
         load_model(Settings(model=str(junk)))
+
+
+def test_provider_choice() -> None:
+    import onnxruntime as ort
+
+    from detector.model.backend import ProviderError, choose_providers
+
+    assert choose_providers("cpu") == ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        assert choose_providers("auto")[0] == "CUDAExecutionProvider"
+        assert choose_providers("cuda")[0] == "CUDAExecutionProvider"
+    else:
+        assert choose_providers("auto") == ["CPUExecutionProvider"]
+        with pytest.raises(ProviderError, match="onnxruntime-gpu"):
+            choose_providers("cuda")

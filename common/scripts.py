@@ -43,13 +43,20 @@ class Scripts:
         return script(keys=keys, args=args, client=pipe)
 
     def lookup_or_lock(
-        self, pipe: Any, cache_key: str, lock_key: str, token: str, ttl_ms: int, check_cache: bool
+        self,
+        pipe: Any,
+        cache_key: str,
+        lock_key: str,
+        token: str,
+        ttl_ms: int,
+        check_cache: bool,
+        owner: str,
     ) -> Any:
         return self._call(
             "lookup_or_lock",
             pipe,
             [cache_key, lock_key],
-            [token, ttl_ms, "1" if check_cache else "0"],
+            [token, ttl_ms, "1" if check_cache else "0", owner],
         )
 
     def cache_put(

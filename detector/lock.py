@@ -25,10 +25,15 @@ def new_token() -> str:
 
 class LockKeeper:
     def __init__(self, scripts: Scripts, ttl_ms: int) -> None:
+        # Every token this process makes starts with its owner prefix (see lookup_or_lock.lua).
+        self.owner = f"{secrets.token_hex(8)}."
         self.scripts = scripts
         self.ttl_ms = ttl_ms
         self._held: dict[str, str] = {}
         self.lost = 0
+
+    def new_token(self) -> str:
+        return self.owner + secrets.token_hex(12)
 
     def hold(self, key: str, token: str) -> None:
         self._held[key] = token

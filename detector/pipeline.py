@@ -29,7 +29,7 @@ from common.schema import (
 from common.settings import Settings
 from detector.imaging import DecodedImage, decode_image
 from detector.jobs import Deferred, Job, ResultFactory
-from detector.lock import LockKeeper, new_token
+from detector.lock import LockKeeper
 from detector.model.face_model import FaceModel
 from detector.writer import Emission, Writer
 
@@ -66,6 +66,7 @@ class BatchProcessor:
         self.deferred: dict[str, Deferred] = {}
         self.inferring: dict[str, list[Job]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.lost_writes = 0
         self.pool = ThreadPoolExecutor(settings.max_inflight_batches, "infer")
 
     def _reply_ok(self, event: ImageEvent) -> bool:
@@ -121,16 +122,28 @@ class BatchProcessor:
                 by_sha[job.sha].append(job)
         if by_sha:
             maybe = await self.bloom.check(self.client, list(by_sha))
-            await self._lookup(by_sha, dict(zip(by_sha, maybe, strict=True)), out)
+            await self._resolve(by_sha, dict(zip(by_sha, maybe, strict=True)), out, {})
         await self.writer.write(out)
 
-    async def _lookup(
-        self, by_sha: dict[str, list[Job]], check_cache: dict[str, bool], out: Emission
+    async def _resolve(
+        self,
+        groups: dict[str, list[Job]],
+        check_cache: dict[str, bool],
+        out: Emission,
+        delays: dict[str, int],
     ) -> None:
+        """Per image: a cache hit is answered, an acquired lock goes to inference, a busy lock
+        defers (first time: the minimum delay; re-checks: the delay given)."""
         tag = self.model.tag
-        tokens = {sha: new_token() for sha in by_sha}
+        for sha in [sha for sha in groups if self.locks.token(self.keys.lock(sha, tag))]:
+            # Our own write of this image is in flight: its result is moments away, and the
+            # owner-prefix takeover in lookup_or_lock must not start a second inference.
+            self._defer(sha, groups.pop(sha), delays.get(sha))
+        if not groups:
+            return
+        tokens = {sha: self.locks.new_token() for sha in groups}
         pipe = self.client.pipeline(transaction=False)
-        for sha in by_sha:
+        for sha in groups:
             self.writer.scripts.lookup_or_lock(
                 pipe,
                 self.keys.cache(sha, tag),
@@ -138,10 +151,11 @@ class BatchProcessor:
                 tokens[sha],
                 self.s.lock_ttl_ms,
                 check_cache[sha],
+                self.locks.owner,
             )
         replies = await pipe.execute()
         misses: dict[str, list[Job]] = {}
-        for (sha, group), reply in zip(by_sha.items(), replies, strict=True):
+        for (sha, group), reply in zip(groups.items(), replies, strict=True):
             kind = int(reply[0])
             if kind == HIT:
                 faces = unpack_faces(reply[1])
@@ -149,17 +163,19 @@ class BatchProcessor:
                 for job in group:
                     out.add(self.results.faces(job, faces, width, height, True), job.event.reply_to)
             elif kind == ACQUIRED:
+                # Also after a deferral: the holder died (its lock expired) without a result.
                 self.locks.hold(self.keys.lock(sha, tag), tokens[sha])
                 misses[sha] = group
             else:
-                self._defer(sha, group)
+                if sha not in delays:
+                    self.counters.deferred += len(group)
+                self._defer(sha, group, delays.get(sha))
         if misses:
             self._start_inference(misses)
 
     def _defer(self, sha: str, group: list[Job], delay_ms: int | None = None) -> None:
         delay = self.s.defer_min_ms if delay_ms is None else delay_ms
         self.deferred[sha] = Deferred(group, time.monotonic() + delay / 1000, delay)
-        self.counters.deferred += len(group)
 
     def deferred_jobs(self) -> int:
         return sum(len(d.jobs) for d in self.deferred.values())
@@ -175,42 +191,15 @@ class BatchProcessor:
             return
         for sha in due:
             del self.deferred[sha]
-        tag = self.model.tag
-        tokens = {sha: new_token() for sha in due}
-        pipe = self.client.pipeline(transaction=False)
-        for sha in due:
-            self.writer.scripts.lookup_or_lock(
-                pipe,
-                self.keys.cache(sha, tag),
-                self.keys.lock(sha, tag),
-                tokens[sha],
-                self.s.lock_ttl_ms,
-                True,
-            )
+        groups = {sha: d.jobs for sha, d in due.items()}
+        delays = {sha: min(d.delay_ms * 2, self.s.defer_max_ms) for sha, d in due.items()}
+        out = Emission()
         try:
-            replies = await pipe.execute()
+            await self._resolve(groups, dict.fromkeys(groups, True), out, delays)
         except Exception:
             for sha, d in due.items():  # keep them; the loop retries after the outage
-                self.deferred[sha] = d
+                self.deferred.setdefault(sha, d)
             raise
-        out = Emission()
-        misses: dict[str, list[Job]] = {}
-        for (sha, d), reply in zip(due.items(), replies, strict=True):
-            kind = int(reply[0])
-            if kind == HIT:
-                faces = unpack_faces(reply[1])
-                for job in d.jobs:
-                    result = self.results.faces(job, faces, int(reply[2]), int(reply[3]), True)
-                    out.add(result, job.event.reply_to)
-            elif kind == ACQUIRED:
-                # The holder died (its lock expired) without a result: the work is ours now.
-                self.locks.hold(self.keys.lock(sha, tag), tokens[sha])
-                misses[sha] = d.jobs
-            else:
-                self._defer(sha, d.jobs, min(d.delay_ms * 2, self.s.defer_max_ms))
-                self.counters.deferred -= len(d.jobs)  # re-deferral is not a new deferral
-        if misses:
-            self._start_inference(misses)
         await self.writer.write(out)
 
     # --- stage 3: infer -------------------------------------------------------------------
@@ -226,6 +215,12 @@ class BatchProcessor:
         if not task.cancelled() and task.exception() is not None:
             # The entries stay pending in our PEL; recovery re-reads or claims them.
             log.error("batch_write_failed", error=repr(task.exception()))
+            self.lost_writes += 1
+
+    def active_entries(self) -> set[str]:
+        """Entries this process holds in memory: deferred, or waiting on an inference."""
+        deferred = {job.entry for d in self.deferred.values() for job in d.jobs}
+        return deferred | {job.entry for group in self.inferring.values() for job in group}
 
     def _decode_and_detect(
         self, images: list[tuple[str, bytes]]

@@ -24,7 +24,7 @@ from detector.jobs import Counters, ResultFactory
 from detector.lock import LockKeeper, claim_consumer_name
 from detector.model.face_model import FaceModel
 from detector.pipeline import BatchProcessor
-from detector.writer import Writer
+from detector.writer import WriteError, Writer
 
 log = get_logger(__name__)
 
@@ -59,6 +59,7 @@ class Detector:
         self.locks = LockKeeper(self.scripts, settings.lock_ttl_ms)
         self.stop = asyncio.Event()
         self.processor: BatchProcessor | None = None
+        self._cursor: str | None = "0"  # own pending entries first ("0"), then new ones (">")
 
     async def _setup(self) -> BatchProcessor:
         s = self.s
@@ -136,29 +137,48 @@ class Detector:
         return entries
 
     async def _loop(self, p: BatchProcessor) -> None:
-        s = self.s
-        cursor: str | None = "0"  # own pending entries first, then ">"
+        backoff = 0.1
+        self._cursor = "0"
         while not self.stop.is_set():
-            await p.recheck_deferred()
-            if cursor is not None:
-                entries = await self._read(cursor, None)
-                if not entries:
-                    cursor = None
-                    continue
-                cursor = entries[-1][0].decode()
-                await p.handle(entries)
-                continue
-            if len(p.tasks) >= s.max_inflight_batches or p.deferred_jobs() >= s.max_deferred:
-                # Saturated: let inference finish (or deferrals come due) before reading more.
-                await self._wait_for_work(p)
-                continue
-            block = s.block_ms
-            due = p.next_due()
-            if due is not None:
-                block = max(1, min(block, int((due - time.monotonic()) * 1000)))
-            entries = await self._read(">", block)
-            if entries:
-                await p.handle(entries)
+            try:
+                await self._step(p)
+                backoff = 0.1
+            except (redis.exceptions.RedisError, WriteError) as exc:
+                # Whatever was in hand stays pending in our list: re-read it once Redis is back.
+                log.warning("redis_unavailable", error=str(exc), retry_in_s=round(backoff, 2))
+                self._cursor = "0"
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _step(self, p: BatchProcessor) -> None:
+        s = self.s
+        await p.recheck_deferred()
+        if p.lost_writes:
+            # An inference batch failed to write: its entries are pending again, unanswered.
+            p.lost_writes = 0
+            self._cursor = "0"
+        if self._cursor is not None:
+            entries = await self._read(self._cursor, None)
+            if not entries:
+                self._cursor = None
+                return
+            self._cursor = entries[-1][0].decode()
+            # Entries still deferred or being inferred here are in our pending list too.
+            active = p.active_entries()
+            await p.handle([e for e in entries if e[0].decode() not in active])
+            return
+        if len(p.tasks) >= s.max_inflight_batches or p.deferred_jobs() >= s.max_deferred:
+            # Saturated: let inference finish (or deferrals come due) before reading more.
+            await self._wait_for_work(p)
+            return
+        block = s.block_ms
+        due = p.next_due()
+        if due is not None:
+            block = max(1, min(block, int((due - time.monotonic()) * 1000)))
+        entries = await self._read(">", block)
+        if entries:
+            await p.handle(entries)
 
     async def _wait_for_work(self, p: BatchProcessor) -> None:
         due = p.next_due()

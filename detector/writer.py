@@ -8,8 +8,11 @@ results go out only through the emit script, after a successful XACK.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
+
+import redis.exceptions
 
 from common.bloom import BloomFilter
 from common.keys import Keys
@@ -20,6 +23,7 @@ from common.settings import Settings
 from detector.jobs import Counters, now_ms
 
 log = get_logger(__name__)
+RETRIES = 4
 
 
 @dataclass(slots=True)
@@ -60,8 +64,22 @@ class Writer:
         self.counters = counters
 
     async def write(self, out: Emission) -> None:
+        """Write with retries: every step is safe to repeat (cache and Bloom writes are
+        idempotent, releases check tokens, a repeated emit finds its entries acked and publishes
+        nothing, a repeated reply is deduped by id downstream)."""
         if not out:
             return
+        for attempt in range(RETRIES):
+            try:
+                await self._write_once(out)
+                return
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                if attempt == RETRIES - 1:
+                    raise
+                log.info("write_retry", attempt=attempt + 1, error=str(exc))
+                await asyncio.sleep(0.05 * 2**attempt)
+
+    async def _write_once(self, out: Emission) -> None:
         s, keys = self.s, self.keys
         pipe = self.client.pipeline(transaction=False)
         created = now_ms()

@@ -200,15 +200,26 @@ def test_lock_step_confirms_a_bloom_negative_against_the_cache(prefix: str, r: r
     Taking the lock on a stale "never seen" must still find that result, not infer again."""
     keys, scripts = Keys(prefix), Scripts(r)
     cache, lock = keys.cache(sha(7), "m-1"), keys.lock(sha(7), "m-1")
-    assert scripts.lookup_or_lock(r, cache, lock, "t1", 10_000, False) == [2]
+    assert scripts.lookup_or_lock(r, cache, lock, "p1.t1", 10_000, False, "p1.") == [2]
     r.delete(lock)
     r.hset(
         cache, mapping={"faces": b"\x90", "width": 4, "height": 3, "model": "m-1", "created_ms": 1}
     )
-    reply = scripts.lookup_or_lock(r, cache, lock, "t2", 10_000, False)
+    reply = scripts.lookup_or_lock(r, cache, lock, "p1.t2", 10_000, False, "p1.")
     assert reply == [1, b"\x90", b"4", b"3", b"m-1", b"1"]
     assert not r.exists(lock)
     r.set(lock, "other", px=5_000)
     r.delete(cache)
-    kind, pttl = scripts.lookup_or_lock(r, cache, lock, "t3", 10_000, True)
+    kind, pttl = scripts.lookup_or_lock(r, cache, lock, "p1.t3", 10_000, True, "p1.")
     assert kind == 3 and 0 < pttl <= 5_000
+
+
+def test_a_process_takes_back_its_own_orphaned_lock(prefix: str, r: redis.Redis) -> None:
+    """A write that failed mid-outage leaves the writer's lock behind; the same process takes it
+    back at once when it re-reads the entry, while any other process still waits for the TTL."""
+    keys, scripts = Keys(prefix), Scripts(r)
+    cache, lock = keys.cache(sha(8), "m-1"), keys.lock(sha(8), "m-1")
+    r.set(lock, "p1.old", px=30_000)
+    assert scripts.lookup_or_lock(r, cache, lock, "p2.x", 10_000, True, "p2.")[0] == 3
+    assert scripts.lookup_or_lock(r, cache, lock, "p1.new", 10_000, True, "p1.") == [2]
+    assert r.get(lock) == b"p1.new" and r.pttl(lock) <= 10_000

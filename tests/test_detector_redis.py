@@ -279,3 +279,21 @@ def test_many_copies_in_one_process_infer_once(
     assert inferred == 1
     assert len({g["id"] for g in got}) == 100 and len(got) == 100
     assert sum(1 for g in got if not g["cached"]) == 1
+
+
+def test_detector_survives_its_connections_being_killed(
+    make_settings: MakeSettings, builtin_model: Any, photo_png: dict[str, bytes]
+) -> None:
+    settings = make_settings()
+
+    async def scenario(det: Detector, client: Redis, keys: Keys) -> Any:
+        await publish(client, keys, make_event(photo_png["astronaut"], "before"))
+        await wait_results(client, keys, 1)
+        await asyncio.sleep(0.2)  # the detector is blocked in XREADGROUP now
+        killed = await client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        await publish(client, keys, make_event(photo_png["camera"], "after"))
+        return killed, await wait_results(client, keys, 2)
+
+    killed, got = with_detector(settings, builtin_model, scenario)
+    assert killed >= 1
+    assert [g["id"] for g in got] == ["before", "after"]

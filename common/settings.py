@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.schema import Limits
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACESTREAM_", extra="ignore")
@@ -65,9 +67,38 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(default=0, ge=0, description="0 = onnxruntime's default")
     score_activation: Literal["auto", "sigmoid", "none"] = "auto"
 
+    # --- ingest: publisher and HTTP gateway ------------------------------------------------
+    # Refuse new work while the detectors' group has more than this many entries not yet
+    # delivered (0: never refuse). Checked at most every backpressure_check_ms.
+    max_lag: int = Field(default=10_000, ge=0)
+    backpressure_check_ms: int = Field(default=100, ge=0)
+    retry_after_s: int = Field(default=1, ge=1)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    http_workers: int = Field(default=1, ge=1)
+    wait_timeout_ms: int = Field(default=10_000, ge=1)
+    max_wait_timeout_ms: int = Field(default=120_000, ge=1)
+    # A reply stream outlives its gateway by at most this long (refreshed while it runs).
+    reply_ttl_s: int = Field(default=300, ge=10)
+
+    # --- sinks ------------------------------------------------------------------------------
+    sink_group: str | None = None  # default: sink-<kind>
+    jsonl_path: str = "results.jsonl"
+    # fsync: data on disk before the ack (survives power loss); flush: in the OS before the ack.
+    jsonl_durability: Literal["fsync", "flush"] = "fsync"
+    dedupe_window: int = Field(default=100_000, ge=1)
+    webhook_url: str | None = None
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_retries: int = Field(default=5, ge=0)
+    webhook_backoff_ms: int = Field(default=200, ge=1)
+    webhook_concurrency: int = Field(default=8, ge=1)
+
     # --- logging ----------------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    def limits(self) -> Limits:
+        return Limits(self.max_event_bytes, self.max_image_bytes, self.max_meta_bytes)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
+from common.imagetypes import ALLOWED_FORMATS, sniff_format
 from common.schema import ErrorCode, SchemaError
 
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
 _EXIF_SWAPS_AXES = {5, 6, 7, 8}
 
 
@@ -28,19 +28,6 @@ class DecodedImage:
     height: int
     scale_x: float  # pixels.shape[1] / width
     scale_y: float
-
-
-def sniff_format(data: bytes) -> str | None:
-    """Magic bytes of the allowed formats; None for anything else."""
-    if data[:3] == b"\xff\xd8\xff":
-        return "JPEG"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "PNG"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    if data[:2] == b"BM":
-        return "BMP"
-    return None
 
 
 def fit_size(width: int, height: int, max_side: int | None, upscale: bool) -> tuple[int, int]:

@@ -21,7 +21,6 @@ from common.schema import (
     ErrorCode,
     Face,
     ImageEvent,
-    Limits,
     SchemaError,
     decode_event,
     unpack_faces,
@@ -59,9 +58,7 @@ class BatchProcessor:
         self.writer = writer
         self.results = results
         self.counters = results.counters
-        self.limits = Limits(
-            settings.max_event_bytes, settings.max_image_bytes, settings.max_meta_bytes
-        )
+        self.limits = settings.limits()
         self.reply_prefix = keys.reply_stream("")
         self.deferred: dict[str, Deferred] = {}
         self.inferring: dict[str, list[Job]] = {}

@@ -1,17 +1,59 @@
-"""Publishing image events onto the images stream (wire contract v1)."""
+"""Publishing image events onto the images stream (wire contract v1), sync and asyncio.
+
+Validation happens at the door (byte limit, image magic bytes, field limits) with clear
+exceptions, and publishing is refused while the detectors are too far behind (backpressure):
+nothing is ever dropped silently.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
+import msgpack
 import redis
+import redis.asyncio as aioredis
 
+from common.imagetypes import sniff_format
 from common.keys import Keys
-from common.schema import EVENT_FIELD, ImageEvent
+from common.schema import EVENT_FIELD, MAX_ID_CHARS, MAX_SOURCE_CHARS, ImageEvent, Limits
 from common.settings import Settings
+
+DEFAULT_LIMITS = Limits()
+
+
+class PublishError(Exception):
+    """Refused at the door; `code` and `status` are what the HTTP gateway answers."""
+
+    code = "bad_request"
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(PublishError):
+    pass
+
+
+class ImageTooLarge(PublishError):
+    code, status = "too_large", 413
+
+
+class NotAnImage(PublishError):
+    code, status = "not_an_image", 415
+
+
+class Overloaded(PublishError):
+    code, status = "overloaded", 503
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 def make_event(
@@ -21,31 +63,134 @@ def make_event(
     source: str | None = None,
     meta: dict[str, Any] | None = None,
     reply_to: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> ImageEvent:
+    """A validated v1 event with its sha256 and publish time."""
+    max_bytes = limits.max_image_bytes
+    if not image:
+        raise BadRequest("the image is empty")
+    if len(image) > max_bytes:
+        raise ImageTooLarge(f"the image is {len(image)} bytes; the limit is {max_bytes}")
+    if sniff_format(image) is None:
+        raise NotAnImage("not a JPEG, PNG, WebP or BMP image (checked by its first bytes)")
+    event_id = event_id or uuid.uuid4().hex
+    if not 0 < len(event_id) <= MAX_ID_CHARS:
+        raise BadRequest(f"id must be 1..{MAX_ID_CHARS} characters")
+    if source is not None and len(source) > MAX_SOURCE_CHARS:
+        raise BadRequest(f"source must be at most {MAX_SOURCE_CHARS} characters")
+    if meta is not None:
+        if not isinstance(meta, Mapping):
+            raise BadRequest("meta must be a JSON object / map")
+        max_meta = limits.max_meta_bytes
+        if len(msgpack.packb(meta, use_bin_type=True)) > max_meta:
+            raise BadRequest(f"meta packs to over {max_meta} bytes")
     return ImageEvent(
-        id=event_id or uuid.uuid4().hex,
+        id=event_id,
         image=image,
         sha256=hashlib.sha256(image).hexdigest(),
         source=source,
         ts_ms=int(time.time() * 1000),
-        meta=meta,
+        meta=dict(meta) if meta is not None else None,
         reply_to=reply_to,
     )
 
 
+def _lag_from(groups: list[dict[Any, Any]], group: str, xlen: int) -> int:
+    for g in groups:
+        name = g.get("name")
+        if (name.decode() if isinstance(name, bytes) else name) == group:
+            lag = g.get("lag")
+            # Redis reports no lag when it cannot compute it; every entry still in the stream
+            # is then the upper bound (answered entries are deleted on ack).
+            return int(lag) if lag is not None else xlen
+    return xlen  # no detector group yet: everything published so far is waiting
+
+
+class Backpressure:
+    """The detectors' lag, read at most every `check_ms`, and the refusal it implies."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.max_lag = settings.max_lag
+        self.check_s = settings.backpressure_check_ms / 1000
+        self.retry_after_s = settings.retry_after_s
+        self.group = settings.detector_group
+        self.lag = 0
+        self.checked = float("-inf")
+
+    def due(self) -> bool:
+        return self.max_lag > 0 and time.monotonic() - self.checked >= self.check_s
+
+    def update(self, groups: Any, xlen: int) -> None:
+        self.lag = _lag_from(groups or [], self.group, xlen)
+        self.checked = time.monotonic()
+
+    def check(self, adding: int = 1) -> None:
+        if self.max_lag and self.lag + adding > self.max_lag:
+            raise Overloaded(
+                f"detectors are {self.lag} events behind (limit {self.max_lag}); retry later",
+                self.retry_after_s,
+            )
+
+
 class Publisher:
-    """Synchronous publisher: one XADD per event, or one pipeline for many."""
+    """Synchronous publisher: XADD one event, or pipeline many in one round trip."""
 
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
+        self.settings = settings
         self.client = client
         self.keys = Keys(settings.prefix)
+        self.backpressure = Backpressure(settings)
+
+    def _check(self, adding: int) -> None:
+        if self.backpressure.due():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xinfo_groups(self.keys.images)
+            pipe.xlen(self.keys.images)
+            groups, xlen = pipe.execute(raise_on_error=False)
+            self.backpressure.update(groups if isinstance(groups, list) else [], int(xlen))
+        self.backpressure.check(adding)
+        self.backpressure.lag += adding
 
     def publish(self, event: ImageEvent) -> str:
-        entry = self.client.xadd(self.keys.images, {EVENT_FIELD: event.to_wire()})
-        return entry.decode() if isinstance(entry, bytes) else str(entry)
+        return self.publish_many([event])[0]
 
     def publish_many(self, events: list[ImageEvent]) -> list[str]:
+        self._check(len(events))
         pipe = self.client.pipeline(transaction=False)
         for event in events:
             pipe.xadd(self.keys.images, {EVENT_FIELD: event.to_wire()})
-        return [e.decode() if isinstance(e, bytes) else str(e) for e in pipe.execute()]
+        return [_entry_id(e) for e in pipe.execute()]
+
+
+class AsyncPublisher:
+    """The asyncio twin of `Publisher`."""
+
+    def __init__(self, settings: Settings, client: aioredis.Redis) -> None:
+        self.settings = settings
+        self.client = client
+        self.keys = Keys(settings.prefix)
+        self.backpressure = Backpressure(settings)
+
+    async def _check(self, adding: int) -> None:
+        if self.backpressure.due():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xinfo_groups(self.keys.images)
+            pipe.xlen(self.keys.images)
+            groups, xlen = await pipe.execute(raise_on_error=False)
+            self.backpressure.update(groups if isinstance(groups, list) else [], int(xlen))
+        self.backpressure.check(adding)
+        self.backpressure.lag += adding
+
+    async def publish(self, event: ImageEvent) -> str:
+        return (await self.publish_many([event]))[0]
+
+    async def publish_many(self, events: list[ImageEvent]) -> list[str]:
+        await self._check(len(events))
+        pipe = self.client.pipeline(transaction=False)
+        for event in events:
+            pipe.xadd(self.keys.images, {EVENT_FIELD: event.to_wire()})
+        return [_entry_id(e) for e in await pipe.execute()]
+
+
+def _entry_id(entry: Any) -> str:
+    return entry.decode() if isinstance(entry, bytes) else str(entry)

@@ -22,7 +22,15 @@ def _options(settings: Settings) -> dict[str, Any]:
 
 
 def async_client(settings: Settings) -> aioredis.Redis:
-    return aioredis.Redis.from_url(settings.redis_url, **_options(settings))
+    # A blocking pool: a burst of concurrent requests waits for a free connection instead of
+    # failing with "Too many connections".
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.socket_timeout_s,
+        **_options(settings),
+    )
+    return aioredis.Redis(connection_pool=pool)
 
 
 def sync_client(settings: Settings) -> redis.Redis:

@@ -6,6 +6,7 @@ See docs/contract.md. Decoding is defensive: explicit msgpack size limits, exact
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from collections.abc import Mapping
@@ -223,3 +224,14 @@ def pack_faces(faces: list[Face]) -> bytes:
 
 def unpack_faces(payload: bytes) -> list[Face]:
     return [Face.from_wire(f) for f in msgpack.unpackb(payload, raw=False)]
+
+
+def jsonable(value: Any) -> Any:
+    """A result map made safe for JSON: bin values (possible inside `meta`) become base64."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return value

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     # redis-py's default read timeout would cut a blocking XREADGROUP; it must exceed block_ms.
     socket_timeout_s: float = Field(default=30.0, gt=0)
     socket_connect_timeout_s: float = Field(default=5.0, gt=0)
+    redis_max_connections: int = Field(default=64, ge=4)
 
     # --- names (wire contract v1) -----------------------------------------------------------
     prefix: str = Field(default="facestream", min_length=1, pattern=r"^[^{}\s]+$")

@@ -106,6 +106,8 @@ class Writer:
                 pipe.xadd(
                     reply_to, {RESULT_FIELD: payload}, maxlen=s.reply_maxlen, approximate=True
                 )
+                # A reply to a gateway that is gone must not recreate a key that lives forever.
+                pipe.pexpire(reply_to, s.reply_ttl_s * 1000)
                 replies += 1
         if out.ack_only:
             pipe.xack(keys.images, s.detector_group, *out.ack_only)

@@ -1,0 +1,11 @@
+"""`python -m ingest`: run the HTTP gateway."""
+
+from __future__ import annotations
+
+import sys
+
+from common.settings import Settings
+from ingest.serve import serve
+
+if __name__ == "__main__":
+    sys.exit(serve(Settings()))

@@ -1,0 +1,279 @@
+"""HTTP gateway (FastAPI on uvicorn): images in over HTTP, events onto the images stream.
+
+`POST /v1/detect` answers 202 with the id at once, or with `?wait=true` 200 with the result once
+a detector has answered (504 when `timeout_ms` passes first). Waiting uses the event's
+`reply_to`: one reply stream and one blocking reader per process (ingest/replies.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.exceptions
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
+
+from common.connection import async_client
+from common.keys import Keys
+from common.log import get_logger
+from common.schema import jsonable
+from common.settings import Settings
+from ingest.publisher import (
+    AsyncPublisher,
+    BadRequest,
+    ImageTooLarge,
+    PublishError,
+    make_event,
+)
+from ingest.replies import ReplyRouter
+
+log = get_logger(__name__)
+MULTIPART_OVERHEAD = 64 * 1024  # field headers and small fields around the image part
+
+_ERROR = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
+_BODY = {
+    "required": True,
+    "content": {
+        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+        "image/png": {"schema": {"type": "string", "format": "binary"}},
+        "image/webp": {"schema": {"type": "string", "format": "binary"}},
+        "image/bmp": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {
+                    "image": {"type": "string", "format": "binary"},
+                    "id": {"type": "string", "maxLength": 128},
+                    "source": {"type": "string", "maxLength": 256},
+                    "meta": {"type": "string", "description": "a JSON object"},
+                },
+            }
+        },
+    },
+}
+
+
+def error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    headers = extra.pop("headers", None)
+    return JSONResponse({"error": {"code": code, "message": message}, **extra}, status, headers)
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise ImageTooLarge(f"the body is {length} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:  # chunked uploads carry no length: count as they come
+            raise ImageTooLarge(f"the body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_request(request: Request, settings: Settings) -> tuple[bytes, dict[str, str | None]]:
+    """The image bytes and the optional fields, from a raw body or a multipart form."""
+    limit = settings.max_image_bytes
+    fields: dict[str, str | None] = {}
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit + MULTIPART_OVERHEAD:
+            raise ImageTooLarge(f"the body is {length} bytes; the limit is {limit}")
+        try:
+            form = await request.form(max_files=1, max_fields=8, max_part_size=64 * 1024)
+        except Exception as exc:  # the multipart parser raises several types on bad input
+            raise BadRequest(f"bad multipart body: {exc}") from None
+        upload = form.get("image")
+        if not isinstance(upload, UploadFile):
+            raise BadRequest("multipart body needs a file field named 'image'")
+        if upload.size is not None and upload.size > limit:
+            raise ImageTooLarge(f"the image is {upload.size} bytes; the limit is {limit}")
+        image = await upload.read(limit + 1)
+        if len(image) > limit:
+            raise ImageTooLarge(f"the image is over the limit of {limit} bytes")
+        for name in ("id", "source", "meta"):
+            value = form.get(name)
+            if isinstance(value, str):
+                fields[name] = value
+        return image, fields
+    return await read_limited(request, limit), fields
+
+
+def parse_meta(raw: str | None) -> dict[str, Any] | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise BadRequest("meta must be a JSON object") from None
+    if not isinstance(meta, dict):
+        raise BadRequest("meta must be a JSON object")
+    return meta
+
+
+def create_app(settings: Settings) -> FastAPI:
+    keys = Keys(settings.prefix)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = async_client(settings)
+        app.state.client = client
+        app.state.publisher = AsyncPublisher(settings, client)
+        app.state.replies = ReplyRouter(client, keys, settings.reply_ttl_s)
+        await app.state.replies.start()
+        log.info("gateway_ready", reply_stream=app.state.replies.stream)
+        try:
+            yield
+        finally:
+            await app.state.replies.stop()
+            await client.aclose()
+
+    app = FastAPI(
+        title="facestream gateway",
+        version="1",
+        description="Face detection over Redis Streams: publish an image, optionally wait "
+        "for its faces. Result fields are those of the v1 result contract (docs/contract.md).",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(PublishError)
+    async def on_publish_error(request: Request, exc: PublishError) -> JSONResponse:
+        headers = (
+            {"Retry-After": str(getattr(exc, "retry_after_s", 1))} if exc.status == 503 else None
+        )
+        return error(exc.status, exc.code, exc.message, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_bad_query(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        return error(400, "bad_request", problems)
+
+    @app.exception_handler(redis.exceptions.RedisError)
+    async def on_redis_down(request: Request, exc: redis.exceptions.RedisError) -> JSONResponse:
+        log.warning("redis_unavailable", error=str(exc))
+        return error(
+            503,
+            "unavailable",
+            "the queue is unreachable; retry later",
+            headers={"Retry-After": str(settings.retry_after_s)},
+        )
+
+    @app.post(
+        "/v1/detect",
+        openapi_extra={"requestBody": _BODY},
+        responses={
+            200: {"description": "the result (with wait=true)"},
+            202: {"description": "accepted; the result goes to the results stream"},
+            400: {
+                "description": "bad request",
+                "content": {"application/json": {"schema": _ERROR}},
+            },
+            413: {
+                "description": "image too large",
+                "content": {"application/json": {"schema": _ERROR}},
+            },
+            415: {
+                "description": "not an image",
+                "content": {"application/json": {"schema": _ERROR}},
+            },
+            503: {
+                "description": "overloaded or Redis unreachable; see Retry-After",
+                "content": {"application/json": {"schema": _ERROR}},
+            },
+            504: {
+                "description": "no result within timeout_ms (the image is still processed)",
+                "content": {"application/json": {"schema": _ERROR}},
+            },
+        },
+    )
+    async def detect(
+        request: Request,
+        wait: bool = False,
+        timeout_ms: int | None = Query(None, ge=1, le=settings.max_wait_timeout_ms),
+        id: str | None = Query(None, min_length=1, max_length=128),
+        source: str | None = Query(None, max_length=256),
+        meta: str | None = Query(None, description="a JSON object, echoed in the result"),
+    ) -> JSONResponse:
+        image, form = await read_request(request, settings)
+        event = make_event(
+            image,
+            form.get("id") or id,
+            source=form.get("source") or source,
+            meta=parse_meta(form.get("meta") or meta),
+            reply_to=app.state.replies.stream if wait else None,
+            limits=settings.limits(),
+        )
+        publisher: AsyncPublisher = app.state.publisher
+        if not wait:
+            entry = await publisher.publish(event)
+            return JSONResponse({"id": event.id, "sha256": event.sha256, "entry": entry}, 202)
+        router: ReplyRouter = app.state.replies
+        assert event.sha256 is not None
+        fut = router.expect(event.id, event.sha256)
+        try:
+            await publisher.publish(event)
+            result = await asyncio.wait_for(fut, (timeout_ms or settings.wait_timeout_ms) / 1000)
+        except TimeoutError:
+            return error(
+                504, "timeout", "no result in time; it will still be published", id=event.id
+            )
+        finally:
+            router.forget(event.id, event.sha256, fut)
+        return JSONResponse(jsonable(result))
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        client = app.state.client
+        try:
+            await client.ping()
+            groups = await client.xinfo_groups(keys.images)
+        except redis.exceptions.ResponseError:
+            groups = []  # no images stream yet
+        except redis.exceptions.RedisError as exc:
+            return JSONResponse({"status": "not_ready", "reason": f"redis: {exc}"}, 503)
+        names = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"] for g in groups}
+        if settings.detector_group not in names:
+            return JSONResponse(
+                {
+                    "status": "not_ready",
+                    "reason": f"no consumer group {settings.detector_group!r}"
+                    " on the images stream (no detector has started)",
+                },
+                503,
+            )
+        if not app.state.replies.healthy:
+            return JSONResponse({"status": "not_ready", "reason": "reply reader not running"}, 503)
+        return JSONResponse({"status": "ready"})
+
+    return app
+
+
+def app_factory() -> FastAPI:
+    """uvicorn's factory: each worker process is an entry point with its own Settings."""
+    from common.log import configure
+
+    settings = Settings()
+    configure(settings)
+    return create_app(settings)

@@ -1,0 +1,52 @@
+"""`facestream ingest serve` / `python -m ingest`: the HTTP gateway on uvicorn."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from common.settings import Settings
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its graceful shutdown, so the process dies of the
+    signal; a service that shut down cleanly should exit 0 like the other facestream ones."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        sigs = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in sigs}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+APP = "ingest.gateway:app_factory"
+
+
+def serve(settings: Settings) -> int:
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": settings.http_host,
+        "port": settings.http_port,
+        "log_config": None,  # structlog, configured by the factory in each worker
+        "access_log": False,
+        "proxy_headers": False,
+        "timeout_graceful_shutdown": 10,
+    }
+    if settings.http_workers > 1:
+        # Several processes: uvicorn's supervisor owns the signals.
+        uvicorn.run(APP, workers=settings.http_workers, **options)
+    else:
+        GracefulServer(uvicorn.Config(APP, **options)).run()
+    return 0

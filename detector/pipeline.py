@@ -15,6 +15,7 @@ from typing import Any
 
 from common.bloom import BloomFilter
 from common.keys import Keys
+from common.locks import LockKeeper
 from common.log import get_logger
 from common.schema import (
     EVENT_FIELD,
@@ -28,7 +29,6 @@ from common.schema import (
 from common.settings import Settings
 from detector.imaging import DecodedImage, decode_image
 from detector.jobs import Deferred, Job, ResultFactory
-from detector.lock import LockKeeper
 from detector.model.face_model import FaceModel
 from detector.writer import Emission, Writer
 

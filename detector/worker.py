@@ -17,11 +17,11 @@ import structlog
 
 from common.bloom import BloomFilter, server_has_native_bloom
 from common.keys import Keys
+from common.locks import LockKeeper, claim_consumer_name
 from common.log import get_logger
 from common.scripts import Scripts
 from common.settings import Settings
 from detector.jobs import Counters, ResultFactory
-from detector.lock import LockKeeper, claim_consumer_name
 from detector.model.face_model import FaceModel
 from detector.pipeline import BatchProcessor
 from detector.writer import WriteError, Writer

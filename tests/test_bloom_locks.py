@@ -13,9 +13,9 @@ from redis.asyncio import Redis
 from common.bloom import BloomFilter, BloomShape, server_has_native_bloom
 from common.connection import async_client
 from common.keys import Keys
+from common.locks import ConsumerNameInUse, LockKeeper, claim_consumer_name
 from common.scripts import Scripts
 from common.settings import Settings
-from detector.lock import ConsumerNameInUse, LockKeeper, claim_consumer_name
 
 
 def sha(i: int) -> str:

@@ -1,0 +1,67 @@
+"""`python -m sink <kind>` / `facestream sink <kind>`: run one sink member."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+
+from common.connection import async_client
+from common.log import configure, get_logger
+from common.settings import Settings
+from sink.files import JsonlSink, StdoutSink
+from sink.runner import Sink, SinkRunner
+from sink.webhook import WebhookSink
+
+KINDS = ("jsonl", "webhook", "stdout")
+log = get_logger("sink")
+
+
+def make_sink(kind: str, settings: Settings) -> Sink:
+    if kind == "jsonl":
+        return JsonlSink(settings.jsonl_path, settings.jsonl_durability, settings.dedupe_window)
+    if kind == "webhook":
+        return WebhookSink(settings)
+    return StdoutSink()
+
+
+async def serve(kind: str, settings: Settings) -> int:
+    client = async_client(settings)
+    runner = SinkRunner(settings, client, make_sink(kind, settings))
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            os._exit(130)  # unacknowledged entries stay pending and are re-read later
+        runner.stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        c = await runner.run()
+    finally:
+        await client.aclose()
+    print(
+        f"sink {kind} {settings.consumer}: {c.read} read, {c.written} written, "
+        f"{c.dead} dead-lettered, {c.skipped} duplicates skipped",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="facestream sink")
+    parser.add_argument("kind", choices=KINDS)
+    args = parser.parse_args(argv)
+    settings = Settings()
+    configure(settings)
+    return asyncio.run(serve(args.kind, settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

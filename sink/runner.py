@@ -1,0 +1,187 @@
+"""A sink: one member of a consumer group on the results stream.
+
+Each sink kind is its own group (`sink-<kind>` unless FACESTREAM_SINK_GROUP says otherwise), so
+every kind sees every result, and members of one group share its work. A member re-reads its own
+pending entries first, acknowledges an entry only after the sink's write succeeded, and sends
+what a sink gives up on to the dead-letter stream with the reason before acknowledging it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis.exceptions
+import structlog
+
+from common.keys import Keys
+from common.locks import LockKeeper, claim_consumer_name
+from common.log import get_logger
+from common.schema import RESULT_FIELD, decode_result
+from common.scripts import Scripts
+from common.settings import Settings
+
+log = get_logger(__name__)
+
+
+@dataclass(slots=True)
+class Item:
+    entry: str  # results-stream entry id
+    payload: bytes
+    result: dict[str, Any] | None  # None when the payload is not a v1 result
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of the items handed to a sink: written, or given up with a reason."""
+
+    written: list[Item]
+    dead: list[tuple[Item, str]]
+
+
+class Sink(Protocol):
+    kind: str
+
+    async def open(self) -> None: ...
+
+    async def write(self, items: list[Item]) -> Outcome: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class SinkCounters:
+    read: int = 0
+    written: int = 0
+    dead: int = 0
+    skipped: int = 0
+
+
+class SinkRunner:
+    def __init__(self, settings: Settings, client: Any, sink: Sink) -> None:
+        self.s = settings
+        self.client = client
+        self.sink = sink
+        self.keys = Keys(settings.prefix)
+        self.group = settings.sink_group or f"sink-{sink.kind}"
+        self.counters = SinkCounters()
+        self.stop = asyncio.Event()
+
+    async def _ensure_group(self) -> None:
+        # From the stream's start: results published before the sink first ran are kept.
+        try:
+            await self.client.xgroup_create(self.keys.results, self.group, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _read(self, start: str, block: int | None) -> list[Item]:
+        reply = await self.client.xreadgroup(
+            self.group,
+            self.s.consumer,
+            {self.keys.results: start},
+            count=self.s.read_count,
+            block=block,
+        )
+        items = []
+        for raw_id, fields in reply[0][1] if reply else []:
+            payload = (fields or {}).get(RESULT_FIELD, b"")
+            try:
+                result: dict[str, Any] | None = decode_result(payload)
+            except Exception:
+                result = None
+            items.append(Item(raw_id.decode(), payload, result))
+        return items
+
+    async def _settle(self, items: list[Item], outcome: Outcome) -> None:
+        """Dead letters first, then the acknowledgement: a crash in between repeats a dead
+        letter, never loses one."""
+        pipe = self.client.pipeline(transaction=False)
+        for item, reason in outcome.dead:
+            pipe.xadd(
+                self.keys.dlq,
+                {
+                    "result": item.payload,
+                    "reason": reason[:1000],
+                    "sink": self.sink.kind,
+                    "group": self.group,
+                    "consumer": self.s.consumer,
+                    "entry": item.entry,
+                },
+            )
+        pipe.xack(self.keys.results, self.group, *[i.entry for i in items])
+        await pipe.execute()
+        self.counters.written += len(outcome.written)
+        self.counters.dead += len(outcome.dead)
+        for item, reason in outcome.dead:
+            log.warning("dead_lettered", entry=item.entry, reason=reason)
+
+    async def _handle(self, items: list[Item]) -> None:
+        if not items:
+            return
+        self.counters.read += len(items)
+        good = [i for i in items if i.result is not None]
+        outcome = await self.sink.write(good) if good else Outcome([], [])
+        outcome.dead.extend((i, "not a v1 result") for i in items if i.result is None)
+        handled = {i.entry for i in outcome.written} | {i.entry for i, _ in outcome.dead}
+        self.counters.skipped += sum(1 for i in good if i.entry not in handled)
+        await self._settle(items, outcome)
+
+    async def run(self) -> SinkCounters:
+        s = self.s
+        structlog.contextvars.bind_contextvars(consumer=s.consumer, sink=self.sink.kind)
+        scripts = Scripts(self.client)
+        claim = self.keys.consumer_claim(self.group, s.consumer)
+        keeper = LockKeeper(scripts, s.consumer_claim_ttl_ms)
+        keeper.hold(claim, await claim_consumer_name(self.client, claim, s.consumer_claim_ttl_ms))
+        keeper_stop = asyncio.Event()
+        heartbeat = asyncio.create_task(keeper.run(self.client, keeper_stop))
+        await self._ensure_group()
+        await self.sink.open()
+        log.info("sink_ready", group=self.group, stream=self.keys.results)
+        started = time.monotonic()
+        try:
+            await self._loop()
+        finally:
+            keeper_stop.set()
+            await heartbeat
+            await self.sink.close()
+            with contextlib.suppress(redis.exceptions.RedisError):
+                await scripts.lock_release(self.client, claim, keeper.token(claim) or "")
+            log.info(
+                "sink_stopped",
+                seconds=round(time.monotonic() - started, 1),
+                **vars_of(self.counters),
+            )
+        return self.counters
+
+    async def _loop(self) -> None:
+        cursor: str | None = "0"  # own pending first
+        backoff = 0.1
+        while not self.stop.is_set():
+            try:
+                if cursor is not None:
+                    items = await self._read(cursor, None)
+                    cursor = items[-1].entry if items else None
+                else:
+                    items = await self._read(">", self.s.block_ms)
+                await self._handle(items)
+                backoff = 0.1
+            except Exception as exc:
+                # Redis away, or the sink's own write failed: nothing was acked, so re-read our
+                # pending entries after a pause.
+                if isinstance(exc, redis.exceptions.RedisError):
+                    log.warning("redis_unavailable", error=str(exc), retry_in_s=backoff)
+                else:
+                    log.exception("sink_write_failed", retry_in_s=backoff)
+                cursor = "0"
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), backoff)
+                backoff = min(backoff * 2, 5.0)
+
+
+def vars_of(counters: SinkCounters) -> dict[str, int]:
+    return {name: getattr(counters, name) for name in counters.__slots__}

@@ -1,30 +1,67 @@
-"""The `facestream` command: one entry point, a subcommand per service or tool."""
+"""The `facestream` command: one entry point, a subcommand per service or tool.
+
+Settings come from FACESTREAM_* environment variables (README); options here only choose
+what to run.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 from common.log import configure
 from common.settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="facestream",
-        description="Face detection over Redis Streams. Settings come from FACESTREAM_* "
-        "environment variables (see README).",
-    )
+    parser = argparse.ArgumentParser(prog="facestream", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("detector", help="run one detector process (same as python -m detector)")
+    sub.add_parser("detector", help="run one detector process")
+    ingest = sub.add_parser("ingest", help="the HTTP gateway")
+    ingest.add_argument("action", choices=["serve"])
+    sink = sub.add_parser("sink", help="run one sink member")
+    sink.add_argument("kind", choices=["jsonl", "webhook", "stdout"])
+
+    detect = sub.add_parser("detect", help="detect faces in files, directories or globs")
+    detect.add_argument("paths", nargs="+")
+    detect.add_argument("--table", action="store_true", help="a table instead of JSON lines")
+    detect.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="seconds without any answer before giving up (default 120)",
+    )
+    detect.add_argument("--source", help="the events' source field (default: the path)")
+    publish = sub.add_parser("publish", help="publish images without waiting; prints ids")
+    publish.add_argument("paths", nargs="+")
+    results = sub.add_parser("results", help="print results as JSON lines")
+    results.add_argument("--follow", "-f", action="store_true", help="keep waiting for more")
+    results.add_argument("--group", help="read as this consumer group (acknowledges)")
+    results.add_argument("--from", dest="start", help="entry id to start after (0: all)")
+    results.add_argument("--count", type=int, help="stop after this many")
+
+    up = sub.add_parser("up", help="run redis, gateway, detectors and a jsonl sink here")
+    up.add_argument(
+        "--detectors",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="detector processes (default: one per core)",
+    )
+    up.add_argument("--dir", default=".facestream", help="work dir (default .facestream)")
+    up.add_argument("--no-gateway", action="store_true")
+    up.add_argument("--no-sink", action="store_true")
     demo = sub.add_parser(
         "demo",
-        help="run a local redis-server and detectors, detect faces in photos, print results",
+        help="start the stack, detect faces in the sample photos (or PATHS), print them, stop",
     )
-    demo.add_argument("paths", nargs="*", help="image files or directories (default: samples)")
-    demo.add_argument("--detectors", type=int, default=1, help="detector processes (default 1)")
-    demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for results")
+    demo.add_argument("paths", nargs="*")
+    demo.add_argument("--detectors", type=int, default=1)
+    demo.add_argument("--table", action="store_true")
+    samples = sub.add_parser("samples", help="write the sample photos into a directory")
+    samples.add_argument("dir")
     return parser
 
 
@@ -34,14 +71,95 @@ def main(argv: list[str] | None = None) -> int:
         from detector.__main__ import main as detector_main
 
         return detector_main()
+    if args.command == "sink":
+        from sink.__main__ import main as sink_main
+
+        return sink_main([args.kind])
     settings = Settings()
     configure(settings)
-    if args.command == "demo":
-        from ingest.demo import run_demo
+    try:
+        return run(args, settings)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"facestream {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
-        os.environ.setdefault("FACESTREAM_LOG_FORMAT", "json")
-        return run_demo(settings, args.paths, max(1, args.detectors), args.timeout)
-    return 2
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "ingest":
+        from ingest.serve import serve
+
+        return serve(settings)
+    if args.command == "samples":
+        from ingest.samples import write_samples
+
+        for path in write_samples(Path(args.dir)):
+            print(path)
+        return 0
+    if args.command in ("up", "demo"):
+        return run_stack(args, settings)
+
+    import redis
+
+    from ingest import commands
+
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.socket_timeout_s)
+    if args.command == "detect":
+        return commands.detect(
+            settings,
+            client,
+            commands.expand(args.paths),
+            table=args.table,
+            timeout_s=args.timeout,
+            source=args.source,
+        )
+    if args.command == "publish":
+        return commands.publish(settings, client, commands.expand(args.paths))
+    return commands.results(
+        settings, client, follow=args.follow, group=args.group, start=args.start, count=args.count
+    )
+
+
+def run_stack(args: argparse.Namespace, settings: Settings) -> int:
+    from common.stack import Stack, run_up
+
+    if args.command == "up":
+        stack = Stack(
+            settings,
+            Path(args.dir),
+            max(1, args.detectors),
+            gateway=not args.no_gateway,
+            sink=not args.no_sink,
+        )
+        return run_up(stack)
+
+    import redis
+
+    from common.embedded import free_port
+    from ingest import commands
+    from ingest.samples import write_samples
+
+    if "http_port" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"http_port": free_port()})
+    with tempfile.TemporaryDirectory(prefix="facestream-demo-") as tmp:
+        work = Path(tmp)
+        paths = commands.expand(args.paths) if args.paths else write_samples(work / "samples")
+        stack = Stack(settings, work, max(1, args.detectors), log_dir=work)
+        try:
+            stack.start()
+            stack.wait_ready()
+            print(stack.describe(), file=sys.stderr)
+            client = redis.Redis.from_url(stack.redis_url)
+            status = commands.detect(settings, client, paths, table=args.table, timeout_s=120)
+            client.close()
+        except (RuntimeError, TimeoutError) as exc:
+            logs = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in work.glob("*.log"))
+            print(f"facestream demo: {exc}\n{logs}", file=sys.stderr)
+            status = 1
+        finally:
+            stack.stop()
+    return status
 
 
 if __name__ == "__main__":

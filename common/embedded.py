@@ -50,11 +50,15 @@ class EmbeddedRedis:
         port: int | None = None,
         binary: str | None = None,
         extra_args: tuple[str, ...] = (),
+        persistent: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.binary = find_server_binary(binary)
         self.extra_args = extra_args
+        # Persistent: an append-only file in the data dir, so a restart keeps streams and
+        # pending lists; otherwise nothing touches the disk.
+        self.appendonly = "yes" if persistent else "no"
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -75,7 +79,9 @@ class EmbeddedRedis:
             "--save",
             "",
             "--appendonly",
-            "no",
+            self.appendonly,
+            "--appendfsync",
+            "everysec",
             "--daemonize",
             "no",
             "--logfile",

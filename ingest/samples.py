@@ -58,3 +58,14 @@ def encode(pixels: np.ndarray, fmt: str = "PNG", **options: object) -> bytes:
 def sample_photos() -> dict[str, bytes]:
     """name -> encoded image bytes (PNG: lossless, so the pixels are exactly the package's)."""
     return {name: encode(px) for name, px in sample_pixels().items()}
+
+
+def write_samples(directory: Path) -> list[Path]:
+    """The sample photos as PNG files in `directory`; returns their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, data in sample_photos().items():
+        path = directory / f"{name}.png"
+        path.write_bytes(data)
+        paths.append(path)
+    return paths

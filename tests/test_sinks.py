@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import redis
@@ -60,7 +60,7 @@ def run_sinks(
         runners = [SinkRunner(s, c, sink) for (s, sink), c in zip(members, clients, strict=True)]
         tasks = [asyncio.create_task(r.run()) for r in runners]
         deadline = time.monotonic() + timeout_s
-        while not until(runners) and time.monotonic() < deadline:
+        while not until(runners) and time.monotonic() < deadline:  # noqa: ASYNC110 (polling a predicate)
             await asyncio.sleep(0.02)
         for r in runners:
             r.stop.set()
@@ -137,10 +137,10 @@ def test_jsonl_restart_never_writes_a_result_twice(
 
 
 class Hook(BaseHTTPRequestHandler):
-    plan: list[int] = []
-    received: list[dict[str, Any]] = []
+    plan: ClassVar[list[int]] = []
+    received: ClassVar[list[dict[str, Any]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         status = type(self).plan.pop(0) if type(self).plan else 200
         if status == 200:

@@ -1,0 +1,235 @@
+"""`facestream detect | publish | results`: the command-line client, straight to Redis."""
+
+from __future__ import annotations
+
+import glob
+import json
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import redis
+
+from common.keys import Keys
+from common.progress import Progress
+from common.schema import RESULT_FIELD, ImageEvent, jsonable
+from common.settings import Settings
+from ingest.publisher import Overloaded, Publisher, PublishError, make_event
+
+WINDOW = 256  # images published but not yet answered, at most: memory stays bounded
+
+
+def expand(paths: list[str]) -> list[Path]:
+    """Files, directories (recursively) and glob patterns, in a stable order."""
+    out: list[Path] = []
+    for raw in paths:
+        matches = sorted(glob.glob(raw, recursive=True)) if glob.has_magic(raw) else [raw]
+        if not matches:
+            raise FileNotFoundError(f"no file matches {raw!r}")
+        for m in matches:
+            p = Path(m)
+            if p.is_dir():
+                out += sorted(f for f in p.rglob("*") if f.is_file())
+            elif p.is_file():
+                out.append(p)
+            else:
+                raise FileNotFoundError(f"no such file or directory: {m}")
+    return out
+
+
+def publish_retrying(publisher: Publisher, events: list[ImageEvent]) -> list[str]:
+    """Publish, waiting out backpressure instead of failing."""
+    while True:
+        try:
+            return publisher.publish_many(events)
+        except Overloaded as exc:
+            time.sleep(exc.retry_after_s)
+
+
+class Waiter:
+    """Reads one private reply stream; yields results as they arrive."""
+
+    def __init__(self, client: redis.Redis, stream: str) -> None:
+        self.client = client
+        self.stream = stream
+        self.last = "0-0"
+
+    def poll(self, block_ms: int) -> Iterator[dict[str, Any]]:
+        reply: Any = self.client.xread({self.stream: self.last}, count=500, block=block_ms)
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                self.last = entry_id.decode()
+                yield msgpack.unpackb(fields[RESULT_FIELD], raw=False)
+        if reply:
+            self.client.xtrim(self.stream, minid=self.last)
+
+
+def door_error(path: Path, exc: PublishError | OSError) -> dict[str, Any]:
+    code = exc.code if isinstance(exc, PublishError) else "unreadable"
+    message = exc.message if isinstance(exc, PublishError) else str(exc)
+    return {"path": str(path), "error": {"code": code, "message": message}}
+
+
+def detect(
+    settings: Settings,
+    client: redis.Redis,
+    paths: list[Path],
+    *,
+    table: bool,
+    timeout_s: float,
+    source: str | None = None,
+) -> int:
+    keys = Keys(settings.prefix)
+    reply = keys.reply_stream(f"cli-{uuid.uuid4().hex[:12]}")
+    publisher = Publisher(settings, client)
+    waiter = Waiter(client, reply)
+    progress = Progress(len(paths), "detect")
+    rows: list[dict[str, Any]] = []
+    failed: list[str] = []
+    waiting: dict[tuple[str, str], Path] = {}
+    queue = list(paths)
+    last_progress = time.monotonic()
+
+    def emit(row: dict[str, Any]) -> None:
+        faces = len(row.get("faces") or [])
+        if "error" in row:
+            failed.append(row["path"])
+        progress.advance(note=f"{faces} faces" if "error" not in row else row["error"]["code"])
+        if table:
+            rows.append(row)
+        else:
+            print(json.dumps(jsonable(row), separators=(",", ":")), flush=True)
+
+    try:
+        while queue or waiting:
+            batch: list[ImageEvent] = []
+            while queue and len(waiting) + len(batch) < WINDOW and len(batch) < 64:
+                path = queue.pop(0)
+                try:
+                    event = make_event(
+                        path.read_bytes(),
+                        f"{path.name}-{uuid.uuid4().hex[:8]}",
+                        source=source or str(path),
+                        reply_to=reply,
+                        limits=settings.limits(),
+                    )
+                except (PublishError, OSError) as exc:
+                    emit(door_error(path, exc))
+                    continue
+                assert event.sha256 is not None
+                waiting[(event.id, event.sha256)] = path
+                batch.append(event)
+            if batch:
+                publish_retrying(publisher, batch)
+            for result in waiter.poll(200):
+                path_of = waiting.pop((result.get("id", ""), result.get("sha256") or ""), None)
+                if path_of is not None:
+                    emit({"path": str(path_of), **result})
+                    last_progress = time.monotonic()
+            if waiting and not queue and time.monotonic() - last_progress > timeout_s:
+                for path in waiting.values():
+                    emit(
+                        {
+                            "path": str(path),
+                            "error": {
+                                "code": "timeout",
+                                "message": f"no answer within {timeout_s:g} s",
+                            },
+                        }
+                    )
+                waiting.clear()
+    finally:
+        progress.close()
+        client.delete(reply)
+    if table:
+        print_table(rows)
+    if failed:
+        print(f"{len(failed)} of {len(paths)} images failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    width = max([len(r["path"]) for r in rows] + [4])
+    print(f"{'path':<{width}}  {'faces':>5}  {'size':>9}  {'best':>5}  cached  error")
+    for r in rows:
+        faces = r.get("faces") or []
+        best = f"{max(f['score'] for f in faces):.3f}" if faces else "-"
+        size = f"{r['width']}x{r['height']}" if r.get("width") else "-"
+        err = r["error"]["code"] if "error" in r else ""
+        cached = "yes" if r.get("cached") else "no"
+        print(f"{r['path']:<{width}}  {len(faces):>5}  {size:>9}  {best:>5}  {cached:>6}  {err}")
+
+
+def publish(settings: Settings, client: redis.Redis, paths: list[Path]) -> int:
+    """Fire and forget: prints `id<TAB>path` per published image."""
+    publisher = Publisher(settings, client)
+    failed = 0
+    for path in paths:
+        try:
+            event = make_event(
+                path.read_bytes(),
+                f"{path.name}-{uuid.uuid4().hex[:8]}",
+                source=str(path),
+                limits=settings.limits(),
+            )
+        except (PublishError, OSError) as exc:
+            print(json.dumps(door_error(path, exc)), file=sys.stderr)
+            failed += 1
+            continue
+        publish_retrying(publisher, [event])
+        print(f"{event.id}\t{path}", flush=True)
+    return 1 if failed else 0
+
+
+def results(
+    settings: Settings,
+    client: redis.Redis,
+    *,
+    follow: bool,
+    group: str | None,
+    start: str | None,
+    count: int | None,
+) -> int:
+    """Print results as JSON lines: as a consumer group (acknowledged once printed), or from
+    an entry id ("0": the beginning; default with --follow: only new ones)."""
+    keys = Keys(settings.prefix)
+    printed = 0
+    cursor = start or ("$" if follow else "0")
+    if group:
+        try:
+            client.xgroup_create(keys.results, group, id=start or "0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+    try:
+        while count is None or printed < count:
+            block = settings.block_ms if follow else None
+            n = 500 if count is None else min(500, count - printed)
+            if group:
+                reply: Any = client.xreadgroup(
+                    group, settings.consumer, {keys.results: ">"}, count=n, block=block
+                )
+            else:
+                reply = client.xread({keys.results: cursor}, count=n, block=block)
+            entries = reply[0][1] if reply else []
+            if not entries and not follow:
+                break
+            for entry_id, fields in entries:
+                cursor = entry_id.decode()
+                print(
+                    json.dumps(
+                        jsonable(msgpack.unpackb(fields[RESULT_FIELD], raw=False)),
+                        separators=(",", ":"),
+                    ),
+                    flush=True,
+                )
+                printed += 1
+            if group and entries:
+                client.xack(keys.results, group, *[e for e, _ in entries])
+    except KeyboardInterrupt:
+        pass
+    return 0

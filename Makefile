@@ -8,10 +8,8 @@ BIN := $(VENV)/bin
 
 .PHONY: setup run test test-valkey lint clean
 
-$(BIN)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,demo]'
+$(BIN)/.installed: pyproject.toml scripts/install.sh
+	sh scripts/install.sh $(VENV) dev
 	touch $@
 
 setup: $(BIN)/.installed

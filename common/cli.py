@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("paths", nargs="*")
     demo.add_argument("--detectors", type=int, default=1)
     demo.add_argument("--table", action="store_true")
+    health = sub.add_parser(
+        "health",
+        help="exit 0 when this host's detector or sink member "
+        "is alive (its heartbeat key is fresh): for container healthchecks",
+    )
+    health.add_argument("role", choices=["detector", "sink"])
+    health.add_argument("kind", nargs="?", choices=["jsonl", "webhook", "stdout"])
     samples = sub.add_parser("samples", help="write the sample photos into a directory")
     samples.add_argument("dir")
     return parser
@@ -97,6 +104,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         for path in write_samples(Path(args.dir)):
             print(path)
         return 0
+    if args.command == "health":
+        return health(args, settings)
     if args.command in ("up", "demo"):
         return run_stack(args, settings)
 
@@ -119,6 +128,32 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return commands.results(
         settings, client, follow=args.follow, group=args.group, start=args.start, count=args.count
     )
+
+
+def health(args: argparse.Namespace, settings: Settings) -> int:
+    import redis
+
+    from common.keys import Keys
+
+    if args.role == "sink" and not args.kind:
+        print("facestream health sink: name the sink kind", file=sys.stderr)
+        return 2
+    group = (
+        settings.detector_group
+        if args.role == "detector"
+        else (settings.sink_group or f"sink-{args.kind}")
+    )
+    key = Keys(settings.prefix).consumer_claim(group, settings.consumer)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    try:
+        alive = bool(client.exists(key))
+    except redis.RedisError as exc:
+        print(f"unhealthy: redis: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    print(f"{'healthy' if alive else 'unhealthy'}: {args.role} {settings.consumer} in {group}")
+    return 0 if alive else 1
 
 
 def run_stack(args: argparse.Namespace, settings: Settings) -> int:

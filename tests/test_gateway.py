@@ -213,3 +213,23 @@ def test_backpressure_answers_503_with_retry_after(
     assert refused.json()["error"]["code"] == "overloaded"
     assert r.xlen(Keys(prefix).images) == 3  # refused work was never enqueued
     assert ready.status_code == 503 and "detector" in ready.json()["reason"]
+
+
+def test_redis_unreachable_is_503_and_not_ready(tmp_path: Path, photo_png: dict[str, bytes]):
+    port = free_port()
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    procs = Procs(
+        tmp_path,
+        base_env(dead, "down", FACESTREAM_HTTP_PORT=port, FACESTREAM_SOCKET_CONNECT_TIMEOUT_S=0.5),
+    )
+    procs.start("gateway", ["-m", "ingest"])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        procs.wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200, "gateway up")
+        resp = httpx.post(f"{url}/v1/detect", content=photo_png["camera"], timeout=30)
+        ready = httpx.get(f"{url}/readyz", timeout=30)
+    finally:
+        assert procs.stop() == [0]
+    assert resp.status_code == 503 and resp.json()["error"]["code"] == "unavailable"
+    assert resp.headers["retry-after"] == "1"
+    assert ready.status_code == 503 and ready.json()["reason"].startswith("redis")

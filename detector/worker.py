@@ -16,6 +16,7 @@ import redis.exceptions
 import structlog
 
 from common.bloom import BloomFilter, server_has_native_bloom
+from common.groups import ensure_group
 from common.keys import Keys
 from common.locks import LockKeeper, claim_consumer_name
 from common.log import get_logger
@@ -27,16 +28,6 @@ from detector.pipeline import BatchProcessor
 from detector.writer import WriteError, Writer
 
 log = get_logger(__name__)
-
-
-async def ensure_group(client: Any, stream: str, group: str) -> None:
-    """Create the group at the stream's start ("0"): events published before any detector
-    ran are still answered."""
-    try:
-        await client.xgroup_create(stream, group, id="0", mkstream=True)
-    except redis.exceptions.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
 
 
 async def resolve_bloom_mode(client: Any, wanted: str, probe_key: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 import msgpack
 import redis
 
+from common.groups import ensure_group_sync
 from common.keys import Keys
 from common.progress import Progress
 from common.schema import RESULT_FIELD, ImageEvent, jsonable
@@ -200,11 +201,7 @@ def results(
     printed = 0
     cursor = start or ("$" if follow else "0")
     if group:
-        try:
-            client.xgroup_create(keys.results, group, id=start or "0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        ensure_group_sync(client, keys.results, group, start or "0")
     try:
         while count is None or printed < count:
             block = settings.block_ms if follow else None

@@ -69,6 +69,10 @@ _BODY = {
 }
 
 
+def _error_doc(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
+
+
 def error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     headers = extra.pop("headers", None)
     return JSONResponse({"error": {"code": code, "message": message}, **extra}, status, headers)
@@ -182,26 +186,11 @@ def create_app(settings: Settings) -> FastAPI:
         responses={
             200: {"description": "the result (with wait=true)"},
             202: {"description": "accepted; the result goes to the results stream"},
-            400: {
-                "description": "bad request",
-                "content": {"application/json": {"schema": _ERROR}},
-            },
-            413: {
-                "description": "image too large",
-                "content": {"application/json": {"schema": _ERROR}},
-            },
-            415: {
-                "description": "not an image",
-                "content": {"application/json": {"schema": _ERROR}},
-            },
-            503: {
-                "description": "overloaded or Redis unreachable; see Retry-After",
-                "content": {"application/json": {"schema": _ERROR}},
-            },
-            504: {
-                "description": "no result within timeout_ms (the image is still processed)",
-                "content": {"application/json": {"schema": _ERROR}},
-            },
+            400: _error_doc("bad request"),
+            413: _error_doc("image too large"),
+            415: _error_doc("not an image"),
+            503: _error_doc("overloaded or Redis unreachable; see Retry-After"),
+            504: _error_doc("no result within timeout_ms (the image is still processed)"),
         },
     )
     async def detect(

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import redis.exceptions
 import structlog
 
+from common.groups import ensure_group
 from common.keys import Keys
 from common.locks import LockKeeper, claim_consumer_name
 from common.log import get_logger
@@ -69,14 +70,6 @@ class SinkRunner:
         self.group = settings.sink_group or f"sink-{sink.kind}"
         self.counters = SinkCounters()
         self.stop = asyncio.Event()
-
-    async def _ensure_group(self) -> None:
-        # From the stream's start: results published before the sink first ran are kept.
-        try:
-            await self.client.xgroup_create(self.keys.results, self.group, id="0", mkstream=True)
-        except redis.exceptions.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
 
     async def _read(self, start: str, block: int | None) -> list[Item]:
         reply = await self.client.xreadgroup(
@@ -139,7 +132,8 @@ class SinkRunner:
         keeper.hold(claim, await claim_consumer_name(self.client, claim, s.consumer_claim_ttl_ms))
         keeper_stop = asyncio.Event()
         heartbeat = asyncio.create_task(keeper.run(self.client, keeper_stop))
-        await self._ensure_group()
+        # From the stream's start: results published before the sink first ran are kept.
+        await ensure_group(self.client, self.keys.results, self.group)
         await self.sink.open()
         log.info("sink_ready", group=self.group, stream=self.keys.results)
         started = time.monotonic()

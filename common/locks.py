@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from common.log import get_logger
+from common.outage import Outage
 from common.scripts import Scripts
 
 log = get_logger(__name__)
@@ -66,13 +67,15 @@ class LockKeeper:
 
     async def run(self, client: Any, stop: asyncio.Event) -> None:
         interval = self.ttl_ms / 3000
+        outage = Outage(log, "lock_extension")
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
             try:
                 await self.extend_all(client)
+                outage.ok()
             except Exception as exc:  # Redis away: the next tick retries
-                log.warning("lock_extend_failed", error=str(exc))
+                outage.failed(exc)
 
 
 class ConsumerNameInUse(RuntimeError):

@@ -16,6 +16,7 @@ _NAMES = (
     "lock_release",
     "lock_extend",
     "emit",
+    "dead_letter",
     "bloom_check",
     "bloom_add",
 )
@@ -92,13 +93,28 @@ class Scripts:
         results: str,
         group: str,
         delete_acked: bool,
-        maxlen: int,
         pairs: list[tuple[str, bytes]],
     ) -> Any:
-        args: list[Any] = [group, "1" if delete_acked else "0", maxlen]
+        args: list[Any] = [group, "1" if delete_acked else "0"]
         for entry_id, payload in pairs:
             args += [entry_id, payload]
         return self._call("emit", pipe, [images, results], args)
+
+    def dead_letter(
+        self,
+        pipe: Any,
+        images: str,
+        results: str,
+        dlq: str,
+        group: str,
+        delete_acked: bool,
+        consumer: str,
+        quads: list[tuple[str, bytes, bytes, int]],
+    ) -> Any:
+        args: list[Any] = [group, "1" if delete_acked else "0", consumer]
+        for quad in quads:
+            args += list(quad)
+        return self._call("dead_letter", pipe, [images, results, dlq], args)
 
     def bloom_check(self, pipe: Any, key: str, k: int, offsets: list[int]) -> Any:
         return self._call("bloom_check", pipe, [key], [k, *offsets])

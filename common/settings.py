@@ -41,8 +41,20 @@ class Settings(BaseSettings):
     # Acked image entries hold the image bytes; deleting them on ack keeps Redis memory flat.
     # Turn off only when another consumer group also reads the images stream.
     delete_acked_images: bool = True
-    results_maxlen: int = Field(default=0, ge=0, description="0 = never trim the results stream")
     reply_maxlen: int = Field(default=10_000, ge=1)
+
+    # --- recovery ---------------------------------------------------------------------------
+    # Entries pending longer than this on any member are claimed by a live one (XAUTOCLAIM);
+    # longer than the lock TTL, so a slow but live holder is not raced.
+    claim_idle_ms: int = Field(default=60_000, ge=100)
+    claim_every_ms: int = Field(default=5_000, ge=100)
+    # An entry delivered this many times is answered `max_deliveries` and dead-lettered.
+    max_deliveries: int = Field(default=5, ge=1)
+    # Acked results are trimmed from the results stream (never below any group's oldest
+    # pending or undelivered entry); off keeps everything.
+    trim_results: bool = True
+    trim_every_ms: int = Field(default=10_000, ge=100)
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
 
     # --- cache, Bloom filter, lock ----------------------------------------------------------
     cache_ttl_s: int = Field(default=86_400, ge=1)
@@ -107,6 +119,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"socket_timeout_s ({self.socket_timeout_s}) must be longer than block_ms "
                 f"({self.block_ms} ms), or blocking reads time out"
+            )
+        if self.claim_idle_ms <= self.lock_ttl_ms:
+            raise ValueError(
+                f"claim_idle_ms ({self.claim_idle_ms}) must be longer than lock_ttl_ms "
+                f"({self.lock_ttl_ms}): a live lock holder's entries must not be claimed"
             )
         if self.defer_max_ms < self.defer_min_ms:
             raise ValueError("defer_max_ms must be >= defer_min_ms")

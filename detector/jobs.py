@@ -41,6 +41,8 @@ class Counters:
     not_emitted: int = 0  # answered, but another consumer had acked the entry already
     deleted_entries: int = 0
     deferred: int = 0
+    dead_lettered: int = 0
+    claimed: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}

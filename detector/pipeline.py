@@ -8,6 +8,7 @@ replies and the ack-gated emit, pipelined. The hit path never waits on inference
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from common.schema import (
     ErrorCode,
     Face,
     ImageEvent,
+    Result,
     SchemaError,
     decode_event,
     unpack_faces,
@@ -71,7 +73,9 @@ class BatchProcessor:
         return event.reply_to is None or event.reply_to.startswith(self.reply_prefix)
 
     # --- stage 1: parse -------------------------------------------------------------------
-    def parse(self, entries: list[tuple[bytes, Any]]) -> tuple[list[Job], Emission]:
+    def parse(
+        self, entries: list[tuple[bytes, Any]], deliveries: dict[str, int] | None = None
+    ) -> tuple[list[Job], Emission]:
         jobs: list[Job] = []
         out = Emission()
         for raw_id, fields in entries:
@@ -81,6 +85,10 @@ class BatchProcessor:
                 # Deleted from the stream while pending: nothing left to answer; just ack.
                 out.ack_only.append(entry)
                 self.counters.deleted_entries += 1
+                continue
+            count = deliveries.get(entry, 1) if deliveries else 1
+            if count >= self.s.max_deliveries:
+                out.dead.append(self._give_up(entry, fields, count))
                 continue
             event = None
             try:
@@ -104,9 +112,25 @@ class BatchProcessor:
                 out.add(self.results.error(entry, err, event), reply)
         return jobs, out
 
+    def _give_up(self, entry: str, fields: Any, count: int) -> tuple[Result, bytes, int]:
+        """A poison message: delivered `count` times and never answered (each try died)."""
+        payload = fields.get(EVENT_FIELD) or b""
+        event = None
+        with contextlib.suppress(SchemaError):  # answered all the same, with what it tells
+            event = decode_event(payload, self.limits)
+        err = SchemaError(
+            ErrorCode.MAX_DELIVERIES,
+            f"delivered {count} times without an answer (limit {self.s.max_deliveries})",
+            event.id if event else "",
+        )
+        return self.results.error(entry, err, event), payload, count
+
     # --- stage 2: look up -----------------------------------------------------------------
-    async def handle(self, entries: list[tuple[bytes, Any]]) -> None:
-        jobs, out = self.parse(entries)
+    async def handle(
+        self, entries: list[tuple[bytes, Any]], deliveries: dict[str, int] | None = None
+    ) -> None:
+        """`deliveries`: counts for re-delivered entries (own pending, claimed ones)."""
+        jobs, out = self.parse(entries, deliveries)
         by_sha: dict[str, list[Job]] = defaultdict(list)
         for job in jobs:
             # Same image already waiting or being inferred here: ride along, no lookup.

@@ -20,8 +20,11 @@ from common.groups import ensure_group
 from common.keys import Keys
 from common.locks import LockKeeper, claim_consumer_name
 from common.log import get_logger
+from common.outage import Outage
+from common.recovery import Reclaimer
 from common.scripts import Scripts
 from common.settings import Settings
+from common.trim import trim_acked
 from detector.jobs import Counters, ResultFactory
 from detector.model.face_model import FaceModel
 from detector.pipeline import BatchProcessor
@@ -51,6 +54,15 @@ class Detector:
         self.stop = asyncio.Event()
         self.processor: BatchProcessor | None = None
         self._cursor: str | None = "0"  # own pending entries first ("0"), then new ones (">")
+        self.reclaimer = Reclaimer(
+            client,
+            self.keys.images,
+            settings.detector_group,
+            settings.consumer,
+            settings.claim_idle_ms,
+            settings.claim_every_ms,
+            settings.read_count,
+        )
 
     async def _setup(self) -> BatchProcessor:
         s = self.s
@@ -94,6 +106,7 @@ class Detector:
         tasks = [
             asyncio.create_task(keeper.run(self.client, keeper_stop)),
             asyncio.create_task(self.locks.run(self.client, keeper_stop)),
+            asyncio.create_task(self._trim(keeper_stop)),
         ]
         processor = self.processor = await self._setup()
         started = time.monotonic()
@@ -114,6 +127,24 @@ class Detector:
             )
         return self.counters
 
+    async def _trim(self, stop: asyncio.Event) -> None:
+        """Keep the streams this detector writes to bounded, never losing unread entries."""
+        streams = [self.keys.results] if self.s.trim_results else []
+        if not self.s.delete_acked_images:  # else answered image entries are deleted at once
+            streams.append(self.keys.images)
+        outage = Outage(log, "trim")
+        while streams and not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.s.trim_every_ms / 1000)
+            try:
+                for stream in streams:
+                    removed = await trim_acked(self.client, stream)
+                    if removed:
+                        log.debug("trimmed", stream=stream, entries=removed)
+                outage.ok()
+            except redis.exceptions.RedisError as exc:
+                outage.failed(exc)
+
     async def _read(self, start: str, block_ms: int | None) -> list[tuple[bytes, Any]]:
         reply = await self.client.xreadgroup(
             self.s.detector_group,
@@ -128,19 +159,17 @@ class Detector:
         return entries
 
     async def _loop(self, p: BatchProcessor) -> None:
-        backoff = 0.1
+        outage = Outage(log)
         self._cursor = "0"
         while not self.stop.is_set():
             try:
                 await self._step(p)
-                backoff = 0.1
+                outage.ok()
             except (redis.exceptions.RedisError, WriteError) as exc:
                 # Whatever was in hand stays pending in our list: re-read it once Redis is back.
-                log.warning("redis_unavailable", error=str(exc), retry_in_s=round(backoff, 2))
                 self._cursor = "0"
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), backoff)
-                backoff = min(backoff * 2, 5.0)
+                    await asyncio.wait_for(self.stop.wait(), outage.failed(exc))
 
     async def _step(self, p: BatchProcessor) -> None:
         s = self.s
@@ -155,14 +184,20 @@ class Detector:
                 self._cursor = None
                 return
             self._cursor = entries[-1][0].decode()
-            # Entries still deferred or being inferred here are in our pending list too.
-            active = p.active_entries()
-            await p.handle([e for e in entries if e[0].decode() not in active])
+            await self._redelivered(p, entries)
             return
         if len(p.tasks) >= s.max_inflight_batches or p.deferred_jobs() >= s.max_deferred:
             # Saturated: let inference finish (or deferrals come due) before reading more.
             await self._wait_for_work(p)
             return
+        if self.reclaimer.due():
+            # Work stuck on members that died or hang: take it over.
+            entries, deleted = await self.reclaimer.claim()
+            self.counters.deleted_entries += len(deleted)
+            self.counters.claimed += len(entries)
+            if entries:
+                await self._redelivered(p, entries)
+                return
         block = s.block_ms
         due = p.next_due()
         if due is not None:
@@ -170,6 +205,13 @@ class Detector:
         entries = await self._read(">", block)
         if entries:
             await p.handle(entries)
+
+    async def _redelivered(self, p: BatchProcessor, entries: list[tuple[bytes, Any]]) -> None:
+        # Entries still deferred or being inferred here are in our pending list too.
+        active = p.active_entries()
+        fresh = [e for e in entries if e[0].decode() not in active]
+        counts = await self.reclaimer.deliveries([e[0].decode() for e in fresh])
+        await p.handle(fresh, counts)
 
     async def _wait_for_work(self, p: BatchProcessor) -> None:
         due = p.next_due()

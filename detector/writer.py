@@ -32,12 +32,14 @@ class Emission:
     cache_puts: list[tuple[str, str, list[Face], int, int]] = field(default_factory=list)
     releases: list[tuple[str, str]] = field(default_factory=list)  # (lock key, token)
     ack_only: list[str] = field(default_factory=list)
+    # Given up after too many deliveries: (error result, original event payload, deliveries).
+    dead: list[tuple[Result, bytes, int]] = field(default_factory=list)
 
     def add(self, result: Result, reply_to: str | None = None) -> None:
         self.results.append((result, reply_to))
 
     def __bool__(self) -> bool:
-        return bool(self.results or self.cache_puts or self.releases or self.ack_only)
+        return bool(self.results or self.cache_puts or self.releases or self.ack_only or self.dead)
 
 
 class WriteError(RuntimeError):
@@ -113,36 +115,52 @@ class Writer:
             pipe.xack(keys.images, s.detector_group, *out.ack_only)
             if s.delete_acked_images:
                 pipe.xdel(keys.images, *out.ack_only)
+        at: dict[str, int] = {}
+        if out.dead:
+            at["dead"] = len(pipe.command_stack)
+            self.scripts.dead_letter(
+                pipe,
+                keys.images,
+                keys.results,
+                keys.dlq,
+                s.detector_group,
+                s.delete_acked_images,
+                s.consumer,
+                [(r.entry, r.to_wire(), event, count) for r, event, count in out.dead],
+            )
         if out.results:
+            at["emit"] = len(pipe.command_stack)
             self.scripts.emit(
                 pipe,
                 keys.images,
                 keys.results,
                 s.detector_group,
                 s.delete_acked_images,
-                s.results_maxlen,
-                [
-                    (result.entry, payload)
-                    for (result, _), payload in zip(out.results, payloads, strict=True)
-                ],
+                [(r.entry, payload) for (r, _), payload in zip(out.results, payloads, strict=True)],
             )
         answers = await pipe.execute(raise_on_error=False)
-        for answer in answers[:-1] if out.results else answers:
-            if isinstance(answer, Exception):
+        for i, answer in enumerate(answers):
+            if isinstance(answer, Exception) and i not in at.values():
                 # A cache write, Bloom add or reply failed: results still go out; the cache
                 # is an optimisation and the results stream is the record.
                 log.warning("write_step_failed", error=str(answer))
-        if not out.results:
-            return
-        acked = answers[-1]
-        if isinstance(acked, Exception):
-            raise WriteError(f"emit failed: {acked}")
-        for (result, _), ok in zip(out.results, acked, strict=True):
-            if not ok:
-                self.counters.not_emitted += 1
-                continue
-            self.counters.results += 1
-            if result.error is not None:
-                self.counters.errors += 1
-            elif result.cached:
-                self.counters.cached += 1
+        for step in at:
+            if isinstance(answers[at[step]], Exception):
+                raise WriteError(f"{step} failed: {answers[at[step]]}")
+        if "dead" in at:
+            for (result, _, count), ok in zip(out.dead, answers[at["dead"]], strict=True):
+                if ok:
+                    self.counters.dead_lettered += 1
+                    log.warning(
+                        "dead_lettered", entry=result.entry, event_id=result.id, deliveries=count
+                    )
+        if "emit" in at:
+            for (result, _), ok in zip(out.results, answers[at["emit"]], strict=True):
+                if not ok:
+                    self.counters.not_emitted += 1
+                    continue
+                self.counters.results += 1
+                if result.error is not None:
+                    self.counters.errors += 1
+                elif result.cached:
+                    self.counters.cached += 1

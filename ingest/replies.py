@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from common.keys import Keys
 from common.log import get_logger
+from common.outage import Outage
 from common.schema import RESULT_FIELD
 
 log = get_logger(__name__)
@@ -74,7 +75,7 @@ class ReplyRouter:
     async def _run(self) -> None:
         last = "0-0"
         refreshed = 0.0
-        backoff = 0.1
+        outage = Outage(log, "reply_reader")
         while True:
             try:
                 if time.monotonic() - refreshed > self.ttl_ms / 3000:
@@ -84,12 +85,10 @@ class ReplyRouter:
                     {self.stream: last}, count=500, block=self.block_ms
                 )
                 self.healthy = True
-                backoff = 0.1
+                outage.ok()
             except redis.exceptions.RedisError as exc:
                 self.healthy = False
-                log.warning("reply_reader_error", error=str(exc), retry_in_s=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await asyncio.sleep(outage.failed(exc))
                 continue
             for _, entries in reply or []:
                 for entry_id, fields in entries:

@@ -21,6 +21,8 @@ from common.groups import ensure_group
 from common.keys import Keys
 from common.locks import LockKeeper, claim_consumer_name
 from common.log import get_logger
+from common.outage import Outage
+from common.recovery import Reclaimer
 from common.schema import RESULT_FIELD, decode_result
 from common.scripts import Scripts
 from common.settings import Settings
@@ -59,6 +61,8 @@ class SinkCounters:
     written: int = 0
     dead: int = 0
     skipped: int = 0
+    claimed: int = 0
+    deleted: int = 0
 
 
 class SinkRunner:
@@ -70,6 +74,15 @@ class SinkRunner:
         self.group = settings.sink_group or f"sink-{sink.kind}"
         self.counters = SinkCounters()
         self.stop = asyncio.Event()
+        self.reclaimer = Reclaimer(
+            client,
+            self.keys.results,
+            self.group,
+            settings.consumer,
+            settings.claim_idle_ms,
+            settings.claim_every_ms,
+            settings.read_count,
+        )
 
     async def _read(self, start: str, block: int | None) -> list[Item]:
         reply = await self.client.xreadgroup(
@@ -79,15 +92,17 @@ class SinkRunner:
             count=self.s.read_count,
             block=block,
         )
-        items = []
-        for raw_id, fields in reply[0][1] if reply else []:
-            payload = (fields or {}).get(RESULT_FIELD, b"")
-            try:
-                result: dict[str, Any] | None = decode_result(payload)
-            except Exception:
-                result = None
-            items.append(Item(raw_id.decode(), payload, result))
-        return items
+        return [self._item(e) for e in (reply[0][1] if reply else [])]
+
+    @staticmethod
+    def _item(entry: tuple[bytes, Any]) -> Item:
+        raw_id, fields = entry
+        payload = (fields or {}).get(RESULT_FIELD, b"")
+        try:
+            result: dict[str, Any] | None = decode_result(payload)
+        except Exception:
+            result = None  # dead-lettered as "not a v1 result"
+        return Item(raw_id.decode(), payload, result)
 
     async def _settle(self, items: list[Item], outcome: Outcome) -> None:
         """Dead letters first, then the acknowledgement: a crash in between repeats a dead
@@ -112,16 +127,26 @@ class SinkRunner:
         for item, reason in outcome.dead:
             log.warning("dead_lettered", entry=item.entry, reason=reason)
 
-    async def _handle(self, items: list[Item]) -> None:
+    async def _handle(self, items: list[Item], deliveries: dict[str, int] | None = None) -> None:
         if not items:
             return
         self.counters.read += len(items)
-        good = [i for i in items if i.result is not None]
+        limit = self.s.max_deliveries
+        poison = {i.entry for i in items if deliveries and deliveries.get(i.entry, 1) >= limit}
+        good = [i for i in items if i.result is not None and i.entry not in poison]
         outcome = await self.sink.write(good) if good else Outcome([], [])
         outcome.dead.extend((i, "not a v1 result") for i in items if i.result is None)
+        outcome.dead.extend(
+            (i, f"max_deliveries: delivered {deliveries[i.entry]} times, never written")
+            for i in items
+            if i.entry in poison and deliveries is not None
+        )
         handled = {i.entry for i in outcome.written} | {i.entry for i, _ in outcome.dead}
         self.counters.skipped += sum(1 for i in good if i.entry not in handled)
         await self._settle(items, outcome)
+
+    async def _redelivered(self, items: list[Item]) -> None:
+        await self._handle(items, await self.reclaimer.deliveries([i.entry for i in items]))
 
     async def run(self) -> SinkCounters:
         s = self.s
@@ -154,27 +179,30 @@ class SinkRunner:
 
     async def _loop(self) -> None:
         cursor: str | None = "0"  # own pending first
-        backoff = 0.1
+        outage = Outage(log)
         while not self.stop.is_set():
             try:
                 if cursor is not None:
                     items = await self._read(cursor, None)
                     cursor = items[-1].entry if items else None
+                    await self._redelivered(items)
+                elif self.reclaimer.due():
+                    # Work stuck on members that died or hang: take it over.
+                    entries, deleted = await self.reclaimer.claim()
+                    self.counters.claimed += len(entries)
+                    self.counters.deleted += len(deleted)  # gone from the stream: no result
+                    await self._redelivered([self._item(e) for e in entries])
                 else:
-                    items = await self._read(">", self.s.block_ms)
-                await self._handle(items)
-                backoff = 0.1
+                    await self._handle(await self._read(">", self.s.block_ms))
+                outage.ok()
             except Exception as exc:
                 # Redis away, or the sink's own write failed: nothing was acked, so re-read our
                 # pending entries after a pause.
-                if isinstance(exc, redis.exceptions.RedisError):
-                    log.warning("redis_unavailable", error=str(exc), retry_in_s=backoff)
-                else:
-                    log.exception("sink_write_failed", retry_in_s=backoff)
+                if not isinstance(exc, redis.exceptions.RedisError):
+                    log.exception("sink_write_failed")
                 cursor = "0"
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), backoff)
-                backoff = min(backoff * 2, 5.0)
+                    await asyncio.wait_for(self.stop.wait(), outage.failed(exc))
 
 
 def vars_of(counters: SinkCounters) -> dict[str, int]:

@@ -186,7 +186,6 @@ def test_emit_publishes_only_after_a_successful_ack(
         keys.results,
         "detectors",
         True,
-        0,
         [(first, b"late duplicate"), (second, b"answer")],
     )
     assert acked == [0, 1]

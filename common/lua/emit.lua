@@ -4,18 +4,13 @@
 -- KEYS[2]  results stream  <prefix>:results
 -- ARGV[1]  group           the detectors' consumer group
 -- ARGV[2]  delete_acked    "1": XDEL the image entry once acked (it holds the image bytes)
--- ARGV[3]  maxlen          results stream approximate MAXLEN, "0" for none
--- ARGV[4..] pairs          entry id, packed result; repeated
+-- ARGV[3..] pairs          entry id, packed result; repeated
 -- return   array with 1 (acked and published) or 0 (already acked elsewhere) per pair
 local out = {}
-for i = 4, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local acked = redis.call("XACK", KEYS[1], ARGV[1], ARGV[i])
   if acked == 1 then
-    if ARGV[3] == "0" then
-      redis.call("XADD", KEYS[2], "*", "result", ARGV[i + 1])
-    else
-      redis.call("XADD", KEYS[2], "MAXLEN", "~", ARGV[3], "*", "result", ARGV[i + 1])
-    end
+    redis.call("XADD", KEYS[2], "*", "result", ARGV[i + 1])
     if ARGV[2] == "1" then
       redis.call("XDEL", KEYS[1], ARGV[i])
     end

@@ -7,6 +7,7 @@ nothing is ever dropped silently.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 import uuid
@@ -20,6 +21,7 @@ import redis.asyncio as aioredis
 from common.imagetypes import sniff_format
 from common.keys import Keys
 from common.schema import EVENT_FIELD, MAX_ID_CHARS, MAX_SOURCE_CHARS, ImageEvent, Limits
+from common.server import has_idempotent_xadd
 from common.settings import Settings
 
 DEFAULT_LIMITS = Limits()
@@ -132,20 +134,52 @@ class Backpressure:
             )
 
 
-class Publisher:
+RETRIES = 3
+
+
+class _Producer:
+    """What the sync and asyncio publishers share: the XADD form and its retry safety.
+
+    A publish whose reply is lost (connection dropped) is retried. On Redis >= 8.6 the XADD
+    carries `IDMP <producer> <event id:sha256>`, so the retry returns the first entry instead of
+    adding a second; elsewhere a retry may add a duplicate, which sinks drop by (id, sha256).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.prefix)
+        self.backpressure = Backpressure(settings)
+        self.producer = f"{settings.consumer}-{uuid.uuid4().hex[:8]}"
+        self.idmp: bool | None = None  # learnt from INFO on first use
+
+    def queue(self, pipe: Any, event: ImageEvent) -> None:
+        payload = event.to_wire()
+        if self.idmp:
+            iid = f"{event.id}:{event.sha256}"
+            pipe.execute_command(
+                "XADD", self.keys.images, "IDMP", self.producer, iid, "*", EVENT_FIELD, payload
+            )
+        else:
+            pipe.xadd(self.keys.images, {EVENT_FIELD: payload})
+
+    def queue_lag(self, pipe: Any) -> None:
+        pipe.xinfo_groups(self.keys.images)
+        pipe.xlen(self.keys.images)
+
+
+class Publisher(_Producer):
     """Synchronous publisher: XADD one event, or pipeline many in one round trip."""
 
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.client = client
-        self.keys = Keys(settings.prefix)
-        self.backpressure = Backpressure(settings)
 
     def _check(self, adding: int) -> None:
+        if self.idmp is None:
+            self.idmp = has_idempotent_xadd(self.client.info("server"))
         if self.backpressure.due():
             pipe = self.client.pipeline(transaction=False)
-            pipe.xinfo_groups(self.keys.images)
-            pipe.xlen(self.keys.images)
+            self.queue_lag(pipe)
             groups, xlen = pipe.execute(raise_on_error=False)
             self.backpressure.update(groups if isinstance(groups, list) else [], int(xlen))
         self.backpressure.check(adding)
@@ -156,26 +190,32 @@ class Publisher:
 
     def publish_many(self, events: list[ImageEvent]) -> list[str]:
         self._check(len(events))
-        pipe = self.client.pipeline(transaction=False)
-        for event in events:
-            pipe.xadd(self.keys.images, {EVENT_FIELD: event.to_wire()})
-        return [_entry_id(e) for e in pipe.execute()]
+        for attempt in range(RETRIES + 1):
+            pipe = self.client.pipeline(transaction=False)
+            for event in events:
+                self.queue(pipe, event)
+            try:
+                return [_entry_id(e) for e in pipe.execute()]
+            except (redis.ConnectionError, redis.TimeoutError):
+                if attempt == RETRIES:
+                    raise
+                time.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
 
 
-class AsyncPublisher:
+class AsyncPublisher(_Producer):
     """The asyncio twin of `Publisher`."""
 
     def __init__(self, settings: Settings, client: aioredis.Redis) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.client = client
-        self.keys = Keys(settings.prefix)
-        self.backpressure = Backpressure(settings)
 
     async def _check(self, adding: int) -> None:
+        if self.idmp is None:
+            self.idmp = has_idempotent_xadd(await self.client.info("server"))
         if self.backpressure.due():
             pipe = self.client.pipeline(transaction=False)
-            pipe.xinfo_groups(self.keys.images)
-            pipe.xlen(self.keys.images)
+            self.queue_lag(pipe)
             groups, xlen = await pipe.execute(raise_on_error=False)
             self.backpressure.update(groups if isinstance(groups, list) else [], int(xlen))
         self.backpressure.check(adding)
@@ -186,10 +226,17 @@ class AsyncPublisher:
 
     async def publish_many(self, events: list[ImageEvent]) -> list[str]:
         await self._check(len(events))
-        pipe = self.client.pipeline(transaction=False)
-        for event in events:
-            pipe.xadd(self.keys.images, {EVENT_FIELD: event.to_wire()})
-        return [_entry_id(e) for e in await pipe.execute()]
+        for attempt in range(RETRIES + 1):
+            pipe = self.client.pipeline(transaction=False)
+            for event in events:
+                self.queue(pipe, event)
+            try:
+                return [_entry_id(e) for e in await pipe.execute()]
+            except (redis.ConnectionError, redis.TimeoutError):
+                if attempt == RETRIES:
+                    raise
+                await asyncio.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
 
 
 def _entry_id(entry: Any) -> str:

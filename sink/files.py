@@ -14,9 +14,14 @@ from sink.runner import Item, Outcome
 
 
 def dedupe_key(result: dict[str, Any]) -> str:
-    """A repeated result (the contract allows one after a crash) answers the same images-stream
-    entry; that entry id, not the publisher's id, tells a repeat from a reused id."""
-    return str(result.get("entry") or result.get("id"))
+    """What makes two results the same answer: the event's id and image. A repeated result (a
+    crash between answer and ack) and a re-published event (a publisher retry on a server
+    without idempotent XADD) share both; two events that reuse an id for different images do
+    not. Results without an id (unreadable events) fall back to the images-stream entry."""
+    event_id = result.get("id")
+    if event_id:
+        return f"{event_id}\x00{result.get('sha256') or ''}"
+    return f"\x00entry:{result.get('entry')}"
 
 
 class Recent:

@@ -1,0 +1,103 @@
+"""The Python publisher: door checks, backpressure, retries after a lost connection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import pytest
+import redis
+
+from common.connection import async_client
+from common.keys import Keys
+from common.schema import Limits
+from common.server import has_idempotent_xadd, version_of
+from common.settings import Settings
+from ingest.publisher import (
+    AsyncPublisher,
+    BadRequest,
+    ImageTooLarge,
+    NotAnImage,
+    Overloaded,
+    Publisher,
+    make_event,
+)
+
+MakeSettings = Callable[..., Settings]
+JPEG = b"\xff\xd8\xff\xe0" + b"\0" * 100
+
+
+def test_door_checks() -> None:
+    with pytest.raises(NotAnImage):
+        make_event(b"GIF89a....")
+    with pytest.raises(ImageTooLarge):
+        make_event(JPEG, limits=Limits(max_image_bytes=50))
+    with pytest.raises(BadRequest):
+        make_event(b"")
+    with pytest.raises(BadRequest):
+        make_event(JPEG, "x" * 129)
+    with pytest.raises(BadRequest):
+        make_event(JPEG, meta={"k": "v" * 5000})
+    event = make_event(JPEG, "ok", meta={"k": 1})
+    assert event.sha256 and event.ts_ms and event.id == "ok"
+
+
+def test_publish_many_is_one_pipeline_in_order(make_settings: MakeSettings, r: redis.Redis) -> None:
+    settings = make_settings()
+    publisher = Publisher(settings, r)
+    ids = publisher.publish_many([make_event(JPEG, f"e{i}") for i in range(20)])
+    stream = r.xrange(Keys(settings.prefix).images)
+    assert [e.decode() for e, _ in stream] == ids
+    assert [msgpack.unpackb(f[b"event"])["id"] for _, f in stream] == [f"e{i}" for i in range(20)]
+
+
+def test_backpressure_sync_and_async(make_settings: MakeSettings, r: redis.Redis) -> None:
+    settings = make_settings(max_lag=5, backpressure_check_ms=0, retry_after_s=3)
+    r.xgroup_create(Keys(settings.prefix).images, settings.detector_group, id="0", mkstream=True)
+    publisher = Publisher(settings, r)
+    publisher.publish_many([make_event(JPEG) for _ in range(5)])
+    with pytest.raises(Overloaded) as info:
+        publisher.publish(make_event(JPEG))
+    assert info.value.retry_after_s == 3 and "5 events behind" in info.value.message
+
+    async def go() -> None:
+        client = async_client(settings)
+        try:
+            with pytest.raises(Overloaded):
+                await AsyncPublisher(settings, client).publish(make_event(JPEG))
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+    # A detector catching up lets work in again.
+    r.xreadgroup(settings.detector_group, "d", {Keys(settings.prefix).images: ">"})
+    assert publisher.publish(make_event(JPEG))
+
+
+def test_publish_survives_a_killed_connection(make_settings: MakeSettings, r: redis.Redis) -> None:
+    settings = make_settings()
+    client = redis.Redis.from_url(settings.redis_url, client_name="victim")
+    publisher = Publisher(settings, client)
+    publisher.publish(make_event(JPEG, "before"))
+    assert r.client_kill_filter(_type="normal", skipme=True) >= 1
+    publisher.publish(make_event(JPEG, "after"))
+    ids = [msgpack.unpackb(f[b"event"])["id"] for _, f in r.xrange(Keys(settings.prefix).images)]
+    assert ids == ["before", "after"]
+    client.close()
+
+
+@pytest.mark.parametrize(
+    ("info", "expected"),
+    [
+        ({"redis_version": "7.0.15"}, False),
+        ({"redis_version": "8.2.1"}, False),
+        ({"redis_version": "8.6.0"}, True),
+        ({"redis_version": "9.0.0-rc1"}, True),
+        ({"redis_version": "7.2.4", "valkey_version": "9.1.2"}, False),
+    ],
+)
+def test_idempotent_xadd_detection(info: dict[str, Any], expected: bool) -> None:
+    assert has_idempotent_xadd(info) is expected
+    assert version_of({"redis_version": "8.6.1"}) == (8, 6, 1)

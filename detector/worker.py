@@ -112,7 +112,7 @@ class Detector:
         started = time.monotonic()
         try:
             await self._loop(processor)
-            await processor.drain()
+            await self._finish(processor)
         finally:
             keeper_stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -126,6 +126,20 @@ class Detector:
                 **self.counters.as_dict(),
             )
         return self.counters
+
+    async def _finish(self, p: BatchProcessor) -> None:
+        """On stop: finish inference in hand, and give images deferred on another worker's lock
+        a grace period to be answered from the cache; what is left stays pending for others."""
+        await p.drain()
+        deadline = time.monotonic() + self.s.shutdown_grace_s
+        while p.deferred and time.monotonic() < deadline:
+            due = p.next_due() or time.monotonic()
+            await asyncio.sleep(max(0.0, min(due - time.monotonic(), 0.2)))
+            try:
+                await p.recheck_deferred()
+            except (redis.exceptions.RedisError, WriteError):
+                break  # Redis is away: leave the rest pending
+            await p.drain()
 
     async def _trim(self, stop: asyncio.Event) -> None:
         """Keep the streams this detector writes to bounded, never losing unread entries."""

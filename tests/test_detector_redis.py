@@ -298,3 +298,38 @@ def test_detector_survives_its_connections_being_killed(
     killed, got = with_detector(settings, builtin_model, scenario)
     assert killed >= 1
     assert [g["id"] for g in got] == ["before", "after"]
+
+
+def test_stop_gives_deferred_images_a_grace_period(
+    make_settings: MakeSettings, builtin_model: Any, photo_png: dict[str, bytes], r: redis.Redis
+) -> None:
+    settings = make_settings(shutdown_grace_s=5)
+    image = photo_png["grace_hopper"]
+    sha = hashlib.sha256(image).hexdigest()
+    keys = Keys(settings.prefix)
+    lock = keys.lock(sha, builtin_model.tag)
+    r.set(lock, "other-worker", px=20_000)
+    faces = builtin_model.detect([_decoded(image)])[0]
+
+    async def scenario(det: Detector, client: Redis, keys: Keys) -> Any:
+        await publish(client, keys, make_event(image, "in-hand"))
+        await asyncio.sleep(0.3)
+        det.stop.set()  # SIGTERM while the image waits on the other worker
+        await asyncio.sleep(0.3)
+        await Scripts(client).cache_put(
+            client,
+            keys.cache(sha, builtin_model.tag),
+            lock,
+            "other-worker",
+            60_000,
+            pack_faces(faces),
+            512,
+            600,
+            builtin_model.tag,
+            1,
+        )
+        return await wait_results(client, keys, 1, wait_s=5)
+
+    got = with_detector(settings, builtin_model, scenario)
+    assert [g["id"] for g in got] == ["in-hand"] and got[0]["cached"] is True
+    assert r.xpending(keys.images, settings.detector_group)["pending"] == 0

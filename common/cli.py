@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common import ops_cli
 from common.log import configure
 from common.settings import Settings
 
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument("role", choices=["detector", "sink"])
     health.add_argument("kind", nargs="?", choices=["jsonl", "webhook", "stdout"])
+    ops_cli.add_parser(sub)
     samples = sub.add_parser("samples", help="write the sample photos into a directory")
     samples.add_argument("dir")
     return parser
@@ -104,6 +106,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         for path in write_samples(Path(args.dir)):
             print(path)
         return 0
+    if args.command == "ops":
+        return ops_cli.run(args, settings)
     if args.command == "health":
         return health(args, settings)
     if args.command in ("up", "demo"):

@@ -1,0 +1,233 @@
+"""`facestream ops`: see and repair stuck work (docs/operations.md is the runbook)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgpack
+import redis
+
+from common.connection import redact
+from common.groups import ensure_group_sync
+from common.keys import Keys
+from common.settings import Settings
+
+
+def _s(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _entries(
+    r: redis.Redis, stream: str, count: int | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    rows: Any = r.xrange(stream, count=count)
+    return [(_s(entry), {_s(k): v for k, v in (fields or {}).items()}) for entry, fields in rows]
+
+
+def _groups(r: redis.Redis, stream: str) -> list[dict[str, Any]]:
+    try:
+        return [{k: _s(v) for k, v in g.items()} for g in r.xinfo_groups(stream)]
+    except redis.ResponseError:
+        return []  # no such stream
+
+
+def _count_keys(r: redis.Redis, pattern: str, limit: int = 100_000) -> tuple[int, bool]:
+    """Keys matching `pattern` by SCAN (never KEYS), up to `limit`; True when cut short."""
+    n = 0
+    for _ in r.scan_iter(match=pattern, count=1000):
+        n += 1
+        if n >= limit:
+            return n, True
+    return n, False
+
+
+def status(settings: Settings, r: redis.Redis) -> dict[str, Any]:
+    keys = Keys(settings.prefix)
+    out: dict[str, Any] = {"redis": redact(settings.redis_url), "streams": {}}
+    info = r.info("memory")
+    out["memory"] = {
+        "used": info.get("used_memory_human"),
+        "maxmemory": info.get("maxmemory_human"),
+        "policy": info.get("maxmemory_policy"),
+    }
+    for name, stream in (("images", keys.images), ("results", keys.results), ("dlq", keys.dlq)):
+        groups = []
+        for g in _groups(r, stream):
+            consumers = [
+                {
+                    "name": _s(c["name"]),
+                    "pending": int(c["pending"]),
+                    "idle_ms": int(c["idle"]),
+                    "alive": bool(r.exists(keys.consumer_claim(g["name"], _s(c["name"])))),
+                }
+                for c in r.xinfo_consumers(stream, g["name"])
+            ]
+            groups.append(
+                {
+                    "name": g["name"],
+                    "lag": g.get("lag"),
+                    "pending": int(g["pending"]),
+                    "last_delivered": g.get("last-delivered-id"),
+                    "consumers": consumers,
+                }
+            )
+        out["streams"][name] = {"key": stream, "length": r.xlen(stream), "groups": groups}
+    cached, cut = _count_keys(r, f"{settings.prefix}:face:*")
+    out["cache"] = {"entries": cached, "at_least": cut}
+    bloom = []
+    for key in r.scan_iter(match=f"{settings.prefix}:bloom:*", count=1000):
+        kind = _s(r.type(key))
+        size = r.strlen(key) if kind == "string" else r.memory_usage(key)
+        bloom.append({"key": _s(key), "type": kind, "bytes": size, "ttl_s": r.ttl(key)})
+    out["bloom"] = bloom
+    locks, _ = _count_keys(r, f"{settings.prefix}:lock:*")
+    out["locks_held"] = locks
+    return out
+
+
+def print_status(report: dict[str, Any]) -> None:
+    print(
+        f"redis {report['redis']}  memory {report['memory']['used']} of "
+        f"{report['memory']['maxmemory'] or 'unlimited'} ({report['memory']['policy']})"
+    )
+    for name, s in report["streams"].items():
+        print(f"\n{name:<8} {s['key']}  length {s['length']}")
+        for g in s["groups"]:
+            print(
+                f"  group {g['name']:<16} lag {g['lag']!s:<8} pending {g['pending']:<8} "
+                f"last delivered {g['last_delivered']}"
+            )
+            for c in g["consumers"]:
+                state = "alive" if c["alive"] else "no heartbeat"
+                print(
+                    f"    {c['name']:<32} pending {c['pending']:<6} idle {c['idle_ms']} ms "
+                    f"({state})"
+                )
+    cache = report["cache"]
+    print(
+        f"\ncache entries {'>=' if cache['at_least'] else ''}{cache['entries']}, "
+        f"locks held {report['locks_held']}"
+    )
+    for b in report["bloom"]:
+        print(f"bloom {b['key']} ({b['type']}, {b['bytes']} bytes, ttl {b['ttl_s']} s)")
+
+
+def _stream(settings: Settings, which: str) -> str:
+    keys = Keys(settings.prefix)
+    return {"images": keys.images, "results": keys.results}[which]
+
+
+def pending(
+    settings: Settings,
+    r: redis.Redis,
+    stream: str,
+    group: str,
+    idle_ms: int | None,
+    consumer: str | None,
+    count: int,
+) -> list[dict[str, Any]]:
+    rows = r.xpending_range(
+        stream, group, min="-", max="+", count=count, consumername=consumer, idle=idle_ms
+    )
+    return [
+        {
+            "entry": _s(x["message_id"]),
+            "consumer": _s(x["consumer"]),
+            "idle_ms": int(x["time_since_delivered"]),
+            "deliveries": int(x["times_delivered"]),
+        }
+        for x in rows
+    ]
+
+
+def claim(r: redis.Redis, stream: str, group: str, min_idle_ms: int, to: str) -> int:
+    """Move every entry idle at least `min_idle_ms` to consumer `to`."""
+    moved, cursor = 0, "0-0"
+    while True:
+        # No JUSTID: with it redis-py returns the ids alone and drops the cursor.
+        reply: Any = r.xautoclaim(stream, group, to, min_idle_ms, start_id=cursor, count=500)
+        cursor = _s(reply[0])
+        moved += len(reply[1])
+        if cursor == "0-0":
+            return moved
+
+
+def dlq_list(settings: Settings, r: redis.Redis, count: int) -> list[dict[str, Any]]:
+    rows = []
+    for entry, f in _entries(r, Keys(settings.prefix).dlq, count):
+        payload = f.get("event") or f.get("result") or b""
+        try:
+            body = msgpack.unpackb(payload, raw=False)
+            event_id = body.get("id") if isinstance(body, dict) else None
+        except Exception:
+            event_id = None
+        rows.append(
+            {
+                "dlq_entry": entry,
+                "kind": "event" if "event" in f else "result",
+                "id": event_id,
+                "reason": _s(f.get("reason")),
+                "consumer": _s(f.get("consumer")),
+                "deliveries": _s(f.get("deliveries")),
+                "sink": _s(f.get("sink")),
+                "entry": _s(f.get("entry")),
+            }
+        )
+    return rows
+
+
+def dlq_replay(settings: Settings, r: redis.Redis, ids: list[str] | None) -> int:
+    """Put dead letters back: events onto the images stream (a fresh delivery count), results
+    onto the results stream (sinks drop the copies they already have). Each is removed from
+    the dead-letter stream only after its re-publish."""
+    keys = Keys(settings.prefix)
+    replayed = 0
+    for entry, f in _entries(r, keys.dlq):
+        if ids and entry not in ids:
+            continue
+        if "event" in f:
+            r.xadd(keys.images, {"event": f["event"]})
+        elif "result" in f:
+            r.xadd(keys.results, {"result": f["result"]})
+        else:
+            continue
+        r.xdel(keys.dlq, entry)
+        replayed += 1
+    return replayed
+
+
+def dlq_purge(settings: Settings, r: redis.Redis, ids: list[str] | None) -> int:
+    dlq = Keys(settings.prefix).dlq
+    if ids:
+        return int(r.xdel(dlq, *ids))
+    n = r.xlen(dlq)
+    r.delete(dlq)
+    return int(n)
+
+
+def prune_consumers(
+    settings: Settings, r: redis.Redis, stream: str, group: str, idle_ms: int, to: str
+) -> list[dict[str, Any]]:
+    """Delete consumers idle at least `idle_ms` with no live heartbeat, after moving their
+    pending entries to `to` (XDELCONSUMER alone would drop those entries from the group)."""
+    keys = Keys(settings.prefix)
+    ensure_group_sync(r, stream, group)
+    pruned = []
+    for c in r.xinfo_consumers(stream, group):
+        name = _s(c["name"])
+        if name == to or int(c["idle"]) < idle_ms or r.exists(keys.consumer_claim(group, name)):
+            continue
+        moved = 0
+        for row in r.xpending_range(
+            stream, group, min="-", max="+", count=100_000, consumername=name
+        ):
+            r.xclaim(stream, group, to, 0, [row["message_id"]], justid=True)
+            moved += 1
+        left = int(r.xgroup_delconsumer(stream, group, name))
+        pruned.append({"consumer": name, "moved": moved, "dropped": left})
+    return pruned
+
+
+def dump(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))

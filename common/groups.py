@@ -7,22 +7,25 @@ from typing import Any
 import redis.exceptions
 
 
-def _unless_exists(exc: redis.exceptions.ResponseError) -> None:
+def _unless_exists(exc: redis.exceptions.ResponseError) -> bool:
     if "BUSYGROUP" not in str(exc):
         raise exc
+    return False
 
 
-async def ensure_group(client: Any, stream: str, group: str, start: str = "0") -> None:
+async def ensure_group(client: Any, stream: str, group: str, start: str = "0") -> bool:
     """Create `group` on `stream` (and the stream), unless it exists. From "0" by default:
-    entries published before the first member ran are still read."""
+    entries published before the first member ran are still read. True when created."""
     try:
         await client.xgroup_create(stream, group, id=start, mkstream=True)
     except redis.exceptions.ResponseError as exc:
-        _unless_exists(exc)
+        return _unless_exists(exc)
+    return True
 
 
-def ensure_group_sync(client: Any, stream: str, group: str, start: str = "0") -> None:
+def ensure_group_sync(client: Any, stream: str, group: str, start: str = "0") -> bool:
     try:
         client.xgroup_create(stream, group, id=start, mkstream=True)
     except redis.exceptions.ResponseError as exc:
-        _unless_exists(exc)
+        return _unless_exists(exc)
+    return True

@@ -3,9 +3,16 @@ it ends (not one per retry)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.exceptions
+
+T = TypeVar("T")
 
 
 class Outage:
@@ -44,3 +51,21 @@ class Outage:
         self._since = None
         self._delay = self.first_s
         self.failures = 0
+
+
+async def until_available(
+    step: Callable[[], Awaitable[T]], stop: asyncio.Event, log: Any, what: str = "redis"
+) -> T | None:
+    """Run `step` until it gets through Redis (backing off while it cannot), or `stop` is
+    set (None): a service started before Redis waits for it instead of crash-looping."""
+    outage = Outage(log, what)
+    while not stop.is_set():
+        try:
+            result = await step()
+        except redis.exceptions.RedisError as exc:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), outage.failed(exc))
+            continue
+        outage.ok()
+        return result
+    return None

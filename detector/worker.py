@@ -20,7 +20,7 @@ from common.groups import ensure_group
 from common.keys import Keys
 from common.locks import LockKeeper, claim_consumer_name
 from common.log import get_logger
-from common.outage import Outage
+from common.outage import Outage, until_available
 from common.recovery import Reclaimer
 from common.scripts import Scripts
 from common.settings import Settings
@@ -99,8 +99,17 @@ class Detector:
         # Every log line of this task and the tasks it starts names the consumer.
         structlog.contextvars.bind_contextvars(consumer=s.consumer)
         claim_key = self.keys.consumer_claim(s.detector_group, s.consumer)
-        token = await claim_consumer_name(self.client, claim_key, s.consumer_claim_ttl_ms)
-        # The claim is kept alive by the same keeper that extends image locks.
+        # Started before Redis is up (or while it is down)? Wait for it, do not crash-loop.
+        token = await until_available(
+            lambda: claim_consumer_name(self.client, claim_key, s.consumer_claim_ttl_ms),
+            self.stop,
+            log,
+        )
+        processor = await until_available(self._setup, self.stop, log) if token else None
+        if token is None or processor is None:
+            return self.counters  # stopped before Redis came
+        self.processor = processor
+        # The claim is kept alive by a keeper like the one that extends image locks.
         keeper = LockKeeper(self.scripts, s.consumer_claim_ttl_ms)
         keeper.hold(claim_key, token)
         keeper_stop = asyncio.Event()
@@ -109,7 +118,6 @@ class Detector:
             asyncio.create_task(self.locks.run(self.client, keeper_stop)),
             asyncio.create_task(self._trim(keeper_stop)),
         ]
-        processor = self.processor = await self._setup()
         started = time.monotonic()
         try:
             await self._loop(processor)

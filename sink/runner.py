@@ -21,7 +21,7 @@ from common.groups import ensure_group
 from common.keys import Keys
 from common.locks import LockKeeper, claim_consumer_name
 from common.log import get_logger
-from common.outage import Outage
+from common.outage import Outage, until_available
 from common.recovery import Reclaimer
 from common.schema import RESULT_FIELD, decode_result
 from common.scripts import Scripts
@@ -153,12 +153,26 @@ class SinkRunner:
         structlog.contextvars.bind_contextvars(consumer=s.consumer, sink=self.sink.kind)
         scripts = Scripts(self.client)
         claim = self.keys.consumer_claim(self.group, s.consumer)
+        # Started before Redis is up (or while it is down)? Wait for it, do not crash-loop.
+        token = await until_available(
+            lambda: claim_consumer_name(self.client, claim, s.consumer_claim_ttl_ms),
+            self.stop,
+            log,
+        )
+        # From the stream's start: results published before the sink first ran are kept.
+        grouped = (
+            await until_available(
+                lambda: ensure_group(self.client, self.keys.results, self.group), self.stop, log
+            )
+            if token
+            else None
+        )
+        if token is None or grouped is None:
+            return self.counters  # stopped before Redis came
         keeper = LockKeeper(scripts, s.consumer_claim_ttl_ms)
-        keeper.hold(claim, await claim_consumer_name(self.client, claim, s.consumer_claim_ttl_ms))
+        keeper.hold(claim, token)
         keeper_stop = asyncio.Event()
         heartbeat = asyncio.create_task(keeper.run(self.client, keeper_stop))
-        # From the stream's start: results published before the sink first ran are kept.
-        await ensure_group(self.client, self.keys.results, self.group)
         await self.sink.open()
         log.info("sink_ready", group=self.group, stream=self.keys.results)
         started = time.monotonic()

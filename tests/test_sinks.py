@@ -228,3 +228,32 @@ def test_stdout_sink_as_a_process(redis_url: str, prefix: str, r: redis.Redis) -
     assert proc.returncode == 0
     assert [g["id"] for g in got] == ["r0", "r1", "r2"]
     assert "3 written" in err.decode().splitlines()[-1]
+
+
+class BrokenSink:
+    """A sink whose destination always fails (say, a full disk)."""
+
+    kind = "broken"
+
+    async def open(self) -> None:
+        return None
+
+    async def write(self, items: list[Any]) -> Any:
+        raise OSError("no space left on device")
+
+    async def close(self) -> None:
+        return None
+
+
+def test_a_result_that_never_writes_is_dead_lettered(
+    make_settings: MakeSettings, prefix: str, r: redis.Redis
+) -> None:
+    settings = make_settings(max_deliveries=3, sink_group="broken", consumer="b1")
+    publish_results(r, prefix, 2)
+    runners = run_sinks(
+        [(settings, BrokenSink())], lambda rs: rs[0].counters.dead == 2, timeout_s=20
+    )
+    assert runners[0].counters.dead == 2
+    letters = r.xrange(Keys(prefix).dlq)
+    assert [f[b"reason"].decode().split(":")[0] for _, f in letters] == ["max_deliveries"] * 2
+    assert r.xpending(Keys(prefix).results, "broken")["pending"] == 0

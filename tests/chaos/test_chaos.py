@@ -217,3 +217,27 @@ def test_client_kill_while_workers_block(cluster: Cluster) -> None:
     cluster.wait_answered(published)
     f = cluster.figures("CLIENT KILL", published, time.monotonic() - started)
     assert f["lost"] == 0
+
+
+def test_detectors_started_before_redis_wait_for_it(tmp_path: Path) -> None:
+    """No crash loop: detectors that start while Redis is down wait, log the outage once
+    (not once per retry), and serve when it comes."""
+    c = Cluster(tmp_path, detectors=2)
+    for i in range(c.detectors):
+        c.start_detector(i)
+    try:
+        time.sleep(2.0)
+        assert all(p.poll() is None for p in c.procs.values()), c.logs()
+        c.start_redis()
+        c.wait_consumers(2)
+        published = c.publish(events(distinct_images(20), "late"))
+        started = time.monotonic()
+        c.wait_answered(published)
+        f = c.figures("redis after detectors", published, time.monotonic() - started)
+    finally:
+        codes = c.stop()
+    assert f["lost"] == 0 and codes == [0, 0]
+    for i in range(c.detectors):
+        lines = (tmp_path / f"detector-{i}.log").read_text().splitlines()
+        assert sum('"redis_unavailable"' in line for line in lines) == 1
+        assert sum('"redis_available"' in line for line in lines) == 1

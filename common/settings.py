@@ -34,7 +34,12 @@ class Settings(BaseSettings):
     consumer: str = Field(default_factory=socket.gethostname, min_length=1)
     read_count: int = Field(default=64, ge=1, le=10_000)
     block_ms: int = Field(default=1000, ge=1)
-    max_inflight_batches: int = Field(default=2, ge=1, le=64)
+    max_inflight_batches: int = Field(default=4, ge=1, le=64)
+    # Dynamic batching: misses of several read batches share one model call of up to
+    # max_batch images, waiting at most max_batch_wait_ms for company after the first.
+    max_batch: int = Field(default=8, ge=1, le=256)
+    max_batch_wait_ms: float = Field(default=2.0, ge=0)
+    decode_threads: int = Field(default=2, ge=1, le=64)
     max_deferred: int = Field(default=10_000, ge=1)
     defer_min_ms: int = Field(default=20, ge=1)
     defer_max_ms: int = Field(default=1000, ge=1)
@@ -76,6 +81,9 @@ class Settings(BaseSettings):
     score_threshold: float | None = Field(default=None, ge=0, le=1)
     nms_iou: float | None = Field(default=None, gt=0, le=1)
     max_faces: int = Field(default=1000, ge=1)
+    # Pad every image to one input_size square: images of any shape share a batch (faster on a
+    # GPU), at the cost of pixels of padding for non-square images.
+    letterbox: bool = False
     providers: Literal["auto", "cpu", "cuda"] = "auto"
     intra_op_threads: int = Field(default=0, ge=0, description="0 = onnxruntime's default")
     score_activation: Literal["auto", "sigmoid", "none"] = "auto"

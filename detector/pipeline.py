@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,6 +30,7 @@ from common.schema import (
     unpack_faces,
 )
 from common.settings import Settings
+from detector.batcher import DynamicBatcher
 from detector.imaging import DecodedImage, decode_image
 from detector.jobs import Deferred, Job, ResultFactory
 from detector.model.face_model import FaceModel
@@ -66,7 +68,8 @@ class BatchProcessor:
         self.inferring: dict[str, list[Job]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.lost_writes = 0
-        self.pool = ThreadPoolExecutor(settings.max_inflight_batches, "infer")
+        self.decode_pool = ThreadPoolExecutor(settings.decode_threads, "decode")
+        self.batcher = DynamicBatcher(model, settings.max_batch, settings.max_batch_wait_ms)
 
     def _reply_ok(self, event: ImageEvent) -> bool:
         # Only reply streams under our prefix: an event must not make us write elsewhere.
@@ -144,7 +147,10 @@ class BatchProcessor:
         if by_sha:
             maybe = await self.bloom.check(self.client, list(by_sha))
             await self._resolve(by_sha, dict(zip(by_sha, maybe, strict=True)), out, {})
-        await self.writer.write(out)
+        if out:
+            # The loop reads and resolves the next batch while this one is written: the
+            # detector's CPU work and Redis's overlap instead of taking turns.
+            self._spawn(self.writer.write(out))
 
     async def _resolve(
         self,
@@ -227,7 +233,10 @@ class BatchProcessor:
     def _start_inference(self, misses: dict[str, list[Job]]) -> None:
         for sha, group in misses.items():
             self.inferring[sha] = group
-        task = asyncio.create_task(self._infer(list(misses)))
+        self._spawn(self._infer(list(misses)))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -243,36 +252,45 @@ class BatchProcessor:
         deferred = {job.entry for d in self.deferred.values() for job in d.jobs}
         return deferred | {job.entry for group in self.inferring.values() for job in group}
 
-    def _decode_and_detect(
+    def _decode(self, data: bytes) -> DecodedImage | SchemaError:
+        spec = self.model.spec
+        try:
+            return decode_image(
+                data,
+                max_bytes=self.s.max_image_bytes,
+                max_pixels=self.s.max_pixels,
+                max_side=spec.input_size,
+                upscale=spec.norm.upscale,
+            )
+        except SchemaError as err:
+            return err
+
+    async def _decode_and_detect(
         self, images: list[tuple[str, bytes]]
     ) -> dict[str, tuple[DecodedImage, list[Face]] | SchemaError]:
-        spec = self.model.spec
-        decoded: dict[str, DecodedImage] = {}
+        loop = asyncio.get_running_loop()
+        decoded = await asyncio.gather(
+            *(loop.run_in_executor(self.decode_pool, self._decode, data) for _, data in images)
+        )
         out: dict[str, tuple[DecodedImage, list[Face]] | SchemaError] = {}
-        for sha, data in images:
-            try:
-                decoded[sha] = decode_image(
-                    data,
-                    max_bytes=self.s.max_image_bytes,
-                    max_pixels=self.s.max_pixels,
-                    max_side=spec.input_size,
-                    upscale=spec.norm.upscale,
-                )
-            except SchemaError as err:
-                out[sha] = err
-        if decoded:
-            faces = self.model.detect(list(decoded.values()))
-            for (sha, image), found in zip(decoded.items(), faces, strict=True):
-                out[sha] = (image, found)
+        ok: dict[str, DecodedImage] = {}
+        for (sha, _), image in zip(images, decoded, strict=True):
+            if isinstance(image, SchemaError):
+                out[sha] = image
+            else:
+                ok[sha] = image
+        if ok:
+            found = await self.batcher.detect(list(ok.values()))
+            for (sha, image), faces in zip(ok.items(), found, strict=True):
+                out[sha] = (image, faces)
         return out
 
     async def _infer(self, shas: list[str]) -> None:
         tag = self.model.tag
         images = [(sha, self.inferring[sha][0].event.image) for sha in shas]
-        loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            answers = await loop.run_in_executor(self.pool, self._decode_and_detect, images)
+            answers = await self._decode_and_detect(images)
             failure = None
         except Exception as exc:
             log.exception("inference_failed", images=len(shas))
@@ -318,4 +336,5 @@ class BatchProcessor:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=False)
+        self.decode_pool.shutdown(wait=True, cancel_futures=False)
+        self.batcher.close()

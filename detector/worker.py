@@ -118,13 +118,15 @@ class Detector:
             asyncio.create_task(self.locks.run(self.client, keeper_stop)),
             asyncio.create_task(self._trim(keeper_stop)),
         ]
+        inference = asyncio.create_task(processor.batcher.run())
         started = time.monotonic()
         try:
             await self._loop(processor)
             await self._finish(processor)
         finally:
             keeper_stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            inference.cancel()
+            await asyncio.gather(*tasks, inference, return_exceptions=True)
             processor.close()
             with contextlib.suppress(redis.exceptions.RedisError):  # else it expires
                 await self.scripts.lock_release(self.client, claim_key, token)
@@ -132,6 +134,7 @@ class Detector:
                 "detector_stopped",
                 seconds=round(time.monotonic() - started, 1),
                 deferred_left_pending=processor.deferred_jobs(),
+                batch_sizes=dict(sorted(processor.batcher.batch_sizes.items())),
                 **self.counters.as_dict(),
             )
         return self.counters

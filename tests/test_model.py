@@ -184,3 +184,45 @@ def test_provider_choice() -> None:
         assert choose_providers("auto") == ["CPUExecutionProvider"]
         with pytest.raises(ProviderError, match="onnxruntime-gpu"):
             choose_providers("cuda")
+
+
+def test_dynamic_batcher_joins_concurrent_requests(
+    builtin_model: Any, photo_png: dict[str, bytes]
+) -> None:
+    import asyncio
+
+    from detector.batcher import DynamicBatcher
+
+    images = [
+        decode_image(photo_png[n], max_bytes=BIG, max_pixels=BIG, max_side=640, upscale=False)
+        for n in ("astronaut", "camera", "lfw_mosaic", "coffee")
+    ]
+    alone = [builtin_model.detect([im])[0] for im in images]
+
+    async def go() -> tuple[list[list[Face]], dict[int, int]]:
+        batcher = DynamicBatcher(builtin_model, max_batch=8, max_wait_ms=200)
+        runner = asyncio.create_task(batcher.run())
+        # Three read batches' misses arrive separately and share one model call.
+        parts = await asyncio.gather(
+            batcher.detect(images[:1]), batcher.detect(images[1:3]), batcher.detect(images[3:])
+        )
+        runner.cancel()
+        batcher.close()
+        return [f for part in parts for f in part], dict(batcher.batch_sizes)
+
+    together, sizes = asyncio.run(go())
+    assert sizes == {4: 1}
+    assert together == alone  # batching never changes an image's faces
+
+
+def test_letterbox_batches_any_shapes_deterministically(photo_png: dict[str, bytes]) -> None:
+    model = load_model(Settings(letterbox=True))
+    shapes = [
+        decode_image(photo_png[n], max_bytes=BIG, max_pixels=BIG, max_side=640, upscale=False)
+        for n in ("grace_hopper", "lfw_mosaic", "coffee")  # 512x600, 640x512, 600x400
+    ]
+    assert len({model.spec.padded(*im.pixels.shape[:2]) for im in shapes}) == 1
+    batched = model.detect(shapes)
+    assert batched == [model.detect([im])[0] for im in shapes]
+    assert [len(f) for f in batched] == [1, 20, 0]
+    assert model.tag != load_model(Settings()).tag  # padding changes outputs: its own cache

@@ -25,6 +25,13 @@ class ModelSpec:
     score_threshold: float
     nms_iou: float
     max_faces: int
+    # Letterbox: pad every image to one input_size square, so any images batch together.
+    letterbox: bool = False
+
+    def padded(self, height: int, width: int) -> tuple[int, int]:
+        if self.letterbox and self.input_size is not None:
+            return self.norm.padded(self.input_size, self.input_size)
+        return self.norm.padded(height, width)
 
 
 class FaceModel:
@@ -40,13 +47,14 @@ class FaceModel:
     def detect(self, images: list[DecodedImage]) -> list[list[Face]]:
         """Faces per image, in original-image pixels, best score first."""
         results: list[list[Face]] = [[] for _ in images]
-        # One run per padded shape: padding never depends on what else is in the batch, so an
-        # image's faces are the same whatever it was batched with (cache entries stay exact).
+        # One run per padded shape (a single shape with letterboxing): padding never depends on
+        # what else is in the batch, so an image's faces are the same whatever it was batched
+        # with (cache entries stay exact).
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, im in enumerate(images):
-            groups[self.spec.norm.padded(*im.pixels.shape[:2])].append(i)
+            groups[self.spec.padded(*im.pixels.shape[:2])].append(i)
         for (ph, pw), members in groups.items():
-            tensor = to_tensor([images[i].pixels for i in members], self.spec.norm)
+            tensor = to_tensor([images[i].pixels for i in members], self.spec.norm, (ph, pw))
             outputs = self.backend.run(tensor)
             candidates = self.decoder.decode(outputs, ph, pw, self.spec.score_threshold)
             for i, cand in zip(members, candidates, strict=True):

@@ -135,6 +135,7 @@ def load_model(settings: Settings) -> FaceModel:
         "nms_iou": nms_iou,
         "max_faces": settings.max_faces,
         "sigmoid": sigmoid,
+        "letterbox": settings.letterbox,
     }
     # The tag changes whenever the weights or anything that changes the output changes, so a
     # cache entry is only ever served to detectors that would have computed the same answer.
@@ -149,6 +150,7 @@ def load_model(settings: Settings) -> FaceModel:
         score_threshold=score_threshold,
         nms_iou=nms_iou,
         max_faces=settings.max_faces,
+        letterbox=settings.letterbox,
     )
     backend = OrtBackend(weights, settings.providers, settings.intra_op_threads)
     return FaceModel(spec, backend, decoder)

@@ -20,15 +20,13 @@ class Normalisation:
         return -(-height // a) * a, -(-width // a) * a
 
 
-def to_tensor(images: list[np.ndarray], norm: Normalisation) -> np.ndarray:
-    """Stack same-shape-after-padding RGB uint8 images into one (b, 3, H, W) float32 batch.
+def to_tensor(images: list[np.ndarray], norm: Normalisation, shape: tuple[int, int]) -> np.ndarray:
+    """Stack RGB uint8 images into one (b, 3, H, W) float32 batch of the given padded shape.
 
     Padding sits at the bottom and right and is zero in normalised space, so coordinates in
     the padded input equal coordinates in the unpadded one.
     """
-    h = max(im.shape[0] for im in images)
-    w = max(im.shape[1] for im in images)
-    ph, pw = norm.padded(h, w)
+    ph, pw = shape
     out = np.zeros((len(images), 3, ph, pw), dtype=np.float32)
     mean = np.asarray(norm.mean, dtype=np.float32).reshape(3, 1, 1)
     inv_std = (1.0 / np.asarray(norm.std, dtype=np.float32)).reshape(3, 1, 1)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from benchmarks.common import ROOT, detector_env, detectors, photos, reset, table
+from benchmarks.common import ROOT, detector_env, detectors, photos, reset, table, unique_jpeg
 from common.embedded import free_port
 
 PUBLISHED = {
@@ -75,13 +75,6 @@ def gateway(url: str, workers: int) -> Iterator[tuple[int, subprocess.Popen[byte
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-
-
-def unique_jpeg(base: bytes, n: int) -> bytes:
-    """The same photo with a JPEG comment segment naming it n: other bytes, another sha256,
-    so a cache miss and a real inference, at no encoding cost to the load generator."""
-    text = f"facestream bench {n}".encode()
-    return base[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + base[2:]
 
 
 class Workload:

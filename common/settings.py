@@ -37,7 +37,8 @@ class Settings(BaseSettings):
     max_inflight_batches: int = Field(default=4, ge=1, le=64)
     # Dynamic batching: misses of several read batches share one model call of up to
     # max_batch images, waiting at most max_batch_wait_ms for company after the first.
-    max_batch: int = Field(default=8, ge=1, le=256)
+    # Unset: 1 on the CPU (measured: batching is slower there, docs/performance.md), 16 on CUDA.
+    max_batch: int | None = Field(default=None, ge=1, le=256)
     max_batch_wait_ms: float = Field(default=2.0, ge=0)
     decode_threads: int = Field(default=2, ge=1, le=64)
     max_deferred: int = Field(default=10_000, ge=1)

@@ -26,6 +26,7 @@ async def serve(settings: Settings) -> int:
             hint="both builds share one module; see README 'GPU' to keep only onnxruntime-gpu",
         )
     model = load_model(settings)
+    model.warm_up()
     client = async_client(settings)
     detector = Detector(settings, client, model)
     loop = asyncio.get_running_loop()

@@ -14,10 +14,9 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 from common.schema import Face
-from detector.imaging import DecodedImage
-from detector.model.face_model import FaceModel
+from detector.model.face_model import FaceModel, Prepared
 
-Pending = tuple[DecodedImage, asyncio.Future[list[Face]]]
+Pending = tuple[Prepared, asyncio.Future[list[Face]]]
 
 
 class DynamicBatcher:
@@ -31,7 +30,7 @@ class DynamicBatcher:
         self.batch_sizes: Counter[int] = Counter()
         self.busy_s = 0.0
 
-    async def detect(self, images: list[DecodedImage]) -> list[list[Face]]:
+    async def detect(self, images: list[Prepared]) -> list[list[Face]]:
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in images]
         self._queue.extend(zip(images, futures, strict=True))
@@ -61,7 +60,7 @@ class DynamicBatcher:
             started = time.perf_counter()
             try:
                 found = await loop.run_in_executor(
-                    self._pool, self.model.detect, [image for image, _ in batch]
+                    self._pool, self.model.detect_prepared, [item for item, _ in batch]
                 )
             except Exception as exc:
                 for _, fut in batch:

@@ -33,7 +33,7 @@ from common.settings import Settings
 from detector.batcher import DynamicBatcher
 from detector.imaging import DecodedImage, decode_image
 from detector.jobs import Deferred, Job, ResultFactory
-from detector.model.face_model import FaceModel
+from detector.model.face_model import FaceModel, Prepared
 from detector.writer import Emission, Writer
 
 log = get_logger(__name__)
@@ -69,7 +69,9 @@ class BatchProcessor:
         self.tasks: set[asyncio.Task[None]] = set()
         self.lost_writes = 0
         self.decode_pool = ThreadPoolExecutor(settings.decode_threads, "decode")
-        self.batcher = DynamicBatcher(model, settings.max_batch, settings.max_batch_wait_ms)
+        on_gpu = model.backend.provider.startswith("CUDA")
+        self.max_batch = settings.max_batch or (16 if on_gpu else 1)
+        self.batcher = DynamicBatcher(model, self.max_batch, settings.max_batch_wait_ms)
 
     def _reply_ok(self, event: ImageEvent) -> bool:
         # Only reply streams under our prefix: an event must not make us write elsewhere.
@@ -233,7 +235,11 @@ class BatchProcessor:
     def _start_inference(self, misses: dict[str, list[Job]]) -> None:
         for sha, group in misses.items():
             self.inferring[sha] = group
-        self._spawn(self._infer(list(misses)))
+        # One task per model-call-sized chunk: each chunk is written as soon as its call is
+        # done, instead of the whole read batch waiting for its slowest image.
+        shas = list(misses)
+        for i in range(0, len(shas), self.max_batch):
+            self._spawn(self._infer(shas[i : i + self.max_batch]))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -252,10 +258,10 @@ class BatchProcessor:
         deferred = {job.entry for d in self.deferred.values() for job in d.jobs}
         return deferred | {job.entry for group in self.inferring.values() for job in group}
 
-    def _decode(self, data: bytes) -> DecodedImage | SchemaError:
+    def _decode(self, data: bytes) -> Prepared | SchemaError:
         spec = self.model.spec
         try:
-            return decode_image(
+            image = decode_image(
                 data,
                 max_bytes=self.s.max_image_bytes,
                 max_pixels=self.s.max_pixels,
@@ -264,6 +270,7 @@ class BatchProcessor:
             )
         except SchemaError as err:
             return err
+        return self.model.prepare(image)
 
     async def _decode_and_detect(
         self, images: list[tuple[str, bytes]]
@@ -273,7 +280,7 @@ class BatchProcessor:
             *(loop.run_in_executor(self.decode_pool, self._decode, data) for _, data in images)
         )
         out: dict[str, tuple[DecodedImage, list[Face]] | SchemaError] = {}
-        ok: dict[str, DecodedImage] = {}
+        ok: dict[str, Prepared] = {}
         for (sha, _), image in zip(images, decoded, strict=True):
             if isinstance(image, SchemaError):
                 out[sha] = image
@@ -281,8 +288,8 @@ class BatchProcessor:
                 ok[sha] = image
         if ok:
             found = await self.batcher.detect(list(ok.values()))
-            for (sha, image), faces in zip(ok.items(), found, strict=True):
-                out[sha] = (image, faces)
+            for (sha, item), faces in zip(ok.items(), found, strict=True):
+                out[sha] = (item.image, faces)
         return out
 
     async def _infer(self, shas: list[str]) -> None:

@@ -203,8 +203,11 @@ def test_dynamic_batcher_joins_concurrent_requests(
         batcher = DynamicBatcher(builtin_model, max_batch=8, max_wait_ms=200)
         runner = asyncio.create_task(batcher.run())
         # Three read batches' misses arrive separately and share one model call.
+        prepared = [builtin_model.prepare(im) for im in images]
         parts = await asyncio.gather(
-            batcher.detect(images[:1]), batcher.detect(images[1:3]), batcher.detect(images[3:])
+            batcher.detect(prepared[:1]),
+            batcher.detect(prepared[1:3]),
+            batcher.detect(prepared[3:]),
         )
         runner.cancel()
         batcher.close()

@@ -16,6 +16,12 @@ from detector.model.types import Candidates, Decoder
 
 
 @dataclass(frozen=True, slots=True)
+class Prepared:
+    image: DecodedImage
+    tensor: np.ndarray  # (3, H, W) float32, normalised and padded
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     family: str  # "retinaface" | "scrfd"
     name: str
@@ -44,21 +50,37 @@ class FaceModel:
     def tag(self) -> str:
         return self.spec.tag
 
+    def warm_up(self) -> None:
+        """One run on a blank image: onnxruntime's first run allocates and plans, so the first
+        real request is not the slow one."""
+        size = self.spec.input_size or 640
+        blank = np.zeros((size * 3 // 4, size, 3), np.uint8)
+        self.detect([DecodedImage(blank, size, size * 3 // 4, 1.0, 1.0)])
+
+    def prepare(self, image: DecodedImage) -> Prepared:
+        """The network input for one image (normalised, padded): CPU work that decoding threads
+        do, so the inference thread only runs the network."""
+        shape = self.spec.padded(*image.pixels.shape[:2])
+        return Prepared(image, to_tensor([image.pixels], self.spec.norm, shape)[0])
+
     def detect(self, images: list[DecodedImage]) -> list[list[Face]]:
         """Faces per image, in original-image pixels, best score first."""
-        results: list[list[Face]] = [[] for _ in images]
+        return self.detect_prepared([self.prepare(im) for im in images])
+
+    def detect_prepared(self, items: list[Prepared]) -> list[list[Face]]:
+        results: list[list[Face]] = [[] for _ in items]
         # One run per padded shape (a single shape with letterboxing): padding never depends on
         # what else is in the batch, so an image's faces are the same whatever it was batched
         # with (cache entries stay exact).
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for i, im in enumerate(images):
-            groups[self.spec.padded(*im.pixels.shape[:2])].append(i)
-        for (ph, pw), members in groups.items():
-            tensor = to_tensor([images[i].pixels for i in members], self.spec.norm, (ph, pw))
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, item in enumerate(items):
+            groups[item.tensor.shape].append(i)
+        for (_, ph, pw), members in groups.items():
+            tensor = np.stack([items[i].tensor for i in members])
             outputs = self.backend.run(tensor)
             candidates = self.decoder.decode(outputs, ph, pw, self.spec.score_threshold)
             for i, cand in zip(members, candidates, strict=True):
-                results[i] = self._finish(cand, images[i])
+                results[i] = self._finish(cand, items[i].image)
         return results
 
     def _finish(self, cand: Candidates, image: DecodedImage) -> list[Face]:

@@ -191,7 +191,8 @@ def bench_miss_path(url: str, n: int = 300) -> str:
             ]
         )
     return table(
-        f"Miss path: {n} distinct 640x480 JPEG photos, one detector process (max batch 1, the CPU default)",
+        f"Miss path: {n} distinct 640x480 JPEG photos, one detector process "
+        "(max batch 1, the CPU default)",
         [
             "ort threads",
             "pipeline images/s",

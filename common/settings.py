@@ -86,7 +86,9 @@ class Settings(BaseSettings):
     # GPU), at the cost of pixels of padding for non-square images.
     letterbox: bool = False
     providers: Literal["auto", "cpu", "cuda"] = "auto"
-    intra_op_threads: int = Field(default=0, ge=0, description="0 = onnxruntime's default")
+    # One thread per detector process, one process per core: measured best on small machines
+    # (docs/performance.md); 0 lets onnxruntime take every core.
+    intra_op_threads: int = Field(default=1, ge=0)
     score_activation: Literal["auto", "sigmoid", "none"] = "auto"
 
     # --- ingest: publisher and HTTP gateway ------------------------------------------------

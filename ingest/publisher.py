@@ -204,11 +204,14 @@ class Publisher(_Producer):
 
 
 class AsyncPublisher(_Producer):
-    """The asyncio twin of `Publisher`."""
+    """The asyncio twin of `Publisher`. Concurrent `publish` calls made in one event-loop cycle
+    (a gateway serving many requests) share one pipelined round trip."""
 
     def __init__(self, settings: Settings, client: aioredis.Redis) -> None:
         super().__init__(settings)
         self.client = client
+        self._pending: list[tuple[ImageEvent, asyncio.Future[str]]] = []
+        self._flushes: set[asyncio.Task[None]] = set()
 
     async def _check(self, adding: int) -> None:
         if self.idmp is None:
@@ -222,10 +225,37 @@ class AsyncPublisher(_Producer):
         self.backpressure.lag += adding
 
     async def publish(self, event: ImageEvent) -> str:
-        return (await self.publish_many([event]))[0]
+        await self._check(1)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[str] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)  # after every publish of this cycle has queued
+        self._pending.append((event, fut))
+        return await fut
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.create_task(self._send(batch))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _send(self, batch: list[tuple[ImageEvent, asyncio.Future[str]]]) -> None:
+        try:
+            ids = await self._xadd([event for event, _ in batch])
+        except Exception as exc:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for (_, fut), entry in zip(batch, ids, strict=True):
+            if not fut.done():
+                fut.set_result(entry)
 
     async def publish_many(self, events: list[ImageEvent]) -> list[str]:
         await self._check(len(events))
+        return await self._xadd(events)
+
+    async def _xadd(self, events: list[ImageEvent]) -> list[str]:
         for attempt in range(RETRIES + 1):
             pipe = self.client.pipeline(transaction=False)
             for event in events:

@@ -101,3 +101,36 @@ def test_publish_survives_a_killed_connection(make_settings: MakeSettings, r: re
 def test_idempotent_xadd_detection(info: dict[str, Any], expected: bool) -> None:
     assert has_idempotent_xadd(info) is expected
     assert version_of({"redis_version": "8.6.1"}) == (8, 6, 1)
+
+
+def test_concurrent_async_publishes_share_round_trips(
+    make_settings: MakeSettings, r: redis.Redis
+) -> None:
+    settings = make_settings()
+
+    async def go() -> tuple[list[str], int]:
+        client = async_client(settings)
+        publisher = AsyncPublisher(settings, client)
+        calls = 0
+        send = publisher._xadd
+
+        async def counting(events: list[Any]) -> list[str]:
+            nonlocal calls
+            calls += 1
+            return await send(events)
+
+        publisher._xadd = counting  # type: ignore[method-assign]
+        try:
+            ids = await asyncio.gather(
+                *(publisher.publish(make_event(JPEG, f"c{i}")) for i in range(100))
+            )
+        finally:
+            await client.aclose()
+        return list(ids), calls
+
+    ids, calls = asyncio.run(go())
+    stream = r.xrange(Keys(settings.prefix).images)
+    event_at = {e.decode(): msgpack.unpackb(f[b"event"])["id"] for e, f in stream}
+    assert len(event_at) == 100
+    assert [event_at[entry] for entry in ids] == [f"c{i}" for i in range(100)]  # own entry each
+    assert calls < 10  # one pipeline per event-loop cycle, not one per publish

@@ -8,21 +8,22 @@ a detector has answered (504 when `timeout_ms` passes first). Waiting uses the e
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 import redis.exceptions
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from common.connection import async_client
 from common.keys import Keys
 from common.log import get_logger
-from common.schema import jsonable
 from common.settings import Settings
 from ingest.publisher import (
     AsyncPublisher,
@@ -71,6 +72,13 @@ _BODY = {
 
 def _error_doc(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
+
+
+def _b64(value: object) -> str:
+    """bin values (possible inside `meta`) as base64, like `common.schema.jsonable`."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
@@ -200,7 +208,7 @@ def create_app(settings: Settings) -> FastAPI:
         id: str | None = Query(None, min_length=1, max_length=128),
         source: str | None = Query(None, max_length=256),
         meta: str | None = Query(None, description="a JSON object, echoed in the result"),
-    ) -> JSONResponse:
+    ) -> Response:
         image, form = await read_request(request, settings)
         event = make_event(
             image,
@@ -226,7 +234,7 @@ def create_app(settings: Settings) -> FastAPI:
             )
         finally:
             router.forget(event.id, event.sha256, fut)
-        return JSONResponse(jsonable(result))
+        return Response(orjson.dumps(result, default=_b64), media_type="application/json")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

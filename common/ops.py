@@ -113,7 +113,7 @@ def print_status(report: dict[str, Any]) -> None:
         print(f"bloom {b['key']} ({b['type']}, {b['bytes']} bytes, ttl {b['ttl_s']} s)")
 
 
-def _stream(settings: Settings, which: str) -> str:
+def stream_key(settings: Settings, which: str) -> str:
     keys = Keys(settings.prefix)
     return {"images": keys.images, "results": keys.results}[which]
 

@@ -81,7 +81,7 @@ def _run(args: argparse.Namespace, settings: Settings, r: redis.Redis) -> int:
         done = (ops.dlq_replay if args.action == "replay" else ops.dlq_purge)(settings, r, args.ids)
         print(f"{args.action}: {done} dead letter(s)")
         return 0
-    stream = ops._stream(settings, args.stream)
+    stream = ops.stream_key(settings, args.stream)
     group = _group(args, settings)
     if args.ops == "pending":
         rows = ops.pending(settings, r, stream, group, args.idle, args.consumer, args.count)

@@ -102,7 +102,6 @@ class Writer:
         for lock_key, token in out.releases:
             self.scripts.lock_release(pipe, lock_key, token)
         payloads = [result.to_wire() for result, _ in out.results]
-        replies = 0
         for (_, reply_to), payload in zip(out.results, payloads, strict=True):
             if reply_to is not None:
                 pipe.xadd(
@@ -110,7 +109,6 @@ class Writer:
                 )
                 # A reply to a gateway that is gone must not recreate a key that lives forever.
                 pipe.pexpire(reply_to, s.reply_ttl_s * 1000)
-                replies += 1
         if out.ack_only:
             pipe.xack(keys.images, s.detector_group, *out.ack_only)
             if s.delete_acked_images:

@@ -51,7 +51,8 @@ async def server_has_native_bloom(client: Any, probe_key: str) -> bool:
     try:
         await client.execute_command("BF.MEXISTS", probe_key, "probe")
     except redis.exceptions.ResponseError as exc:
-        if "unknown command" in str(exc).lower():
+        # Absent, or not granted to this user (ACL): either way, the Lua filter serves.
+        if "unknown command" in str(exc).lower() or str(exc).startswith("NOPERM"):
             return False
         raise
     return True

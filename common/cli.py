@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from common import ops_cli
+from common.connection import sync_client
 from common.log import configure
 from common.settings import Settings
 
@@ -69,6 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("role", choices=["detector", "sink"])
     health.add_argument("kind", nargs="?", choices=["jsonl", "webhook", "stdout"])
     ops_cli.add_parser(sub)
+    acl = sub.add_parser("acl", help="least-privilege Redis users per role, as ACL lines")
+    acl.add_argument("--write", metavar="FILE", help="write an ACL file (else print)")
+    acl.add_argument(
+        "--secrets-dir", metavar="DIR", help="one password file per user, created when missing"
+    )
+    acl.add_argument(
+        "--native-bloom",
+        action="store_true",
+        help="also grant BF.MEXISTS / BF.INSERT (the server must have them)",
+    )
     samples = sub.add_parser("samples", help="write the sample photos into a directory")
     samples.add_argument("dir")
     return parser
@@ -106,6 +117,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         for path in write_samples(Path(args.dir)):
             print(path)
         return 0
+    if args.command == "acl":
+        from common.acl import acl_lines
+
+        lines = acl_lines(
+            settings, Path(args.secrets_dir) if args.secrets_dir else None, args.native_bloom
+        )
+        if args.write:
+            Path(args.write).write_text("\n".join(lines) + "\n")
+            print(f"wrote {len(lines)} ACL lines to {args.write}")
+        else:
+            print("\n".join(lines))
+        return 0
     if args.command == "ops":
         return ops_cli.run(args, settings)
     if args.command == "health":
@@ -113,11 +136,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command in ("up", "demo"):
         return run_stack(args, settings)
 
-    import redis
-
     from ingest import commands
 
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.socket_timeout_s)
+    client = sync_client(settings)
     if args.command == "detect":
         return commands.detect(
             settings,
@@ -148,7 +169,7 @@ def health(args: argparse.Namespace, settings: Settings) -> int:
         else (settings.sink_group or f"sink-{args.kind}")
     )
     key = Keys(settings.prefix).consumer_claim(group, settings.consumer)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    client = sync_client(settings)
     try:
         alive = bool(client.exists(key))
     except redis.RedisError as exc:

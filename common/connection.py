@@ -12,13 +12,26 @@ from common.settings import Settings
 
 
 def _options(settings: Settings) -> dict[str, Any]:
-    return {
+    options: dict[str, Any] = {
         "socket_timeout": settings.socket_timeout_s,
         "socket_connect_timeout": settings.socket_connect_timeout_s,
         "socket_keepalive": True,
         "health_check_interval": 30,
         "client_name": f"facestream:{settings.consumer}",
     }
+    if settings.redis_username:
+        options["username"] = settings.redis_username
+    secret = settings.redis_secret()
+    if secret:
+        options["password"] = secret
+    if urlsplit(settings.redis_url).scheme == "rediss":
+        options["ssl_cert_reqs"] = "required"
+        if settings.tls_ca_file:
+            options["ssl_ca_certs"] = settings.tls_ca_file
+        if settings.tls_cert_file:
+            options["ssl_certfile"] = settings.tls_cert_file
+            options["ssl_keyfile"] = settings.tls_key_file
+    return options
 
 
 def async_client(settings: Settings) -> aioredis.Redis:

@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -65,7 +66,9 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout_s: float = 10.0) -> str:
+    def start(self, timeout_s: float = 10.0, probe: Callable[[], redis.Redis] | None = None) -> str:
+        """Start and wait until it answers; `probe` builds the client that checks (for a
+        server that listens on TLS only, say)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.data_dir / "redis.log"
         args = [
@@ -90,7 +93,7 @@ class EmbeddedRedis:
         ]
         self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = probe() if probe else redis.Redis(port=self.port, socket_connect_timeout=0.5)
         try:
             while True:
                 if self._proc.poll() is not None:
@@ -99,6 +102,8 @@ class EmbeddedRedis:
                 try:
                     client.ping()
                     return self.url
+                except (redis.AuthenticationError, redis.ResponseError):
+                    return self.url  # it answers: up, with the default user off (ACL)
                 except redis.ConnectionError:
                     if time.monotonic() > deadline:
                         self.stop()

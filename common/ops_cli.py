@@ -8,6 +8,7 @@ from typing import Any
 import redis
 
 from common import ops
+from common.connection import sync_client
 from common.settings import Settings
 
 
@@ -48,7 +49,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    r = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.socket_timeout_s)
+    r = sync_client(settings)
     try:
         return _run(args, settings, r)
     finally:

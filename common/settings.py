@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.schema import Limits
@@ -23,6 +23,14 @@ class Settings(BaseSettings):
     socket_timeout_s: float = Field(default=30.0, gt=0)
     socket_connect_timeout_s: float = Field(default=5.0, gt=0)
     redis_max_connections: int = Field(default=64, ge=4)
+    # Credentials and TLS. The password comes from the environment or, better, a file (a
+    # Docker / Kubernetes secret); it is never logged (SecretStr, redacted URLs).
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
+    redis_password_file: str | None = None
+    tls_ca_file: str | None = None  # with rediss:// URLs
+    tls_cert_file: str | None = None  # client certificate, when the server asks for one
+    tls_key_file: str | None = None
 
     # --- names (wire contract v1) -----------------------------------------------------------
     prefix: str = Field(default="facestream", min_length=1, pattern=r"^[^{}\s]+$")
@@ -120,6 +128,12 @@ class Settings(BaseSettings):
     # --- logging ----------------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    def redis_secret(self) -> str | None:
+        if self.redis_password_file:
+            with open(self.redis_password_file, encoding="utf-8") as f:
+                return f.read().strip()
+        return self.redis_password.get_secret_value() if self.redis_password else None
 
     def limits(self) -> Limits:
         return Limits(self.max_event_bytes, self.max_image_bytes, self.max_meta_bytes)

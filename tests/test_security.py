@@ -1,0 +1,136 @@
+"""Least-privilege users on a real redis-server started with `facestream acl`'s file: each
+service does its work as its own user, and what a role must not do is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from common.acl import acl_lines, user_name
+from common.connection import async_client, sync_client
+from common.embedded import EmbeddedRedis
+from common.keys import Keys
+from common.settings import Settings
+from detector.worker import Detector
+from ingest.publisher import Publisher, make_event
+from sink.files import JsonlSink
+from sink.runner import SinkRunner
+
+PREFIX = "sec"
+
+
+@pytest.fixture(scope="module")
+def acl_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    work = tmp_path_factory.mktemp("acl")
+    secrets_dir = work / "secrets"
+    aclfile = work / "users.acl"
+    lines = acl_lines(Settings(prefix=PREFIX), secrets_dir)
+    aclfile.write_text("\n".join(lines) + "\n")
+    server = EmbeddedRedis(work / "redis", extra_args=("--aclfile", str(aclfile)))
+    server.start()
+    try:
+        yield server.url, secrets_dir
+    finally:
+        server.stop()
+
+
+def as_user(url: str, secrets_dir: Path, role: str, **extra: Any) -> Settings:
+    return Settings(
+        redis_url=url,
+        prefix=PREFIX,
+        redis_username=user_name(role),
+        redis_password_file=str(secrets_dir / user_name(role)),
+        consumer=f"{role}-1",
+        block_ms=100,
+        **extra,
+    )
+
+
+def test_each_service_works_as_its_own_user(
+    acl_server: tuple[str, Path],
+    builtin_model: Any,
+    photo_png: dict[str, bytes],
+    tmp_path: Path,
+) -> None:
+    url, secrets_dir = acl_server
+    ingest = as_user(url, secrets_dir, "ingest")
+    detector = as_user(url, secrets_dir, "detector")
+    sink = as_user(url, secrets_dir, "sink-jsonl")
+    out = tmp_path / "out.jsonl"
+
+    async def main() -> None:
+        det_client, sink_client = async_client(detector), async_client(sink)
+        det = Detector(detector, det_client, builtin_model)
+        runner = SinkRunner(sink, sink_client, JsonlSink(str(out), "fsync", 100))
+        tasks = [asyncio.create_task(det.run()), asyncio.create_task(runner.run())]
+        await asyncio.sleep(0.5)
+        publisher = Publisher(ingest, sync_client(ingest))
+        publisher.publish_many(
+            [make_event(photo_png["astronaut"], "a"), make_event(photo_png["astronaut"], "b")]
+        )
+        for _ in range(200):
+            if runner.counters.written >= 2:
+                break
+            await asyncio.sleep(0.05)
+        det.stop.set()
+        runner.stop.set()
+        await asyncio.gather(*tasks)
+        await det_client.aclose()
+        await sink_client.aclose()
+
+    asyncio.run(main())
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == ["a", "b"]
+    assert sum(1 for r in rows if r["cached"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("role", "command"),
+    [
+        ("ingest", ("XRANGE", f"{PREFIX}:results", "-", "+")),  # ingest cannot read results
+        ("ingest", ("HGETALL", f"{PREFIX}:face:{{{'a' * 64}}}:m")),  # nor the cache
+        ("ingest", ("XREADGROUP", "GROUP", "detectors", "x", "STREAMS", f"{PREFIX}:images", ">")),
+        ("ingest", ("XADD", f"{PREFIX}:results", "*", "result", "forged")),  # nor forge results
+        ("sink-jsonl", ("XRANGE", f"{PREFIX}:images", "-", "+")),  # sinks never see images
+        ("sink-jsonl", ("SET", f"{PREFIX}:face:{{x}}:m", "poison")),  # nor touch the cache
+        ("detector", ("FLUSHALL",)),
+        ("detector", ("CONFIG", "GET", "*")),
+        ("detector", ("GET", "other-app:secret")),  # keys outside the prefix
+        ("ops", ("FLUSHALL",)),
+    ],
+)
+def test_what_a_role_must_not_do_is_refused(
+    acl_server: tuple[str, Path], role: str, command: tuple[str, ...]
+) -> None:
+    url, secrets_dir = acl_server
+    client = sync_client(as_user(url, secrets_dir, role))
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        client.execute_command(*command)
+    client.close()
+
+
+def test_the_default_user_is_off(acl_server: tuple[str, Path]) -> None:
+    url, _ = acl_server
+    client = redis.Redis.from_url(url)
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        client.ping()
+
+
+def test_ops_sees_everything_under_the_prefix(acl_server: tuple[str, Path]) -> None:
+    from common import ops
+
+    url, secrets_dir = acl_server
+    password = (secrets_dir / user_name("ops")).read_text().strip()
+    # This time the password rides in the URL: it must not show up in the report.
+    with_password = url.replace("redis://", f"redis://{user_name('ops')}:{password}@")
+    settings = Settings(redis_url=with_password, prefix=PREFIX)
+    report = ops.status(settings, sync_client(settings))
+    assert report["streams"]["images"]["key"] == Keys(PREFIX).images
+    assert password not in json.dumps(report)
+    assert report["redis"].startswith(f"redis://{user_name('ops')}:***@")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from common.acl import acl_lines, user_name
 from common.cli import build_parser
 from common.settings import Settings
 
@@ -36,10 +37,13 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
             "neither `docker compose` nor `docker-compose` is installed "
             "(.ci/run installs Debian's docker-compose)"
         )
-    # A copy, with the documented first step done: cp .env.example .env
+    # A copy, with the documented first steps done: cp .env.example .env; facestream acl ...
     work = tmp_path_factory.mktemp("compose")
     shutil.copytree(COMPOSE, work / "compose")
     shutil.copy(COMPOSE / ".env.example", work / "compose" / ".env")
+    lines = acl_lines(Settings(), work / "compose" / "secrets")
+    (work / "compose" / "acl").mkdir()
+    (work / "compose" / "acl" / "users.acl").write_text("\n".join(lines) + "\n")
     done = subprocess.run(
         [
             *command,
@@ -78,6 +82,18 @@ def test_compose_config_accepts_the_file(rendered: dict[str, object]) -> None:
         assert "healthcheck" in service, name
     redis_cmd = " ".join(services["redis"]["command"])
     assert "--appendonly yes" in redis_cmd and "--maxmemory-policy volatile-lru" in redis_cmd
+    assert "--aclfile" in redis_cmd  # least-privilege users, default user off
+    roles = {
+        "gateway": "ingest",
+        "detector": "detector",
+        "detector-gpu": "detector",
+        "sink-jsonl": "sink-jsonl",
+        "sink-webhook": "sink-webhook",
+    }
+    for name, role in roles.items():
+        env = services[name]["environment"]
+        assert env["FACESTREAM_REDIS_USERNAME"] == user_name(role)
+        assert env["FACESTREAM_REDIS_PASSWORD_FILE"] == f"/run/secrets/{user_name(role)}"
     gpu = services["detector-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["capabilities"] == ["gpu"] and services["detector-gpu"]["build"][
         "dockerfile"

@@ -125,6 +125,11 @@ class Settings(BaseSettings):
     webhook_backoff_ms: int = Field(default=200, ge=1)
     webhook_concurrency: int = Field(default=8, ge=1)
 
+    # --- observability ----------------------------------------------------------------------
+    # Detectors and sinks serve Prometheus metrics on this port (0: off); the gateway serves
+    # them at /metrics on its own port.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+
     # --- logging ----------------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"

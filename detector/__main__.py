@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 
+from common import metrics
 from common.connection import async_client, redact
 from common.log import configure, get_logger
 from common.settings import Settings
@@ -27,6 +28,7 @@ async def serve(settings: Settings) -> int:
         )
     model = load_model(settings)
     model.warm_up()
+    metrics.serve(settings.metrics_port)
     client = async_client(settings)
     detector = Detector(settings, client, model)
     loop = asyncio.get_running_loop()

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+from common import metrics
 from common.schema import Face
 from detector.model.face_model import FaceModel, Prepared
 
@@ -68,8 +69,11 @@ class DynamicBatcher:
                         fut.set_exception(exc)
                 continue
             finally:
-                self.busy_s += time.perf_counter() - started
+                elapsed = time.perf_counter() - started
+                self.busy_s += elapsed
                 self.batch_sizes[len(batch)] += 1
+                metrics.INFERENCE.observe(elapsed)
+                metrics.BATCH.observe(len(batch))
             for (_, fut), faces in zip(batch, found, strict=True):
                 if not fut.done():
                     fut.set_result(faces)

@@ -15,6 +15,7 @@ from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from common import metrics
 from common.bloom import BloomFilter
 from common.keys import Keys
 from common.locks import LockKeeper
@@ -86,6 +87,7 @@ class BatchProcessor:
         for raw_id, fields in entries:
             entry = raw_id.decode()
             self.counters.read += 1
+            metrics.EVENTS_READ.inc()
             if not fields:
                 # Deleted from the stream while pending: nothing left to answer; just ack.
                 out.ack_only.append(entry)
@@ -148,6 +150,8 @@ class BatchProcessor:
                 by_sha[job.sha].append(job)
         if by_sha:
             maybe = await self.bloom.check(self.client, list(by_sha))
+            metrics.BLOOM.labels("maybe").inc(sum(maybe))
+            metrics.BLOOM.labels("never").inc(len(maybe) - sum(maybe))
             await self._resolve(by_sha, dict(zip(by_sha, maybe, strict=True)), out, {})
         if out:
             # The loop reads and resolves the next batch while this one is written: the
@@ -187,17 +191,20 @@ class BatchProcessor:
         for (sha, group), reply in zip(groups.items(), replies, strict=True):
             kind = int(reply[0])
             if kind == HIT:
+                metrics.CACHE.labels("hit").inc(len(group))
                 faces = unpack_faces(reply[1])
                 width, height = int(reply[2]), int(reply[3])
                 for job in group:
                     out.add(self.results.faces(job, faces, width, height, True), job.event.reply_to)
             elif kind == ACQUIRED:
                 # Also after a deferral: the holder died (its lock expired) without a result.
+                metrics.CACHE.labels("miss").inc(len(group))
                 self.locks.hold(self.keys.lock(sha, tag), tokens[sha])
                 misses[sha] = group
             else:
                 if sha not in delays:
                     self.counters.deferred += len(group)
+                    metrics.LOCK_WAITS.inc(len(group))
                 self._defer(sha, group, delays.get(sha))
         if misses:
             self._start_inference(misses)

@@ -15,6 +15,7 @@ from typing import Any
 import redis.exceptions
 import structlog
 
+from common import metrics
 from common.bloom import BloomFilter, server_has_native_bloom
 from common.groups import ensure_group
 from common.keys import Keys
@@ -116,7 +117,7 @@ class Detector:
         tasks = [
             asyncio.create_task(keeper.run(self.client, keeper_stop)),
             asyncio.create_task(self.locks.run(self.client, keeper_stop)),
-            asyncio.create_task(self._trim(keeper_stop)),
+            asyncio.create_task(self._housekeeping(keeper_stop)),
         ]
         inference = asyncio.create_task(processor.batcher.run())
         started = time.monotonic()
@@ -153,13 +154,14 @@ class Detector:
                 break  # Redis is away: leave the rest pending
             await p.drain()
 
-    async def _trim(self, stop: asyncio.Event) -> None:
-        """Keep the streams this detector writes to bounded, never losing unread entries."""
+    async def _housekeeping(self, stop: asyncio.Event) -> None:
+        """Periodically: keep the streams this detector writes to bounded (never losing unread
+        entries), and refresh the lag / pending / dead-letter gauges."""
         streams = [self.keys.results] if self.s.trim_results else []
         if not self.s.delete_acked_images:  # else answered image entries are deleted at once
             streams.append(self.keys.images)
-        outage = Outage(log, "trim")
-        while streams and not stop.is_set():
+        outage = Outage(log, "housekeeping")
+        while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.s.trim_every_ms / 1000)
             try:
@@ -167,9 +169,23 @@ class Detector:
                     removed = await trim_acked(self.client, stream)
                     if removed:
                         log.debug("trimmed", stream=stream, entries=removed)
+                await self.refresh_gauges()
                 outage.ok()
             except redis.exceptions.RedisError as exc:
                 outage.failed(exc)
+
+    async def refresh_gauges(self) -> None:
+        for stream in (self.keys.images, self.keys.results):
+            try:
+                groups = await self.client.xinfo_groups(stream)
+            except redis.exceptions.ResponseError:
+                continue  # no such stream yet
+            for g in groups:
+                name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+                if g.get("lag") is not None:
+                    metrics.LAG.labels(stream, name).set(int(g["lag"]))
+                metrics.PENDING.labels(stream, name).set(int(g["pending"]))
+        metrics.DLQ_SIZE.set(await self.client.xlen(self.keys.dlq))
 
     async def _read(self, start: str, block_ms: int | None) -> list[tuple[bytes, Any]]:
         reply = await self.client.xreadgroup(

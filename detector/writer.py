@@ -14,6 +14,7 @@ from typing import Any
 
 import redis.exceptions
 
+from common import metrics
 from common.bloom import BloomFilter
 from common.keys import Keys
 from common.log import get_logger
@@ -149,6 +150,7 @@ class Writer:
             for (result, _, count), ok in zip(out.dead, answers[at["dead"]], strict=True):
                 if ok:
                     self.counters.dead_lettered += 1
+                    metrics.DEAD_LETTERS.labels("detector").inc()
                     log.warning(
                         "dead_lettered", entry=result.entry, event_id=result.id, deliveries=count
                     )
@@ -158,7 +160,13 @@ class Writer:
                     self.counters.not_emitted += 1
                     continue
                 self.counters.results += 1
+                outcome = "inferred"
                 if result.error is not None:
                     self.counters.errors += 1
+                    outcome = "error"
                 elif result.cached:
                     self.counters.cached += 1
+                    outcome = "cached"
+                metrics.RESULTS.labels(outcome).inc()
+                if result.ts_ms is not None:
+                    metrics.END_TO_END.observe(max(0, result.done_ms - result.ts_ms) / 1000)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,8 +20,11 @@ import redis.exceptions
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from common import metrics
 from common.connection import async_client
 from common.keys import Keys
 from common.log import get_logger
@@ -139,6 +143,34 @@ def parse_meta(raw: str | None) -> dict[str, Any] | None:
     return meta
 
 
+class MetricsMiddleware:
+    """Counts requests by status and times them: a plain ASGI wrapper, cheaper than a
+    BaseHTTPMiddleware on the hot path."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"] if scope["path"] == "/v1/detect" else "other"
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            metrics.HTTP.labels(path, str(status)).inc()
+            metrics.HTTP_LATENCY.labels(path).observe(time.perf_counter() - started)
+
+
 def create_app(settings: Settings) -> FastAPI:
     keys = Keys(settings.prefix)
 
@@ -235,6 +267,12 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             router.forget(event.id, event.sha256, fut)
         return Response(orjson.dumps(result, default=_b64), media_type="application/json")
+
+    app.add_middleware(MetricsMiddleware)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 
+from common import metrics
 from common.connection import async_client
 from common.log import configure, get_logger
 from common.settings import Settings
@@ -28,6 +29,7 @@ def make_sink(kind: str, settings: Settings) -> Sink:
 
 
 async def serve(kind: str, settings: Settings) -> int:
+    metrics.serve(settings.metrics_port)
     client = async_client(settings)
     runner = SinkRunner(settings, client, make_sink(kind, settings))
     loop = asyncio.get_running_loop()

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import redis.exceptions
 import structlog
 
+from common import metrics
 from common.groups import ensure_group
 from common.keys import Keys
 from common.locks import LockKeeper, claim_consumer_name
@@ -124,6 +125,8 @@ class SinkRunner:
         await pipe.execute()
         self.counters.written += len(outcome.written)
         self.counters.dead += len(outcome.dead)
+        metrics.SINK_WRITTEN.labels(self.sink.kind).inc(len(outcome.written))
+        metrics.DEAD_LETTERS.labels(f"sink-{self.sink.kind}").inc(len(outcome.dead))
         for item, reason in outcome.dead:
             log.warning("dead_lettered", entry=item.entry, reason=reason)
 

@@ -55,6 +55,8 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
             "gpu",
             "--profile",
             "webhook",
+            "--profile",
+            "monitoring",
             "config",
         ],
         cwd=work / "compose",
@@ -77,6 +79,8 @@ def test_compose_config_accepts_the_file(rendered: dict[str, object]) -> None:
         "detector-gpu",
         "sink-jsonl",
         "sink-webhook",
+        "prometheus",
+        "grafana",
     }
     for name, service in services.items():
         assert "healthcheck" in service, name
@@ -104,7 +108,7 @@ def test_service_commands_are_real_cli_commands(rendered: dict[str, object]) -> 
     services = rendered["services"]
     assert isinstance(services, dict)
     for name, service in services.items():
-        if name == "redis":
+        if name in ("redis", "prometheus", "grafana"):
             continue
         commands = [service["command"]]
         test = service["healthcheck"]["test"]
@@ -133,3 +137,29 @@ def test_images_install_the_way_ci_does() -> None:
             if line.startswith("RUN sh scripts/install.sh")
         ]
         assert runs == [f"RUN sh scripts/install.sh /opt/facestream {profile} \\"], dockerfile
+
+
+def test_dashboard_queries_use_metrics_that_exist() -> None:
+    import json
+
+    from prometheus_client import REGISTRY
+
+    import common.metrics  # noqa: F401 (registers the metrics)
+
+    dashboard = json.loads((COMPOSE / "grafana" / "dashboards" / "facestream.json").read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"facestream_[a-z_]+", target["expr"])
+    }
+    # A labelled family exports no sample before its first use: count its names as well.
+    exported = {
+        family.name + suffix
+        for family in REGISTRY.collect()
+        if family.name.startswith("facestream_")
+        for suffix in ("", "_total", "_bucket", "_sum", "_count")
+    }
+    assert used and used <= exported, used - exported
+    scrape = yaml.safe_load((COMPOSE / "prometheus" / "prometheus.yml").read_text())
+    assert {job["job_name"] for job in scrape["scrape_configs"]} == {"gateway", "detector", "sinks"}

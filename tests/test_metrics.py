@@ -1,0 +1,89 @@
+"""Prometheus metrics after a real run: the counters add up (events in = results out)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from prometheus_client import REGISTRY
+from redis.asyncio import Redis
+
+from common.keys import Keys
+from common.settings import Settings
+from detector.worker import Detector
+from ingest.publisher import make_event
+from tests.helpers import publish, wait_results, with_detector
+
+MakeSettings = Callable[..., Settings]
+
+
+def value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def snapshot() -> dict[str, float]:
+    return {
+        "read": value("facestream_events_read_total"),
+        "inferred": value("facestream_results_total", outcome="inferred"),
+        "cached": value("facestream_results_total", outcome="cached"),
+        "error": value("facestream_results_total", outcome="error"),
+        "hit": value("facestream_cache_lookups_total", result="hit"),
+        "miss": value("facestream_cache_lookups_total", result="miss"),
+        "calls": value("facestream_inference_seconds_count"),
+        "images": value("facestream_batch_size_sum"),
+        "e2e": value("facestream_end_to_end_seconds_count"),
+    }
+
+
+def test_detector_counters_add_up(
+    make_settings: MakeSettings, builtin_model: Any, photo_png: dict[str, bytes]
+) -> None:
+    settings = make_settings()
+    before = snapshot()
+    events = [
+        make_event(photo_png[n], f"{n}-{i}") for i in range(3) for n in ("astronaut", "camera")
+    ]
+
+    async def scenario(det: Detector, client: Redis, keys: Keys) -> Any:
+        await publish(client, keys, *events, b"\xc1 not an event")
+        await wait_results(client, keys, 7)
+        await det.refresh_gauges()
+        return det.counters
+
+    counters = with_detector(settings, builtin_model, scenario)
+    after = snapshot()
+    d = {k: after[k] - before[k] for k in before}
+    assert d["read"] == 7 == counters.read  # events in
+    assert d["inferred"] + d["cached"] + d["error"] == 7  # = results out
+    assert (d["inferred"], d["error"]) == (2, 1)
+    # Per event: a hit was answered from the cache; a miss needed an inference (copies in one
+    # batch share theirs, so misses can exceed inferences).
+    assert d["hit"] + d["miss"] == 6 and d["miss"] >= d["inferred"]
+    assert d["images"] == d["inferred"] and d["calls"] >= 1
+    assert d["e2e"] == 6  # every answered event that carried ts_ms
+    pending = value(
+        "facestream_stream_pending", stream=f"{settings.prefix}:images", group="detectors"
+    )
+    assert pending == 0
+
+
+def test_gateway_serves_metrics(redis_url: str, tmp_path: Any, photo_png: dict[str, bytes]):
+    from common.embedded import free_port
+    from tests.procs import Procs, base_env
+
+    port = free_port()
+    procs = Procs(tmp_path, base_env(redis_url, "metrics", FACESTREAM_HTTP_PORT=port))
+    procs.start("gateway", ["-m", "ingest"])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        procs.wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200, "gateway up")
+        for _ in range(3):
+            httpx.post(f"{url}/v1/detect", content=photo_png["camera"])
+        httpx.post(f"{url}/v1/detect", content=b"not an image")
+        text = httpx.get(f"{url}/metrics").text
+    finally:
+        procs.stop()
+    assert 'facestream_http_requests_total{path="/v1/detect",status="202"} 3.0' in text
+    assert 'facestream_http_requests_total{path="/v1/detect",status="415"} 1.0' in text
+    assert "facestream_http_request_seconds_bucket" in text

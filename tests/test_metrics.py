@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +67,62 @@ def test_detector_counters_add_up(
         "facestream_stream_pending", stream=f"{settings.prefix}:images", group="detectors"
     )
     assert pending == 0
+
+
+def scrape(url: str) -> dict[str, float]:
+    """name{labels} -> value, from a Prometheus text page."""
+    out = {}
+    for line in httpx.get(url, timeout=10).text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, val = line.rpartition(" ")
+            out[key] = float(val)
+    return out
+
+
+def test_scraped_metrics_of_a_run_add_up(
+    redis_url: str, tmp_path: Any, photo_png: dict[str, bytes]
+) -> None:
+    """The gateway and a detector as processes, scraped over HTTP after a run."""
+    from common.embedded import free_port
+    from tests.procs import Procs, base_env, gateway_ready
+
+    port, det_port = free_port(), free_port()
+    procs = Procs(tmp_path, base_env(redis_url, "scrape"))
+    procs.start(
+        "detector",
+        ["-m", "detector"],
+        FACESTREAM_METRICS_PORT=str(det_port),
+        FACESTREAM_CONSUMER="scrape-det",
+        FACESTREAM_TRIM_EVERY_MS="200",
+    )
+    procs.start("gateway", ["-m", "ingest"], FACESTREAM_HTTP_PORT=str(port))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        procs.wait_for(gateway_ready(url), "gateway ready")
+        for i, name in enumerate(["astronaut", "camera", "astronaut", "camera", "coffee"]):
+            resp = httpx.post(
+                f"{url}/v1/detect",
+                params={"wait": "true", "id": f"m{i}"},
+                content=photo_png[name],
+                timeout=30,
+            )
+            assert resp.status_code == 200
+        httpx.post(f"{url}/v1/detect", content=b"not an image")  # refused at the door
+        time.sleep(0.5)  # a housekeeping pass refreshes the gauges
+        gateway = scrape(f"{url}/metrics")
+        detector = scrape(f"http://127.0.0.1:{det_port}/metrics")
+    finally:
+        procs.stop()
+    accepted = gateway['facestream_http_requests_total{path="/v1/detect",status="200"}']
+    assert accepted == 5
+    assert gateway['facestream_http_requests_total{path="/v1/detect",status="415"}'] == 1
+    events_in = detector["facestream_events_read_total"]
+    results_out = sum(v for k, v in detector.items() if k.startswith("facestream_results_total"))
+    assert events_in == results_out == accepted
+    assert detector['facestream_results_total{outcome="inferred"}'] == 3
+    assert detector['facestream_results_total{outcome="cached"}'] == 2
+    assert detector["facestream_inference_seconds_count"] >= 1
+    assert detector['facestream_stream_pending{group="detectors",stream="scrape:images"}'] == 0
 
 
 def test_gateway_serves_metrics(redis_url: str, tmp_path: Any, photo_png: dict[str, bytes]):

@@ -58,6 +58,17 @@ async def server_has_native_bloom(client: Any, probe_key: str) -> bool:
     return True
 
 
+async def resolve_bloom_mode(client: Any, wanted: str, probe_key: str) -> Mode:
+    if wanted == "lua":
+        return "lua"
+    if wanted == "off":
+        return "off"
+    native = await server_has_native_bloom(client, probe_key)
+    if wanted == "native" and not native:
+        raise RuntimeError("FACESTREAM_BLOOM=native but the server has no BF.* commands")
+    return "native" if native else "lua"
+
+
 class BloomFilter:
     def __init__(
         self,

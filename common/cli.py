@@ -70,6 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("role", choices=["detector", "sink"])
     health.add_argument("kind", nargs="?", choices=["jsonl", "webhook", "stdout"])
     ops_cli.add_parser(sub)
+    migrate = sub.add_parser("migrate", help="move over from the service facestream replaces")
+    migrate.add_argument("action", choices=["import-cache"])
+    migrate.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="REDIS_URL",
+        help="the old service's Redis (only read)",
+    )
+    migrate.add_argument("--prefix", default="face_detection:")
+    migrate.add_argument(
+        "--model",
+        default="damofd",
+        help="the model that filled the old cache (default damofd); it must "
+        "be the model this facestream serves (FACESTREAM_MODEL)",
+    )
     acl = sub.add_parser("acl", help="least-privilege Redis users per role, as ACL lines")
     acl.add_argument("--write", metavar="FILE", help="write an ACL file (else print)")
     acl.add_argument(
@@ -117,6 +133,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         for path in write_samples(Path(args.dir)):
             print(path)
         return 0
+    if args.command == "migrate":
+        return migrate(args, settings)
     if args.command == "acl":
         from common.acl import acl_lines
 
@@ -153,6 +171,38 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return commands.results(
         settings, client, follow=args.follow, group=args.group, start=args.start, count=args.count
     )
+
+
+def migrate(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+    import json
+
+    import redis.asyncio as aioredis
+
+    from common.connection import async_client
+    from common.migrate import ModelMismatch, import_cache
+    from detector.model.loader import load_model
+
+    spec = load_model(settings).spec
+
+    async def go() -> dict[str, object]:
+        source = aioredis.Redis.from_url(args.source, decode_responses=True)
+        target = async_client(settings)
+        try:
+            report = await import_cache(
+                settings, source, target, args.prefix, args.model, spec.name, spec.tag
+            )
+            return report.as_dict()
+        finally:
+            await source.aclose()
+            await target.aclose()
+
+    try:
+        print(json.dumps(asyncio.run(go())))
+    except ModelMismatch as exc:
+        print(f"facestream migrate: refused: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def health(args: argparse.Namespace, settings: Settings) -> int:

@@ -30,6 +30,19 @@ class DecodedImage:
     scale_y: float
 
 
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height (after EXIF orientation) from the header alone; None if unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            w, h = img.size
+            turned = img.format == "JPEG" and img.getexif().get(0x0112, 1) in _EXIF_SWAPS_AXES
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return None
+    return (h, w) if turned else (w, h)
+
+
 def fit_size(width: int, height: int, max_side: int | None, upscale: bool) -> tuple[int, int]:
     if max_side is None:
         return width, height

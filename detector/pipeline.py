@@ -32,7 +32,7 @@ from common.schema import (
 )
 from common.settings import Settings
 from detector.batcher import DynamicBatcher
-from detector.imaging import DecodedImage, decode_image
+from detector.imaging import DecodedImage, decode_image, image_size
 from detector.jobs import Deferred, Job, ResultFactory
 from detector.model.face_model import FaceModel, Prepared
 from detector.writer import Emission, Writer
@@ -193,8 +193,10 @@ class BatchProcessor:
             if kind == HIT:
                 metrics.CACHE.labels("hit").inc(len(group))
                 faces = unpack_faces(reply[1])
-                width, height = int(reply[2]), int(reply[3])
+                size = (int(reply[2]), int(reply[3])) if reply[2] else None
                 for job in group:
+                    # Entries imported from the old design carry no size: read the header.
+                    width, height = size or image_size(job.event.image) or (0, 0)
                     out.add(self.results.faces(job, faces, width, height, True), job.event.reply_to)
             elif kind == ACQUIRED:
                 # Also after a deferral: the holder died (its lock expired) without a result.

@@ -16,7 +16,7 @@ import redis.exceptions
 import structlog
 
 from common import metrics
-from common.bloom import BloomFilter, server_has_native_bloom
+from common.bloom import BloomFilter, resolve_bloom_mode
 from common.groups import ensure_group
 from common.keys import Keys
 from common.locks import LockKeeper, claim_consumer_name
@@ -32,15 +32,6 @@ from detector.pipeline import BatchProcessor
 from detector.writer import WriteError, Writer
 
 log = get_logger(__name__)
-
-
-async def resolve_bloom_mode(client: Any, wanted: str, probe_key: str) -> str:
-    if wanted in ("lua", "off"):
-        return wanted
-    native = await server_has_native_bloom(client, probe_key)
-    if wanted == "native" and not native:
-        raise RuntimeError("FACESTREAM_BLOOM=native but the server has no BF.* commands")
-    return "native" if native else "lua"
 
 
 class Detector:
@@ -73,7 +64,7 @@ class Detector:
             self.keys,
             self.scripts,
             self.model.tag,
-            mode,  # type: ignore[arg-type]
+            mode,
             s.bloom_capacity,
             s.bloom_error_rate,
             s.cache_ttl_s * 1000,

@@ -7,7 +7,6 @@ a detector has answered (504 when `timeout_ms` passes first). Waiting uses the e
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
@@ -29,6 +28,7 @@ from common.connection import async_client
 from common.keys import Keys
 from common.log import get_logger
 from common.settings import Settings
+from ingest.compat import add_compat_routes
 from ingest.publisher import (
     AsyncPublisher,
     BadRequest,
@@ -255,19 +255,15 @@ def create_app(settings: Settings) -> FastAPI:
             entry = await publisher.publish(event)
             return JSONResponse({"id": event.id, "sha256": event.sha256, "entry": entry}, 202)
         router: ReplyRouter = app.state.replies
-        assert event.sha256 is not None
-        fut = router.expect(event.id, event.sha256)
-        try:
-            await publisher.publish(event)
-            result = await asyncio.wait_for(fut, (timeout_ms or settings.wait_timeout_ms) / 1000)
-        except TimeoutError:
+        timeout_s = (timeout_ms or settings.wait_timeout_ms) / 1000
+        result = await router.publish_and_wait(publisher, event, timeout_s)
+        if result is None:
             return error(
                 504, "timeout", "no result in time; it will still be published", id=event.id
             )
-        finally:
-            router.forget(event.id, event.sha256, fut)
         return Response(orjson.dumps(result, default=_b64), media_type="application/json")
 
+    add_compat_routes(app, settings)
     app.add_middleware(MetricsMiddleware)
 
     @app.get("/metrics", include_in_schema=False)

@@ -52,6 +52,20 @@ class ReplyRouter:
             if not waiters:
                 del self._waiters[(event_id, sha256)]
 
+    async def publish_and_wait(
+        self, publisher: Any, event: Any, timeout_s: float
+    ) -> dict[str, Any] | None:
+        """Publish an event whose reply_to is this stream and wait for its result; None when
+        `timeout_s` passes first (the result still goes to the results stream)."""
+        fut = self.expect(event.id, event.sha256)
+        try:
+            await publisher.publish(event)
+            return await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            return None
+        finally:
+            self.forget(event.id, event.sha256, fut)
+
     @property
     def waiting(self) -> int:
         return sum(len(w) for w in self._waiters.values())

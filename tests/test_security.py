@@ -134,3 +134,40 @@ def test_ops_sees_everything_under_the_prefix(acl_server: tuple[str, Path]) -> N
     assert report["streams"]["images"]["key"] == Keys(PREFIX).images
     assert password not in json.dumps(report)
     assert report["redis"].startswith(f"redis://{user_name('ops')}:***@")
+
+
+def test_gateway_and_detector_processes_as_their_users(
+    acl_server: tuple[str, Path], photo_png: dict[str, bytes], tmp_path: Path
+) -> None:
+    import httpx
+
+    from common.embedded import free_port
+    from tests.procs import Procs, base_env, gateway_ready
+
+    url, secrets_dir = acl_server
+    port = free_port()
+    procs = Procs(tmp_path, base_env(url, PREFIX))
+
+    def login(role: str) -> dict[str, str]:
+        return {
+            "FACESTREAM_REDIS_USERNAME": user_name(role),
+            "FACESTREAM_REDIS_PASSWORD_FILE": str(secrets_dir / user_name(role)),
+        }
+
+    procs.start("detector", ["-m", "detector"], FACESTREAM_CONSUMER="acl-det", **login("detector"))
+    procs.start("gateway", ["-m", "ingest"], FACESTREAM_HTTP_PORT=str(port), **login("ingest"))
+    gateway = f"http://127.0.0.1:{port}"
+    try:
+        procs.wait_for(gateway_ready(gateway), "gateway ready")
+        resp = httpx.post(
+            f"{gateway}/v1/detect",
+            params={"wait": "true", "id": "acl"},
+            content=photo_png["camera"],
+            timeout=30,
+        )
+        compat = httpx.post(f"{gateway}/face-detection", content=photo_png["camera"], timeout=30)
+    finally:
+        codes = procs.stop()
+    assert resp.status_code == 200 and resp.json()["id"] == "acl", resp.text
+    assert compat.status_code == 200 and len(compat.json()["boxes"]) == 1
+    assert codes == [0, 0], procs.logs()

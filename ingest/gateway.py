@@ -78,7 +78,7 @@ def _error_doc(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
 
 
-def _b64(value: object) -> str:
+def b64_default(value: object) -> str:
     """bin values (possible inside `meta`) as base64, like `common.schema.jsonable`."""
     if isinstance(value, bytes):
         return base64.b64encode(value).decode()
@@ -261,7 +261,7 @@ def create_app(settings: Settings) -> FastAPI:
             return error(
                 504, "timeout", "no result in time; it will still be published", id=event.id
             )
-        return Response(orjson.dumps(result, default=_b64), media_type="application/json")
+        return Response(orjson.dumps(result, default=b64_default), media_type="application/json")
 
     add_compat_routes(app, settings)
     app.add_middleware(MetricsMiddleware)
@@ -301,10 +301,11 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def app_factory() -> FastAPI:
+def app_factory() -> ASGIApp:
     """uvicorn's factory: each worker process is an entry point with its own Settings."""
     from common.log import configure
+    from ingest.fastpath import FastDetect
 
     settings = Settings()
     configure(settings)
-    return create_app(settings)
+    return FastDetect(create_app(settings), settings)

@@ -103,6 +103,8 @@ def test_async_accept_lands_on_the_results_stream(
         ({"content": b"\xff\xd8\xff", "params": {"id": "x" * 200}}, 400, "bad_request"),
         ({"content": b"\xff\xd8\xff", "params": {"meta": "[1, 2]"}}, 400, "bad_request"),
         ({"content": b"\xff\xd8\xff", "params": {"timeout_ms": "soon"}}, 400, "bad_request"),
+        ({"content": b"\xff\xd8\xff", "params": {"wait": "maybe"}}, 400, "bad_request"),
+        ({"content": b"\xff\xd8\xff", "params": {"timeout_ms": "0"}}, 400, "bad_request"),
         ({"files": {"picture": ("a.png", b"\x89PNG\r\n\x1a\n", "image/png")}}, 400, "bad_request"),
         ({"files": {"image": ("a.txt", b"plain text", "text/plain")}}, 415, "not_an_image"),
     ],

@@ -1,0 +1,151 @@
+"""The hot request, `POST /v1/detect` with a raw image body, served as plain ASGI.
+
+Measured on the published scenario, FastAPI's routing, parameter parsing and response classes
+were the largest share of the gateway's CPU per request. This wrapper answers the raw-body
+case itself, with the same checks, errors and answers as the FastAPI route (which stays: it
+serves multipart forms and documents the API in OpenAPI); everything else passes through.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+import redis.exceptions
+from starlette.types import Receive, Scope, Send
+
+from common import metrics
+from common.schema import MAX_ID_CHARS, MAX_SOURCE_CHARS
+from common.settings import Settings
+from ingest.gateway import b64_default, parse_meta
+from ingest.publisher import BadRequest, ImageTooLarge, PublishError, make_event
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_JSON = [(b"content-type", b"application/json")]
+
+
+class FastDetect:
+    def __init__(self, app: Any, settings: Settings) -> None:
+        self.app = app  # the FastAPI app: its state holds the publisher and the reply router
+        self.s = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] == "/v1/detect"
+            and not _is_multipart(scope)
+        ):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        try:
+            status, body, headers = await self._detect(scope, receive)
+        except PublishError as exc:
+            status = exc.status
+            body = _error(exc.code, exc.message)
+            headers = (
+                [(b"retry-after", str(getattr(exc, "retry_after_s", 1)).encode())]
+                if status == 503
+                else []
+            )
+        except redis.exceptions.RedisError:
+            status = 503
+            body = _error("unavailable", "the queue is unreachable; retry later")
+            headers = [(b"retry-after", str(self.s.retry_after_s).encode())]
+        headers = [*_JSON, (b"content-length", str(len(body)).encode()), *headers]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        metrics.HTTP.labels("/v1/detect", str(status)).inc()
+        metrics.HTTP_LATENCY.labels("/v1/detect").observe(time.perf_counter() - started)
+
+    async def _detect(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list[Any]]:
+        query = _query(scope)
+        wait = _flag(query.get("wait", "false"))
+        timeout_ms = self.s.wait_timeout_ms
+        if "timeout_ms" in query:
+            raw = query["timeout_ms"]
+            if not raw.isdigit() or not 1 <= int(raw) <= self.s.max_wait_timeout_ms:
+                raise BadRequest(f"timeout_ms must be 1..{self.s.max_wait_timeout_ms}")
+            timeout_ms = int(raw)
+        event_id = query.get("id")
+        if event_id is not None and not 0 < len(event_id) <= MAX_ID_CHARS:
+            raise BadRequest(f"id must be 1..{MAX_ID_CHARS} characters")
+        source = query.get("source")
+        if source is not None and len(source) > MAX_SOURCE_CHARS:
+            raise BadRequest(f"source must be at most {MAX_SOURCE_CHARS} characters")
+        meta = parse_meta(query.get("meta"))
+        image = await _read_body(scope, receive, self.s.max_image_bytes)
+        state = self.app.state
+        event = make_event(
+            image,
+            event_id,
+            source=source,
+            meta=meta,
+            reply_to=state.replies.stream if wait else None,
+            limits=self.s.limits(),
+        )
+        if not wait:
+            entry = await state.publisher.publish(event)
+            return 202, orjson.dumps({"id": event.id, "sha256": event.sha256, "entry": entry}), []
+        result = await state.replies.publish_and_wait(state.publisher, event, timeout_ms / 1000)
+        if result is None:
+            body = orjson.dumps(
+                {
+                    "error": {
+                        "code": "timeout",
+                        "message": "no result in time; it will still be published",
+                    },
+                    "id": event.id,
+                }
+            )
+            return 504, body, []
+        return 200, orjson.dumps(result, default=b64_default), []
+
+
+def _is_multipart(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return bytes(value).startswith(b"multipart/form-data")
+    return False
+
+
+def _query(scope: Scope) -> dict[str, str]:
+    parsed = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    return {k: v[-1] for k, v in parsed.items()}
+
+
+def _flag(raw: str) -> bool:
+    value = raw.lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise BadRequest(f"wait must be a boolean, not {raw!r}")
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise ImageTooLarge(f"the body is {value.decode()} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("the client went away")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:  # chunked uploads carry no length: count as they come
+            raise ImageTooLarge(f"the body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _error(code: str, message: str) -> bytes:
+    return orjson.dumps({"error": {"code": code, "message": message}})

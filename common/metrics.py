@@ -36,6 +36,12 @@ HTTP_LATENCY = Histogram(
     ["path"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
 )
+# Label children bound once: `.labels()` per event is a dict look-up and a lock on the hot path.
+CACHE_HIT = CACHE.labels("hit")
+CACHE_MISS = CACHE.labels("miss")
+BLOOM_MAYBE = BLOOM.labels("maybe")
+BLOOM_NEVER = BLOOM.labels("never")
+RESULT_BY_OUTCOME = {o: RESULTS.labels(o) for o in ("inferred", "cached", "error")}
 SINK_WRITTEN = Counter("facestream_sink_written", "Results a sink wrote", ["sink"])
 
 

@@ -84,10 +84,10 @@ class BatchProcessor:
     ) -> tuple[list[Job], Emission]:
         jobs: list[Job] = []
         out = Emission()
+        metrics.EVENTS_READ.inc(len(entries))
         for raw_id, fields in entries:
             entry = raw_id.decode()
             self.counters.read += 1
-            metrics.EVENTS_READ.inc()
             if not fields:
                 # Deleted from the stream while pending: nothing left to answer; just ack.
                 out.ack_only.append(entry)
@@ -150,8 +150,8 @@ class BatchProcessor:
                 by_sha[job.sha].append(job)
         if by_sha:
             maybe = await self.bloom.check(self.client, list(by_sha))
-            metrics.BLOOM.labels("maybe").inc(sum(maybe))
-            metrics.BLOOM.labels("never").inc(len(maybe) - sum(maybe))
+            metrics.BLOOM_MAYBE.inc(sum(maybe))
+            metrics.BLOOM_NEVER.inc(len(maybe) - sum(maybe))
             await self._resolve(by_sha, dict(zip(by_sha, maybe, strict=True)), out, {})
         if out:
             # The loop reads and resolves the next batch while this one is written: the
@@ -191,7 +191,7 @@ class BatchProcessor:
         for (sha, group), reply in zip(groups.items(), replies, strict=True):
             kind = int(reply[0])
             if kind == HIT:
-                metrics.CACHE.labels("hit").inc(len(group))
+                metrics.CACHE_HIT.inc(len(group))
                 faces = unpack_faces(reply[1])
                 size = (int(reply[2]), int(reply[3])) if reply[2] else None
                 for job in group:
@@ -200,7 +200,7 @@ class BatchProcessor:
                     out.add(self.results.faces(job, faces, width, height, True), job.event.reply_to)
             elif kind == ACQUIRED:
                 # Also after a deferral: the holder died (its lock expired) without a result.
-                metrics.CACHE.labels("miss").inc(len(group))
+                metrics.CACHE_MISS.inc(len(group))
                 self.locks.hold(self.keys.lock(sha, tag), tokens[sha])
                 misses[sha] = group
             else:

@@ -155,6 +155,7 @@ class Writer:
                         "dead_lettered", entry=result.entry, event_id=result.id, deliveries=count
                     )
         if "emit" in at:
+            outcomes = {"inferred": 0, "cached": 0, "error": 0}
             for (result, _), ok in zip(out.results, answers[at["emit"]], strict=True):
                 if not ok:
                     self.counters.not_emitted += 1
@@ -167,6 +168,9 @@ class Writer:
                 elif result.cached:
                     self.counters.cached += 1
                     outcome = "cached"
-                metrics.RESULTS.labels(outcome).inc()
+                outcomes[outcome] += 1
                 if result.ts_ms is not None:
                     metrics.END_TO_END.observe(max(0, result.done_ms - result.ts_ms) / 1000)
+            for outcome, n in outcomes.items():
+                if n:
+                    metrics.RESULT_BY_OUTCOME[outcome].inc(n)

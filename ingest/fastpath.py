@@ -17,10 +17,10 @@ import redis.exceptions
 from starlette.types import Receive, Scope, Send
 
 from common import metrics
-from common.schema import MAX_ID_CHARS, MAX_SOURCE_CHARS
+from common.schema import MAX_ID_CHARS
 from common.settings import Settings
-from ingest.gateway import b64_default, parse_meta
-from ingest.publisher import BadRequest, ImageTooLarge, PublishError, make_event
+from ingest.gateway import b64_default, parse_meta, read_body
+from ingest.publisher import BadRequest, PublishError, make_event
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -75,11 +75,9 @@ class FastDetect:
         event_id = query.get("id")
         if event_id is not None and not 0 < len(event_id) <= MAX_ID_CHARS:
             raise BadRequest(f"id must be 1..{MAX_ID_CHARS} characters")
-        source = query.get("source")
-        if source is not None and len(source) > MAX_SOURCE_CHARS:
-            raise BadRequest(f"source must be at most {MAX_SOURCE_CHARS} characters")
+        source = query.get("source")  # its length is checked by make_event
         meta = parse_meta(query.get("meta"))
-        image = await _read_body(scope, receive, self.s.max_image_bytes)
+        image = await read_body(scope, receive, self.s.max_image_bytes)
         state = self.app.state
         event = make_event(
             image,
@@ -126,25 +124,6 @@ def _flag(raw: str) -> bool:
     if value in _FALSE:
         return False
     raise BadRequest(f"wait must be a boolean, not {raw!r}")
-
-
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise ImageTooLarge(f"the body is {value.decode()} bytes; the limit is {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise BadRequest("the client went away")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:  # chunked uploads carry no length: count as they come
-            raise ImageTooLarge(f"the body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def _error(code: str, message: str) -> bytes:

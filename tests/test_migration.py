@@ -121,6 +121,10 @@ def old_redis(tmp_path: Path) -> Iterator[redis.Redis]:
         client.close()
 
 
+def url_of(client: redis.Redis) -> str:
+    return f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
+
+
 def fill_old_cache(old: redis.Redis, builtin_model: Any, photo_png: dict[str, bytes]) -> None:
     from detector.imaging import decode_image
 
@@ -175,7 +179,7 @@ def test_import_cache_then_serve_from_it(
     fill_old_cache(old_redis, builtin_model, photo_png)
     before = {k: old_redis.dump(k) for k in old_redis.scan_iter()}
     settings = make_settings()
-    source = f"redis://127.0.0.1:{old_redis.connection_pool.connection_kwargs['port']}/0"
+    source = url_of(old_redis)
     code, out, err = run_import(
         monkeypatch, capsys, settings, source, "--model", "retinaface-mnet025"
     )
@@ -226,7 +230,7 @@ def test_import_refuses_another_models_cache(
 ) -> None:
     fill_old_cache(old_redis, builtin_model, photo_png)
     settings = make_settings()
-    source = f"redis://127.0.0.1:{old_redis.connection_pool.connection_kwargs['port']}/0"
+    source = url_of(old_redis)
     code, _, err = run_import(monkeypatch, capsys, settings, source)  # --model damofd
     assert code == 2 and "refused" in err and "damofd" in err
     assert not list(r.scan_iter(match=f"{settings.prefix}:face:*"))

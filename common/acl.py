@@ -16,7 +16,8 @@ from common.keys import Keys
 from common.settings import Settings
 
 SINK_KINDS = ("jsonl", "webhook", "stdout")
-_CONNECT = ["ping", "client|setname", "client|id", "info", "select"]
+# A cluster client also reads the slot map (CLUSTER SLOTS) at start and after a MOVED.
+_CONNECT = ["ping", "client|setname", "client|id", "info", "select", "cluster|slots"]
 # Running the scripts of common/lua (redis-py loads a script the server lacks).
 _SCRIPTS = ["evalsha", "eval", "script|load", "script|exists"]
 # What common/lua/lock_*.lua and the consumer-name claim do.
@@ -39,14 +40,17 @@ def user_name(role: str) -> str:
 
 def roles(settings: Settings, native_bloom: bool = False) -> dict[str, list[str]]:
     """user -> ACL rules (without the password)."""
-    k = Keys(settings.prefix)
+    k = Keys(settings.prefix, settings.partitions)
+    images = [f"~{part.images}" for part in k.parts]
+    results = [f"~{part.results}" for part in k.parts]
+    dlqs = [f"~{part.dlq}" for part in k.parts]
     p = settings.prefix
     bloom = ["bf.mexists", "bf.insert"] if native_bloom else []
     out = {
         # Publishers and the gateway: add images, read what backpressure needs (the group's
         # lag, the stream length) and their own reply streams; never results or the cache.
         user_name("ingest"): [
-            f"~{k.images}",
+            *images,
             f"~{p}:reply:*",
             *(
                 f"+{c}"
@@ -63,9 +67,9 @@ def roles(settings: Settings, native_bloom: bool = False) -> dict[str, list[str]
             ),
         ],
         user_name("detector"): [
-            f"~{k.images}",
-            f"~{k.results}",
-            f"~{k.dlq}",
+            *images,
+            *results,
+            *dlqs,
             f"~{p}:face:*",
             f"~{p}:lock:*",
             f"~{p}:bloom:*",
@@ -103,8 +107,8 @@ def roles(settings: Settings, native_bloom: bool = False) -> dict[str, list[str]
     }
     for kind in SINK_KINDS:
         out[user_name(f"sink-{kind}")] = [
-            f"~{k.results}",
-            f"~{k.dlq}",
+            *results,
+            *dlqs,
             f"~{p}:consumer:*",
             *(f"+{c}" for c in [*_CONNECT, *_SCRIPTS, *_CLAIMS, *_GROUP_MEMBER, "xadd"]),
         ]

@@ -103,15 +103,21 @@ class BloomFilter:
         if self.mode == "off":
             return [True] * len(shas)
         gen = self._generation()
-        pipe = client.pipeline(transaction=False)
-        for g in (gen, gen - 1):
-            if self.mode == "native":
-                pipe.execute_command("BF.MEXISTS", self._key(g), *shas)
-            else:
-                offsets = [o for sha in shas for o in self._shape.offsets(sha)]
-                self._scripts.bloom_check(pipe, self._key(g), self._shape.hashes, offsets)
-        current, previous = await pipe.execute()
+        offsets = [] if self.mode == "native" else [o for s in shas for o in self._shape.offsets(s)]
+
+        def build(pipe: Any) -> None:
+            for g in (gen, gen - 1):
+                if self.mode == "native":
+                    pipe.execute_command("BF.MEXISTS", self._key(g), *shas)
+                else:
+                    self._scripts.bloom_check(pipe, self._key(g), self._shape.hashes, offsets)
+
+        current, previous = await self._scripts.run(client, build)
         return [bool(a) or bool(b) for a, b in zip(current, previous, strict=True)]
+
+    async def add(self, client: Any, shas: list[str]) -> None:
+        """Add in a round trip of their own (the detector queues its adds on its write)."""
+        await self._scripts.run(client, lambda pipe: self.queue_add(pipe, shas))
 
     def queue_add(self, pipe: Any, shas: list[str]) -> None:
         """Queue the adds on the caller's pipeline (after the cache writes they vouch for)."""

@@ -218,7 +218,7 @@ def health(args: argparse.Namespace, settings: Settings) -> int:
         if args.role == "detector"
         else (settings.sink_group or f"sink-{args.kind}")
     )
-    key = Keys(settings.prefix).consumer_claim(group, settings.consumer)
+    key = Keys(settings.prefix, settings.partitions).consumer_claim(group, settings.consumer)
     client = sync_client(settings)
     try:
         alive = bool(client.exists(key))

@@ -1,12 +1,18 @@
-"""Redis clients built from Settings (hiredis parser when installed, timeouts above BLOCK)."""
+"""Redis clients built from Settings (hiredis parser when installed, timeouts above BLOCK).
+
+One server or a Redis Cluster, chosen by settings alone (`redis_cluster` or a
+`redis+cluster://` URL); callers get a client with the same commands either way.
+"""
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
+import redis.cluster
 
 from common.settings import Settings
 
@@ -24,7 +30,7 @@ def _options(settings: Settings) -> dict[str, Any]:
     secret = settings.redis_secret()
     if secret:
         options["password"] = secret
-    if urlsplit(settings.redis_url).scheme == "rediss":
+    if urlsplit(settings.redis_url).scheme.startswith("rediss"):
         options["ssl_cert_reqs"] = "required"
         if settings.tls_ca_file:
             options["ssl_ca_certs"] = settings.tls_ca_file
@@ -34,7 +40,45 @@ def _options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def async_client(settings: Settings) -> aioredis.Redis:
+def cluster_seeds(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """Seed nodes (host, port) and URL credentials of a cluster URL. redis-py's own URL parser
+    takes one host; a comma-separated list lets a client start while one seed is down."""
+    parts = urlsplit(url)
+    if parts.path not in ("", "/", "/0"):
+        raise ValueError(f"a cluster has only database 0: {redact(url)}")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    seeds = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host:
+            host, port = port, "6379"
+        seeds.append((host.strip("[]"), int(port)))
+    creds: dict[str, Any] = {}
+    if userinfo:
+        user, _, password = userinfo.partition(":")
+        if user:
+            creds["username"] = unquote(user)
+        if password:
+            creds["password"] = unquote(password)
+    if parts.scheme.startswith("rediss"):
+        creds["ssl"] = True
+    return seeds, creds
+
+
+def _cluster_options(settings: Settings) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    seeds, creds = cluster_seeds(settings.redis_url)
+    options = creds | _options(settings)  # settings' credentials win over the URL's
+    options["max_connections"] = settings.redis_max_connections  # per node
+    return seeds, options
+
+
+def async_client(settings: Settings) -> Any:
+    """An asyncio client: `redis.asyncio.Redis`, or `RedisCluster` on a cluster."""
+    if settings.cluster:
+        seeds, options = _cluster_options(settings)
+        node: Any = aiocluster.ClusterNode  # untyped in redis-py
+        nodes = [node(host, port) for host, port in seeds]
+        return aiocluster.RedisCluster(startup_nodes=nodes, **options)
     # A blocking pool: a burst of concurrent requests waits for a free connection instead of
     # failing with "Too many connections".
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -46,17 +90,21 @@ def async_client(settings: Settings) -> aioredis.Redis:
     return aioredis.Redis(connection_pool=pool)
 
 
-def sync_client(settings: Settings) -> redis.Redis:
+def sync_client(settings: Settings) -> Any:
+    """A blocking client: `redis.Redis`, or `redis.cluster.RedisCluster` on a cluster."""
+    if settings.cluster:
+        seeds, options = _cluster_options(settings)
+        node: Any = redis.cluster.ClusterNode  # untyped in redis-py
+        nodes = [node(host, port) for host, port in seeds]
+        return redis.cluster.RedisCluster(startup_nodes=nodes, **options)
     return redis.Redis.from_url(settings.redis_url, **_options(settings))
 
 
 def redact(url: str) -> str:
     """A URL safe to log: the password replaced."""
     parts = urlsplit(url)
-    if parts.password is None:
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))

@@ -1,13 +1,18 @@
 """Every Redis key name facestream uses, built in one place.
 
 Keys that one Lua script touches together share a hash tag, so they land in one cluster slot:
-the cache entry and the single-flight lock of one (image, model) both carry `{<sha256>}`.
+the cache entry and the single-flight lock of one (image, model) both carry `{<sha256>}`, and
+with more than one partition each partition's images, results and dead-letter streams carry
+the partition's tag (with one partition the v1 names stay as they were, untagged).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _MODEL_TAG = re.compile(r"^[A-Za-z0-9_.@+-]{1,128}$")
@@ -25,21 +30,80 @@ def check_model_tag(tag: str) -> str:
     return tag
 
 
+@cache
+def partition_tag(index: int, partitions: int) -> str:
+    """The hash tag of one partition, chosen so its slot falls in the index-th equal slice of
+    the 16384 slots. `redis-cli --cluster create` gives each primary an equal contiguous range,
+    so with a multiple of the primary count as partitions, every primary holds the same number
+    of partitions (plain `p0`, `p1`, ... would land wherever CRC16 puts them)."""
+    low = index * REDIS_CLUSTER_HASH_SLOTS // partitions
+    high = (index + 1) * REDIS_CLUSTER_HASH_SLOTS // partitions
+    salt = 0
+    while True:  # about `partitions` tries each: a slice holds 1/partitions of the slots
+        tag = f"p{index}.{salt}"
+        if low <= key_slot(tag.encode()) < high:
+            return tag
+        salt += 1
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """One partition's streams: they share a hash tag (one slot) when there are several."""
+
+    index: int
+    images: str
+    results: str
+    dlq: str
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = "facestream"
+    partitions: int = 1
+    parts: tuple[Partition, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.partitions <= 256:
+            raise ValueError(f"partitions must be 1..256: {self.partitions}")
+        object.__setattr__(self, "parts", tuple(self._partition(i) for i in range(self.partitions)))
+
+    def _partition(self, index: int) -> Partition:
+        if self.partitions == 1:
+            base = self.prefix  # contract v1 names
+        else:
+            base = f"{self.prefix}:{{{partition_tag(index, self.partitions)}}}"
+        return Partition(index, f"{base}:images", f"{base}:results", f"{base}:dlq")
 
     @property
+    def streams_share_slot(self) -> bool:
+        """Whether one partition's streams share a slot (scripts may touch them together on a
+        cluster); with one partition the v1 names do not."""
+        return self.partitions > 1
+
+    def partition_of(self, stream: str) -> Partition:
+        for part in self.parts:
+            if stream in (part.images, part.results, part.dlq):
+                return part
+        raise KeyError(f"not a stream of prefix {self.prefix!r}: {stream}")
+
+    # With one partition: the streams of contract v1. Code that serves several partitions
+    # goes through `parts`; these refuse to guess which partition is meant.
+    @property
     def images(self) -> str:
-        return f"{self.prefix}:images"
+        return self._single().images
 
     @property
     def results(self) -> str:
-        return f"{self.prefix}:results"
+        return self._single().results
 
     @property
     def dlq(self) -> str:
-        return f"{self.prefix}:dlq"
+        return self._single().dlq
+
+    def _single(self) -> Partition:
+        if self.partitions != 1:
+            raise ValueError(f"{self.partitions} partitions: name one (keys.parts[i])")
+        return self.parts[0]
 
     def cache(self, sha256: str, model_tag: str) -> str:
         return f"{self.prefix}:face:{{{sha256}}}:{model_tag}"

@@ -53,10 +53,12 @@ class LockKeeper:
         held = list(self._held.items())
         if not held:
             return []
-        pipe = client.pipeline(transaction=False)
-        for key, token in held:
-            self.scripts.lock_extend(pipe, key, token, self.ttl_ms)
-        replies = await pipe.execute()
+
+        def build(pipe: Any) -> None:
+            for key, token in held:
+                self.scripts.lock_extend(pipe, key, token, self.ttl_ms)
+
+        replies = await self.scripts.run(client, build)
         lost = [key for (key, _), ok in zip(held, replies, strict=True) if not ok]
         for key in lost:
             # The work goes on; another worker may redo it, which the emit step tolerates.

@@ -105,7 +105,7 @@ async def import_cache(
             f"{model_name!r} ({model_tag}). Importing would answer with another model's faces: "
             f"run the import with FACESTREAM_MODEL set to {source_model!r}'s ONNX file."
         )
-    keys = Keys(settings.prefix)
+    keys = Keys(settings.prefix, settings.partitions)
     scripts = Scripts(target)
     mode = await resolve_bloom_mode(target, settings.bloom, keys.bloom(model_tag))
     bloom = BloomFilter(
@@ -128,7 +128,7 @@ async def import_cache(
             pipe.hgetall(key)
             pipe.pttl(key)
         replies = await pipe.execute(raise_on_error=False)
-        write = target.pipeline(transaction=False)
+        writes: list[tuple[str, dict[str, Any], int]] = []
         added = []
         for i, key in enumerate(batch):
             kind, fields, ttl = replies[3 * i : 3 * i + 3]
@@ -151,21 +151,24 @@ async def import_cache(
             cache_key = keys.cache(sha, model_tag)
             # The old design did not store the image size; detectors read it from the image
             # header when they serve such an entry.
-            write.hset(
-                cache_key,
-                mapping={
-                    "faces": pack_faces(faces),
-                    "width": "",
-                    "height": "",
-                    "model": model_tag,
-                    "created_ms": _created(fields),
-                },
-            )
-            write.pexpire(cache_key, ttl_ms)
+            fields_out = {
+                "faces": pack_faces(faces),
+                "width": "",
+                "height": "",
+                "model": model_tag,
+                "created_ms": _created(fields),
+            }
+            writes.append((cache_key, fields_out, ttl_ms))
             added.append(sha)
             report.imported += 1
-        bloom.queue_add(write, added)
-        await write.execute()
+
+        def build(write: Any) -> None:
+            for cache_key, mapping, ttl_ms in writes:
+                write.hset(cache_key, mapping=mapping)
+                write.pexpire(cache_key, ttl_ms)
+            bloom.queue_add(write, added)  # after the entries it vouches for
+
+        await scripts.run(target, build)
         progress.advance(len(batch), f"{report.imported} imported")
         batch.clear()
 

@@ -10,7 +10,7 @@ import redis
 
 from common.connection import redact
 from common.groups import ensure_group_sync
-from common.keys import Keys
+from common.keys import Keys, Partition
 from common.settings import Settings
 
 
@@ -42,8 +42,22 @@ def _count_keys(r: redis.Redis, pattern: str, limit: int = 100_000) -> tuple[int
     return n, False
 
 
+def parts(settings: Settings, partition: int | None = None) -> list[Partition]:
+    """Every partition, or the one asked for."""
+    keys = Keys(settings.prefix, settings.partitions)
+    if partition is None:
+        return list(keys.parts)
+    if not 0 <= partition < keys.partitions:
+        raise ValueError(f"partition {partition}: there are {keys.partitions} (0..)")
+    return [keys.parts[partition]]
+
+
+def _label(settings: Settings, part: Partition, kind: str) -> str:
+    return kind if settings.partitions == 1 else f"{kind}/{part.index}"
+
+
 def status(settings: Settings, r: redis.Redis) -> dict[str, Any]:
-    keys = Keys(settings.prefix)
+    keys = Keys(settings.prefix, settings.partitions)
     out: dict[str, Any] = {"redis": redact(settings.redis_url), "streams": {}}
     info = r.info("memory")
     out["memory"] = {
@@ -51,7 +65,12 @@ def status(settings: Settings, r: redis.Redis) -> dict[str, Any]:
         "maxmemory": info.get("maxmemory_human"),
         "policy": info.get("maxmemory_policy"),
     }
-    for name, stream in (("images", keys.images), ("results", keys.results), ("dlq", keys.dlq)):
+    named = [
+        (_label(settings, part, kind), stream)
+        for part in keys.parts
+        for kind, stream in (("images", part.images), ("results", part.results), ("dlq", part.dlq))
+    ]
+    for name, stream in named:
         groups = []
         for g in _groups(r, stream):
             consumers = [
@@ -113,9 +132,10 @@ def print_status(report: dict[str, Any]) -> None:
         print(f"bloom {b['key']} ({b['type']}, {b['bytes']} bytes, ttl {b['ttl_s']} s)")
 
 
-def stream_key(settings: Settings, which: str) -> str:
-    keys = Keys(settings.prefix)
-    return {"images": keys.images, "results": keys.results}[which]
+def stream_keys(settings: Settings, which: str, partition: int | None = None) -> list[str]:
+    return [
+        part.images if which == "images" else part.results for part in parts(settings, partition)
+    ]
 
 
 def pending(
@@ -153,9 +173,21 @@ def claim(r: redis.Redis, stream: str, group: str, min_idle_ms: int, to: str) ->
             return moved
 
 
-def dlq_list(settings: Settings, r: redis.Redis, count: int) -> list[dict[str, Any]]:
+def _dead_letters(
+    settings: Settings, r: redis.Redis, partition: int | None, count: int | None = None
+) -> list[tuple[Partition, str, dict[str, Any]]]:
+    return [
+        (part, entry, f)
+        for part in parts(settings, partition)
+        for entry, f in _entries(r, part.dlq, count)
+    ]
+
+
+def dlq_list(
+    settings: Settings, r: redis.Redis, count: int, partition: int | None = None
+) -> list[dict[str, Any]]:
     rows = []
-    for entry, f in _entries(r, Keys(settings.prefix).dlq, count):
+    for part, entry, f in _dead_letters(settings, r, partition, count):
         payload = f.get("event") or f.get("result") or b""
         try:
             body = msgpack.unpackb(payload, raw=False)
@@ -164,6 +196,7 @@ def dlq_list(settings: Settings, r: redis.Redis, count: int) -> list[dict[str, A
             event_id = None
         rows.append(
             {
+                "partition": part.index,
                 "dlq_entry": entry,
                 "kind": "event" if "event" in f else "result",
                 "id": event_id,
@@ -177,33 +210,38 @@ def dlq_list(settings: Settings, r: redis.Redis, count: int) -> list[dict[str, A
     return rows
 
 
-def dlq_replay(settings: Settings, r: redis.Redis, ids: list[str] | None) -> int:
-    """Put dead letters back: events onto the images stream (a fresh delivery count), results
-    onto the results stream (sinks drop the copies they already have). Each is removed from
-    the dead-letter stream only after its re-publish."""
-    keys = Keys(settings.prefix)
+def dlq_replay(
+    settings: Settings, r: redis.Redis, ids: list[str] | None, partition: int | None = None
+) -> int:
+    """Put dead letters back: events onto their partition's images stream (a fresh delivery
+    count), results onto its results stream (sinks drop the copies they already have). Each
+    is removed from the dead-letter stream only after its re-publish."""
     replayed = 0
-    for entry, f in _entries(r, keys.dlq):
+    for part, entry, f in _dead_letters(settings, r, partition):
         if ids and entry not in ids:
             continue
         if "event" in f:
-            r.xadd(keys.images, {"event": f["event"]})
+            r.xadd(part.images, {"event": f["event"]})
         elif "result" in f:
-            r.xadd(keys.results, {"result": f["result"]})
+            r.xadd(part.results, {"result": f["result"]})
         else:
             continue
-        r.xdel(keys.dlq, entry)
+        r.xdel(part.dlq, entry)
         replayed += 1
     return replayed
 
 
-def dlq_purge(settings: Settings, r: redis.Redis, ids: list[str] | None) -> int:
-    dlq = Keys(settings.prefix).dlq
-    if ids:
-        return int(r.xdel(dlq, *ids))
-    n = r.xlen(dlq)
-    r.delete(dlq)
-    return int(n)
+def dlq_purge(
+    settings: Settings, r: redis.Redis, ids: list[str] | None, partition: int | None = None
+) -> int:
+    purged = 0
+    for part in parts(settings, partition):
+        if ids:
+            purged += int(r.xdel(part.dlq, *ids))
+        else:
+            purged += int(r.xlen(part.dlq))
+            r.delete(part.dlq)
+    return purged
 
 
 def prune_consumers(
@@ -211,7 +249,7 @@ def prune_consumers(
 ) -> list[dict[str, Any]]:
     """Delete consumers idle at least `idle_ms` with no live heartbeat, after moving their
     pending entries to `to` (XDELCONSUMER alone would drop those entries from the group)."""
-    keys = Keys(settings.prefix)
+    keys = Keys(settings.prefix, settings.partitions)
     ensure_group_sync(r, stream, group)
     pruned = []
     for c in r.xinfo_consumers(stream, group):

@@ -22,6 +22,12 @@ def add_parser(sub: Any) -> None:
     def where(p: argparse.ArgumentParser) -> None:
         p.add_argument("--stream", choices=["images", "results"], default="images")
         p.add_argument("--group", help="default: the detectors' group (or sink-jsonl on results)")
+        partition(p)
+
+    def partition(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--partition", type=int, help="only this partition (default: every partition)"
+        )
 
     pending = cmds.add_parser("pending", help="pending entries (XPENDING)")
     where(pending)
@@ -40,6 +46,7 @@ def add_parser(sub: Any) -> None:
     dlq.add_argument("--id", action="append", dest="ids", help="only these DLQ entries")
     dlq.add_argument("--count", type=int, default=100)
     dlq.add_argument("--json", action="store_true")
+    partition(dlq)
 
     consumers = cmds.add_parser("consumers", help="consumers of a group")
     consumers.add_argument("action", choices=["prune"])
@@ -69,44 +76,45 @@ def _run(args: argparse.Namespace, settings: Settings, r: redis.Redis) -> int:
         return 0
     if args.ops == "dlq":
         if args.action == "list":
-            rows = ops.dlq_list(settings, r, args.count)
+            rows = ops.dlq_list(settings, r, args.count, args.partition)
             if args.json:
                 ops.dump(rows)
             for row in [] if args.json else rows:
                 print(
-                    f"{row['dlq_entry']}  {row['kind']:<6} id={row['id']} "
+                    f"{row['partition']}/{row['dlq_entry']}  {row['kind']:<6} id={row['id']} "
                     f"reason={row['reason']} consumer={row['consumer']} "
                     f"deliveries={row['deliveries']} sink={row['sink']}"
                 )
             return 0
-        done = (ops.dlq_replay if args.action == "replay" else ops.dlq_purge)(settings, r, args.ids)
+        act = ops.dlq_replay if args.action == "replay" else ops.dlq_purge
+        done = act(settings, r, args.ids, args.partition)
         print(f"{args.action}: {done} dead letter(s)")
         return 0
-    stream = ops.stream_key(settings, args.stream)
+    streams = ops.stream_keys(settings, args.stream, args.partition)
     group = _group(args, settings)
     if args.ops == "pending":
-        rows = ops.pending(settings, r, stream, group, args.idle, args.consumer, args.count)
+        rows = []
+        for stream in streams:
+            found = ops.pending(settings, r, stream, group, args.idle, args.consumer, args.count)
+            rows += [{"stream": stream, **row} for row in found]
         if args.json:
             ops.dump(rows)
         for row in [] if args.json else rows:
             print(
-                f"{row['entry']}  {row['consumer']:<32} idle {row['idle_ms']} ms  "
-                f"deliveries {row['deliveries']}"
+                f"{row['stream']}  {row['entry']}  {row['consumer']:<32} "
+                f"idle {row['idle_ms']} ms  deliveries {row['deliveries']}"
             )
         return 0
     if args.ops == "claim":
-        print(
-            f"claimed {ops.claim(r, stream, group, args.min_idle, args.to)} entries for {args.to}"
-        )
+        moved = sum(ops.claim(r, stream, group, args.min_idle, args.to) for stream in streams)
+        print(f"claimed {moved} entries for {args.to}")
         return 0
-    pruned = ops.prune_consumers(
-        settings,
-        r,
-        stream,
-        group,
-        args.idle if args.idle is not None else settings.claim_idle_ms,
-        args.to,
-    )
+    idle = args.idle if args.idle is not None else settings.claim_idle_ms
+    pruned = [
+        p
+        for stream in streams
+        for p in ops.prune_consumers(settings, r, stream, group, idle, args.to)
+    ]
     for p in pruned:
         print(f"pruned {p['consumer']}: {p['moved']} pending entries moved to {args.to}")
     if not pruned:

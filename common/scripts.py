@@ -1,14 +1,32 @@
 """Lua scripts (common/lua/*.lua) registered once per client, with typed call wrappers.
 
-Each wrapper queues onto a pipeline when given one (`pipe=`), so a batch's scripts travel in
-one round trip; redis-py loads a script the server lacks (NOSCRIPT) before the pipeline runs.
+Each wrapper queues EVALSHA onto a pipeline when given one (`pipe=`), so a batch's scripts
+travel in one round trip. `Scripts.run` builds and runs such a pipeline: scripts are loaded
+only when a server answers NOSCRIPT (first use, a restart, a failover to a replica), on every
+primary of a cluster, and the pipeline is built and run once more. redis-py's own pipeline
+script support would instead ask SCRIPT EXISTS before every pipeline (a round trip per batch)
+and has none on a cluster.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from importlib.resources import files
 from typing import Any
+
+import redis.asyncio.client
+import redis.asyncio.cluster
+import redis.client
+import redis.cluster
+from redis.exceptions import NoScriptError
+
+_PIPELINES = (
+    redis.asyncio.client.Pipeline,
+    redis.asyncio.cluster.ClusterPipeline,
+    redis.client.Pipeline,
+    redis.cluster.ClusterPipeline,
+)
 
 _NAMES = (
     "lookup_or_lock",
@@ -35,13 +53,68 @@ class Scripts:
 
     def _call(self, name: str, pipe: Any, keys: list[str], args: list[Any]) -> Any:
         script = self._s[name]
-        if isinstance(getattr(pipe, "scripts", None), set):
-            # A pipeline (sync or asyncio): queue EVALSHA now; the pipeline loads the script
-            # before executing if the server lacks it.
-            pipe.scripts.add(script)
+        if isinstance(pipe, _PIPELINES):
+            # A pipeline (plain or cluster): queue EVALSHA; `run` recovers from NOSCRIPT.
             return pipe.evalsha(script.sha, len(keys), *keys, *args)
-        # A plain client: a result (sync) or an awaitable (asyncio).
+        # A plain client: a result (sync) or an awaitable (asyncio); redis-py's Script loads
+        # itself on NOSCRIPT.
         return script(keys=keys, args=args, client=pipe)
+
+    async def load(self, client: Any) -> None:
+        """SCRIPT LOAD every script (redis-py sends it to every primary of a cluster)."""
+        for name in _NAMES:
+            await client.script_load(script_source(name))
+
+    async def run(
+        self, client: Any, build: Callable[[Any], None], *, raise_on_error: bool = True
+    ) -> list[Any]:
+        """Build a non-transactional pipeline with `build(pipe)` and run it. On NOSCRIPT the
+        scripts are loaded and the pipeline is built and run again, so every pipeline given
+        here must be safe to repeat (all of facestream's are: token-checked locks, idempotent
+        cache and Bloom writes, ack-gated emits, replies deduped by id)."""
+        for attempt in (0, 1):
+            pipe = client.pipeline(transaction=False)
+            build(pipe)
+            try:
+                answers: list[Any] = await pipe.execute(raise_on_error=raise_on_error)
+            except NoScriptError:
+                if attempt:
+                    raise
+                await self.load(client)
+                continue
+            if attempt == 0 and any(isinstance(a, NoScriptError) for a in answers):
+                await self.load(client)
+                continue
+            return answers
+        raise AssertionError("unreachable")
+
+    async def run_steps(
+        self, client: Any, steps: list[Callable[[Any], None]], *, together: bool
+    ) -> list[list[Any]]:
+        """Run steps whose order matters; the answers of each step (errors as values).
+
+        `together`: one pipeline, as one server runs a connection's commands in order.
+        Otherwise (a cluster) one round trip per step, stopping after a step with an error: a
+        cluster pipeline sends each node its share at once, so a step on one node could land
+        before an earlier step on another."""
+        if together:
+            bounds: list[int] = []
+
+            def build(pipe: Any) -> None:
+                bounds.clear()
+                for step in steps:
+                    step(pipe)
+                    bounds.append(len(pipe))
+
+            answers = await self.run(client, build, raise_on_error=False)
+            starts = [0, *bounds[:-1]]
+            return [answers[a:b] for a, b in zip(starts, bounds, strict=True)]
+        out: list[list[Any]] = []
+        for step in steps:
+            out.append(await self.run(client, step, raise_on_error=False))
+            if any(isinstance(a, Exception) for a in out[-1]):
+                break
+        return out
 
     def lookup_or_lock(
         self,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,10 +32,18 @@ class Settings(BaseSettings):
     tls_ca_file: str | None = None  # with rediss:// URLs
     tls_cert_file: str | None = None  # client certificate, when the server asks for one
     tls_key_file: str | None = None
+    # Redis Cluster: this switch, or a redis+cluster:// (rediss+cluster://) URL, which may
+    # list several seed nodes: redis+cluster://h1:7000,h2:7000. docs/scaling.md.
+    redis_cluster: bool = False
 
     # --- names (wire contract v1) -----------------------------------------------------------
     prefix: str = Field(default="facestream", min_length=1, pattern=r"^[^{}\s]+$")
     detector_group: str = "detectors"
+    # Streams split into this many partitions (1: the v1 names, byte for byte). With more, each
+    # partition's images, results and dead-letter streams share one hash tag, so they live on
+    # one cluster shard; detectors and sinks read every partition (docs/scaling.md). Change it
+    # only with drained streams: the stream names depend on it.
+    partitions: int = Field(default=1, ge=1, le=256)
 
     # --- detector consumer ------------------------------------------------------------------
     # Stable across restarts so a restarted process re-reads its own pending entries; two live
@@ -139,6 +148,10 @@ class Settings(BaseSettings):
             with open(self.redis_password_file, encoding="utf-8") as f:
                 return f.read().strip()
         return self.redis_password.get_secret_value() if self.redis_password else None
+
+    @property
+    def cluster(self) -> bool:
+        return self.redis_cluster or urlsplit(self.redis_url).scheme.endswith("+cluster")
 
     def limits(self) -> Limits:
         return Limits(self.max_event_bytes, self.max_image_bytes, self.max_meta_bytes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from common.keys import Partition
 from common.schema import ErrorCode, Face, ImageEvent, Result, SchemaError
 
 
@@ -16,6 +17,7 @@ def now_ms() -> int:
 class Job:
     """One images-stream entry on its way to exactly one result."""
 
+    part: Partition  # the images stream it came from
     entry: str
     event: ImageEvent
     sha: str

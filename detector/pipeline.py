@@ -17,7 +17,7 @@ from typing import Any
 
 from common import metrics
 from common.bloom import BloomFilter
-from common.keys import Keys
+from common.keys import Keys, Partition
 from common.locks import LockKeeper
 from common.log import get_logger
 from common.schema import (
@@ -80,7 +80,10 @@ class BatchProcessor:
 
     # --- stage 1: parse -------------------------------------------------------------------
     def parse(
-        self, entries: list[tuple[bytes, Any]], deliveries: dict[str, int] | None = None
+        self,
+        part: Partition,
+        entries: list[tuple[bytes, Any]],
+        deliveries: dict[str, int] | None = None,
     ) -> tuple[list[Job], Emission]:
         jobs: list[Job] = []
         out = Emission()
@@ -90,12 +93,12 @@ class BatchProcessor:
             self.counters.read += 1
             if not fields:
                 # Deleted from the stream while pending: nothing left to answer; just ack.
-                out.ack_only.append(entry)
+                out.ack_only.append((part, entry))
                 self.counters.deleted_entries += 1
                 continue
             count = deliveries.get(entry, 1) if deliveries else 1
             if count >= self.s.max_deliveries:
-                out.dead.append(self._give_up(entry, fields, count))
+                out.dead.append((part, *self._give_up(entry, fields, count)))
                 continue
             event = None
             try:
@@ -106,7 +109,7 @@ class BatchProcessor:
                         f"reply_to must be a stream key under {self.reply_prefix!r}",
                         event.id,
                     )
-                jobs.append(Job(entry, event, event.content_sha256()))
+                jobs.append(Job(part, entry, event, event.content_sha256()))
             except SchemaError as err:
                 log.warning(
                     "bad_event",
@@ -116,7 +119,7 @@ class BatchProcessor:
                     reason=err.message,
                 )
                 reply = event.reply_to if event is not None and self._reply_ok(event) else None
-                out.add(self.results.error(entry, err, event), reply)
+                out.add(part, self.results.error(entry, err, event), reply)
         return jobs, out
 
     def _give_up(self, entry: str, fields: Any, count: int) -> tuple[Result, bytes, int]:
@@ -134,10 +137,14 @@ class BatchProcessor:
 
     # --- stage 2: look up -----------------------------------------------------------------
     async def handle(
-        self, entries: list[tuple[bytes, Any]], deliveries: dict[str, int] | None = None
+        self,
+        part: Partition,
+        entries: list[tuple[bytes, Any]],
+        deliveries: dict[str, int] | None = None,
     ) -> None:
-        """`deliveries`: counts for re-delivered entries (own pending, claimed ones)."""
-        jobs, out = self.parse(entries, deliveries)
+        """Entries read from one partition's images stream; `deliveries`: counts for
+        re-delivered entries (own pending, claimed ones)."""
+        jobs, out = self.parse(part, entries, deliveries)
         by_sha: dict[str, list[Job]] = defaultdict(list)
         for job in jobs:
             # Same image already waiting or being inferred here: ride along, no lookup.
@@ -175,18 +182,20 @@ class BatchProcessor:
         if not groups:
             return
         tokens = {sha: self.locks.new_token() for sha in groups}
-        pipe = self.client.pipeline(transaction=False)
-        for sha in groups:
-            self.writer.scripts.lookup_or_lock(
-                pipe,
-                self.keys.cache(sha, tag),
-                self.keys.lock(sha, tag),
-                tokens[sha],
-                self.s.lock_ttl_ms,
-                check_cache[sha],
-                self.locks.owner,
-            )
-        replies = await pipe.execute()
+
+        def build(pipe: Any) -> None:
+            for sha in groups:
+                self.writer.scripts.lookup_or_lock(
+                    pipe,
+                    self.keys.cache(sha, tag),
+                    self.keys.lock(sha, tag),
+                    tokens[sha],
+                    self.s.lock_ttl_ms,
+                    check_cache[sha],
+                    self.locks.owner,
+                )
+
+        replies = await self.writer.scripts.run(self.client, build)
         misses: dict[str, list[Job]] = {}
         for (sha, group), reply in zip(groups.items(), replies, strict=True):
             kind = int(reply[0])
@@ -197,7 +206,8 @@ class BatchProcessor:
                 for job in group:
                     # Entries imported from the old design carry no size: read the header.
                     width, height = size or image_size(job.event.image) or (0, 0)
-                    out.add(self.results.faces(job, faces, width, height, True), job.event.reply_to)
+                    result = self.results.faces(job, faces, width, height, True)
+                    out.add(job.part, result, job.event.reply_to)
             elif kind == ACQUIRED:
                 # Also after a deferral: the holder died (its lock expired) without a result.
                 metrics.CACHE_MISS.inc(len(group))
@@ -262,10 +272,12 @@ class BatchProcessor:
             log.error("batch_write_failed", error=repr(task.exception()))
             self.lost_writes += 1
 
-    def active_entries(self) -> set[str]:
-        """Entries this process holds in memory: deferred, or waiting on an inference."""
-        deferred = {job.entry for d in self.deferred.values() for job in d.jobs}
-        return deferred | {job.entry for group in self.inferring.values() for job in group}
+    def active_entries(self, part: Partition) -> set[str]:
+        """Entries of one partition this process holds in memory: deferred, or waiting on an
+        inference."""
+        jobs = [job for d in self.deferred.values() for job in d.jobs]
+        jobs += [job for group in self.inferring.values() for job in group]
+        return {job.entry for job in jobs if job.part.index == part.index}
 
     def _decode(self, data: bytes) -> Prepared | SchemaError:
         spec = self.model.spec
@@ -329,7 +341,7 @@ class BatchProcessor:
                     log.warning("lock_lost_before_write", sha256=sha)
                 for i, job in enumerate(group):
                     result = self.results.faces(job, faces, image.width, image.height, i > 0)
-                    out.add(result, job.event.reply_to)
+                    out.add(job.part, result, job.event.reply_to)
             else:
                 if token is not None:
                     out.releases.append((lock_key, token))
@@ -338,7 +350,7 @@ class BatchProcessor:
                         result = self.results.error(job.entry, answer, job.event, sha)
                     else:
                         result = self.results.inference_failed(job, failure or "no answer")
-                    out.add(result, job.event.reply_to)
+                    out.add(job.part, result, job.event.reply_to)
         log.debug("inferred", images=inferred, ms=round((time.perf_counter() - started) * 1000, 1))
         try:
             await self.writer.write(out)

@@ -1,8 +1,9 @@
-"""The detector: one consumer-group member reading the images stream.
+"""The detector: one consumer-group member on every partition's images stream.
 
-It first re-reads its own pending entries (a restart after a crash answers what it had taken),
-then reads new ones with XREADGROUP `>`, serving cache hits at once while inference runs in a
-thread pool, and re-checks deferred images (another worker holds their lock) on a backoff.
+Per partition a lane (detector/lane.py) first re-reads its own pending entries (a restart
+after a crash answers what it had taken), then reads new ones with XREADGROUP `>`; cache hits
+are served at once while inference runs in a thread pool, and deferred images (another worker
+holds their lock) are re-checked on a backoff.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from common.keys import Keys
 from common.locks import LockKeeper, claim_consumer_name
 from common.log import get_logger
 from common.outage import Outage, until_available
-from common.recovery import Reclaimer
 from common.scripts import Scripts
 from common.settings import Settings
 from common.trim import trim_acked
 from detector.jobs import Counters, ResultFactory
+from detector.lane import Lane
 from detector.model.face_model import FaceModel
 from detector.pipeline import BatchProcessor
 from detector.writer import WriteError, Writer
@@ -39,26 +40,20 @@ class Detector:
         self.s = settings
         self.client = client
         self.model = model
-        self.keys = Keys(settings.prefix)
+        self.keys = Keys(settings.prefix, settings.partitions)
         self.scripts = Scripts(client)
         self.counters = Counters()
         self.locks = LockKeeper(self.scripts, settings.lock_ttl_ms)
         self.stop = asyncio.Event()
         self.processor: BatchProcessor | None = None
-        self._cursor: str | None = "0"  # own pending entries first ("0"), then new ones (">")
-        self.reclaimer = Reclaimer(
-            client,
-            self.keys.images,
-            settings.detector_group,
-            settings.consumer,
-            settings.claim_idle_ms,
-            settings.claim_every_ms,
-            settings.read_count,
-        )
+        self.lanes = [
+            Lane(settings, client, part, self.counters, self.stop) for part in self.keys.parts
+        ]
 
     async def _setup(self) -> BatchProcessor:
         s = self.s
-        await ensure_group(self.client, self.keys.images, s.detector_group)
+        for part in self.keys.parts:
+            await ensure_group(self.client, part.images, s.detector_group)
         mode = await resolve_bloom_mode(self.client, s.bloom, self.keys.bloom(self.model.tag))
         bloom = BloomFilter(
             self.keys,
@@ -80,7 +75,7 @@ class Detector:
             bloom=mode,
             lock_owner=self.locks.owner,  # every lock this process takes starts with it
             group=s.detector_group,
-            stream=self.keys.images,
+            streams=[part.images for part in self.keys.parts],
         )
         return BatchProcessor(
             s, self.client, self.keys, self.model, bloom, self.locks, writer, results
@@ -113,7 +108,7 @@ class Detector:
         inference = asyncio.create_task(processor.batcher.run())
         started = time.monotonic()
         try:
-            await self._loop(processor)
+            await asyncio.gather(*(lane.run(processor) for lane in self.lanes))
             await self._finish(processor)
         finally:
             keeper_stop.set()
@@ -148,9 +143,9 @@ class Detector:
     async def _housekeeping(self, stop: asyncio.Event) -> None:
         """Periodically: keep the streams this detector writes to bounded (never losing unread
         entries), and refresh the lag / pending / dead-letter gauges."""
-        streams = [self.keys.results] if self.s.trim_results else []
+        streams = [part.results for part in self.keys.parts] if self.s.trim_results else []
         if not self.s.delete_acked_images:  # else answered image entries are deleted at once
-            streams.append(self.keys.images)
+            streams += [part.images for part in self.keys.parts]
         outage = Outage(log, "housekeeping")
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -166,7 +161,7 @@ class Detector:
                 outage.failed(exc)
 
     async def refresh_gauges(self) -> None:
-        for stream in (self.keys.images, self.keys.results):
+        for stream in [name for p in self.keys.parts for name in (p.images, p.results)]:
             try:
                 groups = await self.client.xinfo_groups(stream)
             except redis.exceptions.ResponseError:
@@ -176,83 +171,4 @@ class Detector:
                 if g.get("lag") is not None:
                     metrics.LAG.labels(stream, name).set(int(g["lag"]))
                 metrics.PENDING.labels(stream, name).set(int(g["pending"]))
-        metrics.DLQ_SIZE.set(await self.client.xlen(self.keys.dlq))
-
-    async def _read(self, start: str, block_ms: int | None) -> list[tuple[bytes, Any]]:
-        reply = await self.client.xreadgroup(
-            self.s.detector_group,
-            self.s.consumer,
-            {self.keys.images: start},
-            count=self.s.read_count,
-            block=block_ms,
-        )
-        if not reply:
-            return []
-        entries: list[tuple[bytes, Any]] = reply[0][1]
-        return entries
-
-    async def _loop(self, p: BatchProcessor) -> None:
-        outage = Outage(log)
-        self._cursor = "0"
-        while not self.stop.is_set():
-            try:
-                await self._step(p)
-                outage.ok()
-            except (redis.exceptions.RedisError, WriteError) as exc:
-                # Whatever was in hand stays pending in our list: re-read it once Redis is back.
-                self._cursor = "0"
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), outage.failed(exc))
-
-    async def _step(self, p: BatchProcessor) -> None:
-        s = self.s
-        await p.recheck_deferred()
-        if p.lost_writes:
-            # An inference batch failed to write: its entries are pending again, unanswered.
-            p.lost_writes = 0
-            self._cursor = "0"
-        if self._cursor is not None:
-            entries = await self._read(self._cursor, None)
-            if not entries:
-                self._cursor = None
-                return
-            self._cursor = entries[-1][0].decode()
-            await self._redelivered(p, entries)
-            return
-        if len(p.tasks) >= s.max_inflight_batches or p.deferred_jobs() >= s.max_deferred:
-            # Saturated: let inference finish (or deferrals come due) before reading more.
-            await self._wait_for_work(p)
-            return
-        if self.reclaimer.due():
-            # Work stuck on members that died or hang: take it over.
-            entries, deleted = await self.reclaimer.claim()
-            self.counters.deleted_entries += len(deleted)
-            self.counters.claimed += len(entries)
-            if entries:
-                await self._redelivered(p, entries)
-                return
-        block = s.block_ms
-        due = p.next_due()
-        if due is not None:
-            block = max(1, min(block, int((due - time.monotonic()) * 1000)))
-        entries = await self._read(">", block)
-        if entries:
-            await p.handle(entries)
-
-    async def _redelivered(self, p: BatchProcessor, entries: list[tuple[bytes, Any]]) -> None:
-        # Entries still deferred or being inferred here are in our pending list too.
-        active = p.active_entries()
-        fresh = [e for e in entries if e[0].decode() not in active]
-        counts = await self.reclaimer.deliveries([e[0].decode() for e in fresh])
-        await p.handle(fresh, counts)
-
-    async def _wait_for_work(self, p: BatchProcessor) -> None:
-        due = p.next_due()
-        timeout = s_block = self.s.block_ms / 1000
-        if due is not None:
-            timeout = max(0.001, min(s_block, due - time.monotonic()))
-        waiters: set[asyncio.Future[Any]] = set(p.tasks)
-        stop_wait = asyncio.ensure_future(self.stop.wait())
-        waiters.add(stop_wait)
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        stop_wait.cancel()
+        metrics.DLQ_SIZE.set(sum([await self.client.xlen(p.dlq) for p in self.keys.parts]))

@@ -1,14 +1,18 @@
-"""The detector's write step: one pipelined round trip per batch of answers.
+"""The detector's write step: one pipelined round trip per batch of answers (on a cluster,
+one per ordered step).
 
-Order inside the pipeline matters: cache entries (each releasing its lock atomically), then the
-Bloom adds that vouch for them, then replies, then the ack-gated emit. Replies go before the
-ack so a crash in between can repeat a reply (the gateway dedupes by id) but never lose one;
-results go out only through the emit script, after a successful XACK.
+Order matters: cache entries (each releasing its lock atomically), then the Bloom adds that
+vouch for them, then replies, then per partition the ack-gated emit. Replies go before the ack
+so a crash in between can repeat a reply (the gateway dedupes by id) but never lose one;
+results go out through the emit script, after a successful XACK, where a partition's streams
+share a slot (see `_stream_steps` for the cross-slot case).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +20,7 @@ import redis.exceptions
 
 from common import metrics
 from common.bloom import BloomFilter
-from common.keys import Keys
+from common.keys import Keys, Partition
 from common.log import get_logger
 from common.schema import RESULT_FIELD, Face, Result, pack_faces
 from common.scripts import Scripts
@@ -29,15 +33,16 @@ RETRIES = 4
 
 @dataclass(slots=True)
 class Emission:
-    results: list[tuple[Result, str | None]] = field(default_factory=list)  # (result, reply_to)
+    # (partition, result, reply_to)
+    results: list[tuple[Partition, Result, str | None]] = field(default_factory=list)
     cache_puts: list[tuple[str, str, list[Face], int, int]] = field(default_factory=list)
     releases: list[tuple[str, str]] = field(default_factory=list)  # (lock key, token)
-    ack_only: list[str] = field(default_factory=list)
-    # Given up after too many deliveries: (error result, original event payload, deliveries).
-    dead: list[tuple[Result, bytes, int]] = field(default_factory=list)
+    ack_only: list[tuple[Partition, str]] = field(default_factory=list)
+    # Given up after too many deliveries: (partition, error result, event payload, deliveries).
+    dead: list[tuple[Partition, Result, bytes, int]] = field(default_factory=list)
 
-    def add(self, result: Result, reply_to: str | None = None) -> None:
-        self.results.append((result, reply_to))
+    def add(self, part: Partition, result: Result, reply_to: str | None = None) -> None:
+        self.results.append((part, result, reply_to))
 
     def __bool__(self) -> bool:
         return bool(self.results or self.cache_puts or self.releases or self.ack_only or self.dead)
@@ -82,95 +87,195 @@ class Writer:
                 log.info("write_retry", attempt=attempt + 1, error=str(exc))
                 await asyncio.sleep(0.05 * 2**attempt)
 
-    async def _write_once(self, out: Emission) -> None:
+    def _side_effects(self, out: Emission, payloads: list[bytes]) -> Callable[[Any], None]:
+        """Cache entries (each releasing its lock), the Bloom adds vouching for them, lock
+        releases, replies: everything that must land before the acks."""
         s, keys = self.s, self.keys
-        pipe = self.client.pipeline(transaction=False)
         created = now_ms()
-        for sha, token, faces, width, height in out.cache_puts:
-            self.scripts.cache_put(
-                pipe,
-                keys.cache(sha, self.model_tag),
-                keys.lock(sha, self.model_tag),
-                token,
-                s.cache_ttl_s * 1000,
-                pack_faces(faces),
-                width,
-                height,
-                self.model_tag,
-                created,
-            )
-        self.bloom.queue_add(pipe, [put[0] for put in out.cache_puts])
-        for lock_key, token in out.releases:
-            self.scripts.lock_release(pipe, lock_key, token)
-        payloads = [result.to_wire() for result, _ in out.results]
-        for (_, reply_to), payload in zip(out.results, payloads, strict=True):
-            if reply_to is not None:
-                pipe.xadd(
-                    reply_to, {RESULT_FIELD: payload}, maxlen=s.reply_maxlen, approximate=True
+
+        def build(pipe: Any) -> None:
+            for sha, token, faces, width, height in out.cache_puts:
+                self.scripts.cache_put(
+                    pipe,
+                    keys.cache(sha, self.model_tag),
+                    keys.lock(sha, self.model_tag),
+                    token,
+                    s.cache_ttl_s * 1000,
+                    pack_faces(faces),
+                    width,
+                    height,
+                    self.model_tag,
+                    created,
                 )
-                # A reply to a gateway that is gone must not recreate a key that lives forever.
-                pipe.pexpire(reply_to, s.reply_ttl_s * 1000)
-        if out.ack_only:
-            pipe.xack(keys.images, s.detector_group, *out.ack_only)
+            self.bloom.queue_add(pipe, [put[0] for put in out.cache_puts])
+            for lock_key, token in out.releases:
+                self.scripts.lock_release(pipe, lock_key, token)
+            for (_, _, reply_to), payload in zip(out.results, payloads, strict=True):
+                if reply_to is not None:
+                    pipe.xadd(
+                        reply_to, {RESULT_FIELD: payload}, maxlen=s.reply_maxlen, approximate=True
+                    )
+                    # A reply to a gateway that is gone must not recreate a key that lives
+                    # forever.
+                    pipe.pexpire(reply_to, s.reply_ttl_s * 1000)
+
+        return build
+
+    def _stream_steps(
+        self, out: Emission, payloads: list[bytes], at: dict[str, list[int]]
+    ) -> list[Callable[[Any], None]]:
+        """Per partition: plain acks, dead letters and the ack-gated emit. Where a partition's
+        streams share a slot (or on one server) each is one script; on a cluster with the
+        untagged v1 names they span slots, so results and dead letters are written first and
+        the acks after: a crash in between repeats a result (deduped by id downstream), never
+        loses one. `at` gets the answer offset of each script call, by kind."""
+        s = self.s
+        parts: dict[int, Partition] = {}
+        emits: dict[int, list[tuple[str, bytes]]] = defaultdict(list)
+        dead: dict[int, list[tuple[str, bytes, bytes, int]]] = defaultdict(list)
+        acks: dict[int, list[str]] = defaultdict(list)
+        for (part, result, _), payload in zip(out.results, payloads, strict=True):
+            parts[part.index] = part
+            emits[part.index].append((result.entry, payload))
+        for part, result, event, count in out.dead:
+            parts[part.index] = part
+            dead[part.index].append((result.entry, result.to_wire(), event, count))
+        for part, entry in out.ack_only:
+            parts[part.index] = part
+            acks[part.index].append(entry)
+
+        def queue_acks(pipe: Any, part: Partition, entries: list[str]) -> None:
+            pipe.xack(part.images, s.detector_group, *entries)
             if s.delete_acked_images:
-                pipe.xdel(keys.images, *out.ack_only)
-        at: dict[str, int] = {}
-        if out.dead:
-            at["dead"] = len(pipe.command_stack)
-            self.scripts.dead_letter(
-                pipe,
-                keys.images,
-                keys.results,
-                keys.dlq,
-                s.detector_group,
-                s.delete_acked_images,
-                s.consumer,
-                [(r.entry, r.to_wire(), event, count) for r, event, count in out.dead],
+                pipe.xdel(part.images, *entries)
+
+        def scripted(pipe: Any) -> None:
+            at["dead"].clear()
+            at["emit"].clear()
+            start = len(pipe)
+            for i, part in sorted(parts.items()):
+                if acks[i]:
+                    queue_acks(pipe, part, acks[i])
+                if dead[i]:
+                    at["dead"].append(len(pipe) - start)
+                    self.scripts.dead_letter(
+                        pipe,
+                        part.images,
+                        part.results,
+                        part.dlq,
+                        s.detector_group,
+                        s.delete_acked_images,
+                        s.consumer,
+                        dead[i],
+                    )
+                if emits[i]:
+                    at["emit"].append(len(pipe) - start)
+                    self.scripts.emit(
+                        pipe,
+                        part.images,
+                        part.results,
+                        s.detector_group,
+                        s.delete_acked_images,
+                        emits[i],
+                    )
+
+        if self.keys.streams_share_slot or not s.cluster:
+            return [scripted]
+
+        def publish(pipe: Any) -> None:
+            for i, part in sorted(parts.items()):
+                for entry, result, event, count in dead[i]:
+                    pipe.xadd(part.results, {RESULT_FIELD: result})
+                    pipe.xadd(part.dlq, dead_letter_fields(part, s, entry, event, count))
+                for _, payload in emits[i]:
+                    pipe.xadd(part.results, {RESULT_FIELD: payload})
+
+        def acknowledge(pipe: Any) -> None:
+            for i, part in sorted(parts.items()):
+                entries = acks[i] + [d[0] for d in dead[i]] + [e[0] for e in emits[i]]
+                if entries:
+                    queue_acks(pipe, part, entries)
+
+        return [publish, acknowledge]
+
+    async def _write_once(self, out: Emission) -> None:
+        payloads = [result.to_wire() for _, result, _ in out.results]
+        at: dict[str, list[int]] = {"dead": [], "emit": []}
+        side = self._side_effects(out, payloads)
+        streams = self._stream_steps(out, payloads, at)
+        if not self.s.cluster:
+            side_answers, *stream_answers = await self.scripts.run_steps(
+                self.client, [side, *streams], together=True
             )
-        if out.results:
-            at["emit"] = len(pipe.command_stack)
-            self.scripts.emit(
-                pipe,
-                keys.images,
-                keys.results,
-                s.detector_group,
-                s.delete_acked_images,
-                [(r.entry, payload) for (r, _), payload in zip(out.results, payloads, strict=True)],
-            )
-        answers = await pipe.execute(raise_on_error=False)
-        for i, answer in enumerate(answers):
-            if isinstance(answer, Exception) and i not in at.values():
+        else:
+            (side_answers,) = await self.scripts.run_steps(self.client, [side], together=False)
+            stream_answers = await self.scripts.run_steps(self.client, streams, together=False)
+        for answer in side_answers:
+            if isinstance(answer, Exception):
                 # A cache write, Bloom add or reply failed: results still go out; the cache
                 # is an optimisation and the results stream is the record.
                 log.warning("write_step_failed", error=str(answer))
-        for step in at:
-            if isinstance(answers[at[step]], Exception):
-                raise WriteError(f"{step} failed: {answers[at[step]]}")
-        if "dead" in at:
-            for (result, _, count), ok in zip(out.dead, answers[at["dead"]], strict=True):
-                if ok:
-                    self.counters.dead_lettered += 1
-                    metrics.DEAD_LETTERS.labels("detector").inc()
-                    log.warning(
-                        "dead_lettered", entry=result.entry, event_id=result.id, deliveries=count
-                    )
-        if "emit" in at:
-            outcomes = {"inferred": 0, "cached": 0, "error": 0}
-            for (result, _), ok in zip(out.results, answers[at["emit"]], strict=True):
-                if not ok:
-                    self.counters.not_emitted += 1
-                    continue
-                self.counters.results += 1
-                outcome = "inferred"
-                if result.error is not None:
-                    self.counters.errors += 1
-                    outcome = "error"
-                elif result.cached:
-                    self.counters.cached += 1
-                    outcome = "cached"
-                outcomes[outcome] += 1
-                if result.ts_ms is not None:
-                    metrics.END_TO_END.observe(max(0, result.done_ms - result.ts_ms) / 1000)
-            for outcome, n in outcomes.items():
-                if n:
-                    metrics.RESULT_BY_OUTCOME[outcome].inc(n)
+        for answers in stream_answers:
+            for answer in answers:
+                if isinstance(answer, Exception):
+                    raise WriteError(f"ack / emit failed: {answer}")
+        if len(stream_answers) != len(streams):
+            raise WriteError("ack / emit stopped early")
+        self._count(out, stream_answers[0] if len(streams) == 1 else None, at)
+
+    def _count(self, out: Emission, answers: list[Any] | None, at: dict[str, list[int]]) -> None:
+        """Counters, metrics and logs of one write. `answers`: the scripted step's answers
+        (None when the step was split: every result and dead letter went out)."""
+        dead_ok: list[Any] = []
+        emit_ok: list[Any] = []
+        if answers is None:
+            dead_ok, emit_ok = [1] * len(out.dead), [1] * len(out.results)
+        else:
+            for offset in at["dead"]:
+                dead_ok += answers[offset]
+            for offset in at["emit"]:
+                emit_ok += answers[offset]
+        # The scripts' answers come in partition order; match them up the same way.
+        dead = sorted(out.dead, key=lambda d: d[0].index)
+        results = sorted(out.results, key=lambda r: r[0].index)
+        for (_, result, _, count), ok in zip(dead, dead_ok, strict=True):
+            if ok:
+                self.counters.dead_lettered += 1
+                metrics.DEAD_LETTERS.labels("detector").inc()
+                log.warning(
+                    "dead_lettered", entry=result.entry, event_id=result.id, deliveries=count
+                )
+        outcomes = {"inferred": 0, "cached": 0, "error": 0}
+        for (_, result, _), ok in zip(results, emit_ok, strict=True):
+            if not ok:
+                self.counters.not_emitted += 1
+                continue
+            self.counters.results += 1
+            outcome = "inferred"
+            if result.error is not None:
+                self.counters.errors += 1
+                outcome = "error"
+            elif result.cached:
+                self.counters.cached += 1
+                outcome = "cached"
+            outcomes[outcome] += 1
+            if result.ts_ms is not None:
+                metrics.END_TO_END.observe(max(0, result.done_ms - result.ts_ms) / 1000)
+        for outcome, n in outcomes.items():
+            if n:
+                metrics.RESULT_BY_OUTCOME[outcome].inc(n)
+
+
+def dead_letter_fields(
+    part: Partition, s: Settings, entry: str, event: bytes, deliveries: int
+) -> dict[str, Any]:
+    """The dead-letter entry dead_letter.lua writes, for the split (cross-slot) path."""
+    return {
+        "event": event,
+        "reason": "max_deliveries",
+        "consumer": s.consumer,
+        "deliveries": deliveries,
+        "entry": entry,
+        "stream": part.images,
+        "group": s.detector_group,
+    }

@@ -84,7 +84,7 @@ def detect(
     timeout_s: float,
     source: str | None = None,
 ) -> int:
-    keys = Keys(settings.prefix)
+    keys = Keys(settings.prefix, settings.partitions)
     reply = keys.reply_stream(f"cli-{uuid.uuid4().hex[:12]}")
     publisher = Publisher(settings, client)
     waiter = Waiter(client, reply)
@@ -196,37 +196,50 @@ def results(
     count: int | None,
 ) -> int:
     """Print results as JSON lines: as a consumer group (acknowledged once printed), or from
-    an entry id ("0": the beginning; default with --follow: only new ones)."""
-    keys = Keys(settings.prefix)
+    an entry id ("0": the beginning; default with --follow: only new ones). With several
+    partitions each is read in turn (one key per read: a cluster allows no more), so results
+    come in order within a partition, not across them."""
+    keys = Keys(settings.prefix, settings.partitions)
     printed = 0
-    cursor = start or ("$" if follow else "0")
+    cursors = {p.results: start or ("$" if follow else "0") for p in keys.parts}
     if group:
-        ensure_group_sync(client, keys.results, group, start or "0")
+        for part in keys.parts:
+            ensure_group_sync(client, part.results, group, start or "0")
+    # One partition: a blocking read. Several: a poll of each, then a short nap when all
+    # were empty (a blocking read on one would delay the others).
+    block = settings.block_ms if follow and keys.partitions == 1 else None
     try:
         while count is None or printed < count:
-            block = settings.block_ms if follow else None
-            n = 500 if count is None else min(500, count - printed)
-            if group:
-                reply: Any = client.xreadgroup(
-                    group, settings.consumer, {keys.results: ">"}, count=n, block=block
-                )
-            else:
-                reply = client.xread({keys.results: cursor}, count=n, block=block)
-            entries = reply[0][1] if reply else []
-            if not entries and not follow:
-                break
-            for entry_id, fields in entries:
-                cursor = entry_id.decode()
-                print(
-                    json.dumps(
-                        jsonable(msgpack.unpackb(fields[RESULT_FIELD], raw=False)),
-                        separators=(",", ":"),
-                    ),
-                    flush=True,
-                )
-                printed += 1
-            if group and entries:
-                client.xack(keys.results, group, *[e for e, _ in entries])
+            found = 0
+            for stream in cursors:
+                n = 500 if count is None else min(500, count - printed)
+                if n <= 0:
+                    break
+                if group:
+                    reply: Any = client.xreadgroup(
+                        group, settings.consumer, {stream: ">"}, count=n, block=block
+                    )
+                else:
+                    reply = client.xread({stream: cursors[stream]}, count=n, block=block)
+                entries = reply[0][1] if reply else []
+                for entry_id, fields in entries:
+                    cursors[stream] = entry_id.decode()
+                    print(
+                        json.dumps(
+                            jsonable(msgpack.unpackb(fields[RESULT_FIELD], raw=False)),
+                            separators=(",", ":"),
+                        ),
+                        flush=True,
+                    )
+                    printed += 1
+                if group and entries:
+                    client.xack(stream, group, *[e for e, _ in entries])
+                found += len(entries)
+            if not found:
+                if not follow:
+                    break
+                if block is None:
+                    time.sleep(min(0.1, settings.block_ms / 1000))
     except KeyboardInterrupt:
         pass
     return 0

@@ -180,7 +180,7 @@ class MetricsMiddleware:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    keys = Keys(settings.prefix)
+    keys = Keys(settings.prefix, settings.partitions)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -287,7 +287,8 @@ def create_app(settings: Settings) -> FastAPI:
         client = app.state.client
         try:
             await client.ping()
-            groups = await client.xinfo_groups(keys.images)
+            # Partition 0 stands for all: detectors create the group on every partition.
+            groups = await client.xinfo_groups(keys.parts[0].images)
         except redis.exceptions.ResponseError:
             groups = []  # no images stream yet
         except redis.exceptions.RedisError as exc:

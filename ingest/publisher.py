@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 import time
 import uuid
 from collections.abc import Mapping
@@ -122,8 +123,13 @@ class Backpressure:
     def due(self) -> bool:
         return self.max_lag > 0 and time.monotonic() - self.checked >= self.check_s
 
-    def update(self, groups: Any, xlen: int) -> None:
-        self.lag = _lag_from(groups or [], self.group, xlen)
+    def update(self, replies: list[Any]) -> None:
+        """From (XINFO GROUPS, XLEN) reply pairs, one per partition: the sum of the lags."""
+        lag = 0
+        for groups, xlen in zip(replies[::2], replies[1::2], strict=True):
+            groups = groups if isinstance(groups, list) else []  # no stream yet: an error
+            lag += _lag_from(groups, self.group, int(xlen) if isinstance(xlen, int) else 0)
+        self.lag = lag
         self.checked = time.monotonic()
 
     def check(self, adding: int = 1) -> None:
@@ -143,28 +149,42 @@ class _Producer:
     A publish whose reply is lost (connection dropped) is retried. On Redis >= 8.6 the XADD
     carries `IDMP <producer> <event id:sha256>`, so the retry returns the first entry instead of
     adding a second; elsewhere a retry may add a duplicate, which sinks drop by (id, sha256).
+
+    With several partitions, events go round-robin from a random start: an even spread with
+    no coordination between publishers. (By content hash, every copy of a popular image would
+    pile onto one partition; the single-flight lock already dedupes work across partitions.)
+    A retry goes to the partition of the first try, where IDMP can find it.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.keys = Keys(settings.prefix)
+        self.keys = Keys(settings.prefix, settings.partitions)
         self.backpressure = Backpressure(settings)
         self.producer = f"{settings.consumer}-{uuid.uuid4().hex[:8]}"
         self.idmp: bool | None = None  # learnt from INFO on first use
+        self._next = random.randrange(settings.partitions)
 
-    def queue(self, pipe: Any, event: ImageEvent) -> None:
+    def route(self, events: list[ImageEvent]) -> list[str]:
+        """The images stream of each event."""
+        parts = self.keys.parts
+        streams = [parts[(self._next + i) % len(parts)].images for i in range(len(events))]
+        self._next = (self._next + len(events)) % len(parts)
+        return streams
+
+    def queue(self, pipe: Any, event: ImageEvent, stream: str) -> None:
         payload = event.to_wire()
         if self.idmp:
             iid = f"{event.id}:{event.sha256}"
             pipe.execute_command(
-                "XADD", self.keys.images, "IDMP", self.producer, iid, "*", EVENT_FIELD, payload
+                "XADD", stream, "IDMP", self.producer, iid, "*", EVENT_FIELD, payload
             )
         else:
-            pipe.xadd(self.keys.images, {EVENT_FIELD: payload})
+            pipe.xadd(stream, {EVENT_FIELD: payload})
 
     def queue_lag(self, pipe: Any) -> None:
-        pipe.xinfo_groups(self.keys.images)
-        pipe.xlen(self.keys.images)
+        for part in self.keys.parts:
+            pipe.xinfo_groups(part.images)
+            pipe.xlen(part.images)
 
 
 class Publisher(_Producer):
@@ -180,8 +200,7 @@ class Publisher(_Producer):
         if self.backpressure.due():
             pipe = self.client.pipeline(transaction=False)
             self.queue_lag(pipe)
-            groups, xlen = pipe.execute(raise_on_error=False)
-            self.backpressure.update(groups if isinstance(groups, list) else [], int(xlen))
+            self.backpressure.update(pipe.execute(raise_on_error=False))
         self.backpressure.check(adding)
         self.backpressure.lag += adding
 
@@ -190,10 +209,11 @@ class Publisher(_Producer):
 
     def publish_many(self, events: list[ImageEvent]) -> list[str]:
         self._check(len(events))
+        streams = self.route(events)
         for attempt in range(RETRIES + 1):
             pipe = self.client.pipeline(transaction=False)
-            for event in events:
-                self.queue(pipe, event)
+            for event, stream in zip(events, streams, strict=True):
+                self.queue(pipe, event, stream)
             try:
                 return [_entry_id(e) for e in pipe.execute()]
             except (redis.ConnectionError, redis.TimeoutError):
@@ -219,8 +239,7 @@ class AsyncPublisher(_Producer):
         if self.backpressure.due():
             pipe = self.client.pipeline(transaction=False)
             self.queue_lag(pipe)
-            groups, xlen = await pipe.execute(raise_on_error=False)
-            self.backpressure.update(groups if isinstance(groups, list) else [], int(xlen))
+            self.backpressure.update(await pipe.execute(raise_on_error=False))
         self.backpressure.check(adding)
         self.backpressure.lag += adding
 
@@ -256,10 +275,11 @@ class AsyncPublisher(_Producer):
         return await self._xadd(events)
 
     async def _xadd(self, events: list[ImageEvent]) -> list[str]:
+        streams = self.route(events)
         for attempt in range(RETRIES + 1):
             pipe = self.client.pipeline(transaction=False)
-            for event in events:
-                self.queue(pipe, event)
+            for event, stream in zip(events, streams, strict=True):
+                self.queue(pipe, event, stream)
             try:
                 return [_entry_id(e) for e in await pipe.execute()]
             except (redis.ConnectionError, redis.TimeoutError):

@@ -1,9 +1,11 @@
-"""A sink: one member of a consumer group on the results stream.
+"""A sink: one member of a consumer group on every partition's results stream.
 
 Each sink kind is its own group (`sink-<kind>` unless FACESTREAM_SINK_GROUP says otherwise), so
-every kind sees every result, and members of one group share its work. A member re-reads its own
-pending entries first, acknowledges an entry only after the sink's write succeeded, and sends
-what a sink gives up on to the dead-letter stream with the reason before acknowledging it.
+every kind sees every result, and members of one group share its work. Per partition a member
+re-reads its own pending entries first, acknowledges an entry only after the sink's write
+succeeded, and sends what a sink gives up on to the partition's dead-letter stream with the
+reason before acknowledging it. Writes to the sink are one at a time, whichever partition
+they come from.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import structlog
 
 from common import metrics
 from common.groups import ensure_group
-from common.keys import Keys
+from common.keys import Keys, Partition
 from common.locks import LockKeeper, claim_consumer_name
 from common.log import get_logger
 from common.outage import Outage, until_available
@@ -71,25 +73,30 @@ class SinkRunner:
         self.s = settings
         self.client = client
         self.sink = sink
-        self.keys = Keys(settings.prefix)
+        self.keys = Keys(settings.prefix, settings.partitions)
         self.group = settings.sink_group or f"sink-{sink.kind}"
         self.counters = SinkCounters()
         self.stop = asyncio.Event()
-        self.reclaimer = Reclaimer(
-            client,
-            self.keys.results,
-            self.group,
-            settings.consumer,
-            settings.claim_idle_ms,
-            settings.claim_every_ms,
-            settings.read_count,
-        )
+        self.scripts = Scripts(client)
+        self._writing = asyncio.Lock()
+        self.reclaimers = [
+            Reclaimer(
+                client,
+                part.results,
+                self.group,
+                settings.consumer,
+                settings.claim_idle_ms,
+                settings.claim_every_ms,
+                settings.read_count,
+            )
+            for part in self.keys.parts
+        ]
 
-    async def _read(self, start: str, block: int | None) -> list[Item]:
+    async def _read(self, part: Partition, start: str, block: int | None) -> list[Item]:
         reply = await self.client.xreadgroup(
             self.group,
             self.s.consumer,
-            {self.keys.results: start},
+            {part.results: start},
             count=self.s.read_count,
             block=block,
         )
@@ -105,24 +112,35 @@ class SinkRunner:
             result = None  # dead-lettered as "not a v1 result"
         return Item(raw_id.decode(), payload, result)
 
-    async def _settle(self, items: list[Item], outcome: Outcome) -> None:
+    async def _settle(self, part: Partition, items: list[Item], outcome: Outcome) -> None:
         """Dead letters first, then the acknowledgement: a crash in between repeats a dead
         letter, never loses one."""
-        pipe = self.client.pipeline(transaction=False)
-        for item, reason in outcome.dead:
-            pipe.xadd(
-                self.keys.dlq,
-                {
-                    "result": item.payload,
-                    "reason": reason[:1000],
-                    "sink": self.sink.kind,
-                    "group": self.group,
-                    "consumer": self.s.consumer,
-                    "entry": item.entry,
-                },
-            )
-        pipe.xack(self.keys.results, self.group, *[i.entry for i in items])
-        await pipe.execute()
+
+        def dead_letters(pipe: Any) -> None:
+            for item, reason in outcome.dead:
+                pipe.xadd(
+                    part.dlq,
+                    {
+                        "result": item.payload,
+                        "reason": reason[:1000],
+                        "sink": self.sink.kind,
+                        "group": self.group,
+                        "consumer": self.s.consumer,
+                        "entry": item.entry,
+                    },
+                )
+
+        def ack(pipe: Any) -> None:
+            pipe.xack(part.results, self.group, *[i.entry for i in items])
+
+        # One round trip where the two streams share a slot (or on one server).
+        together = self.keys.streams_share_slot or not self.s.cluster
+        for answers in await self.scripts.run_steps(
+            self.client, [dead_letters, ack], together=together
+        ):
+            for answer in answers:
+                if isinstance(answer, Exception):
+                    raise answer
         self.counters.written += len(outcome.written)
         self.counters.dead += len(outcome.dead)
         metrics.SINK_WRITTEN.labels(self.sink.kind).inc(len(outcome.written))
@@ -130,14 +148,17 @@ class SinkRunner:
         for item, reason in outcome.dead:
             log.warning("dead_lettered", entry=item.entry, reason=reason)
 
-    async def _handle(self, items: list[Item], deliveries: dict[str, int] | None = None) -> None:
+    async def _handle(
+        self, part: Partition, items: list[Item], deliveries: dict[str, int] | None = None
+    ) -> None:
         if not items:
             return
         self.counters.read += len(items)
         limit = self.s.max_deliveries
         poison = {i.entry for i in items if deliveries and deliveries.get(i.entry, 1) >= limit}
         good = [i for i in items if i.result is not None and i.entry not in poison]
-        outcome = await self.sink.write(good) if good else Outcome([], [])
+        async with self._writing:
+            outcome = await self.sink.write(good) if good else Outcome([], [])
         outcome.dead.extend((i, "not a v1 result") for i in items if i.result is None)
         outcome.dead.extend(
             (i, f"max_deliveries: delivered {deliveries[i.entry]} times, never written")
@@ -146,15 +167,16 @@ class SinkRunner:
         )
         handled = {i.entry for i in outcome.written} | {i.entry for i, _ in outcome.dead}
         self.counters.skipped += sum(1 for i in good if i.entry not in handled)
-        await self._settle(items, outcome)
+        await self._settle(part, items, outcome)
 
-    async def _redelivered(self, items: list[Item]) -> None:
-        await self._handle(items, await self.reclaimer.deliveries([i.entry for i in items]))
+    async def _redelivered(self, part: Partition, items: list[Item]) -> None:
+        counts = await self.reclaimers[part.index].deliveries([i.entry for i in items])
+        await self._handle(part, items, counts)
 
     async def run(self) -> SinkCounters:
         s = self.s
         structlog.contextvars.bind_contextvars(consumer=s.consumer, sink=self.sink.kind)
-        scripts = Scripts(self.client)
+        scripts = self.scripts
         claim = self.keys.consumer_claim(self.group, s.consumer)
         # Started before Redis is up (or while it is down)? Wait for it, do not crash-loop.
         token = await until_available(
@@ -163,13 +185,7 @@ class SinkRunner:
             log,
         )
         # From the stream's start: results published before the sink first ran are kept.
-        grouped = (
-            await until_available(
-                lambda: ensure_group(self.client, self.keys.results, self.group), self.stop, log
-            )
-            if token
-            else None
-        )
+        grouped = await until_available(self._ensure_groups, self.stop, log) if token else None
         if token is None or grouped is None:
             return self.counters  # stopped before Redis came
         keeper = LockKeeper(scripts, s.consumer_claim_ttl_ms)
@@ -177,10 +193,10 @@ class SinkRunner:
         keeper_stop = asyncio.Event()
         heartbeat = asyncio.create_task(keeper.run(self.client, keeper_stop))
         await self.sink.open()
-        log.info("sink_ready", group=self.group, stream=self.keys.results)
+        log.info("sink_ready", group=self.group, streams=[p.results for p in self.keys.parts])
         started = time.monotonic()
         try:
-            await self._loop()
+            await asyncio.gather(*(self._loop(part) for part in self.keys.parts))
         finally:
             keeper_stop.set()
             await heartbeat
@@ -194,23 +210,32 @@ class SinkRunner:
             )
         return self.counters
 
-    async def _loop(self) -> None:
+    async def _ensure_groups(self) -> bool:
+        for part in self.keys.parts:
+            await ensure_group(self.client, part.results, self.group)
+        return True
+
+    async def _loop(self, part: Partition) -> None:
+        """One partition's reader (each blocks on its own stream)."""
+        if self.s.partitions > 1:
+            structlog.contextvars.bind_contextvars(partition=part.index)
+        reclaimer = self.reclaimers[part.index]
         cursor: str | None = "0"  # own pending first
         outage = Outage(log)
         while not self.stop.is_set():
             try:
                 if cursor is not None:
-                    items = await self._read(cursor, None)
+                    items = await self._read(part, cursor, None)
                     cursor = items[-1].entry if items else None
-                    await self._redelivered(items)
-                elif self.reclaimer.due():
+                    await self._redelivered(part, items)
+                elif reclaimer.due():
                     # Work stuck on members that died or hang: take it over.
-                    entries, deleted = await self.reclaimer.claim()
+                    entries, deleted = await reclaimer.claim()
                     self.counters.claimed += len(entries)
                     self.counters.deleted += len(deleted)  # gone from the stream: no result
-                    await self._redelivered([self._item(e) for e in entries])
+                    await self._redelivered(part, [self._item(e) for e in entries])
                 else:
-                    await self._handle(await self._read(">", self.s.block_ms))
+                    await self._handle(part, await self._read(part, ">", self.s.block_ms))
                 outage.ok()
             except Exception as exc:
                 # Redis away, or the sink's own write failed: nothing was acked, so re-read our

@@ -67,9 +67,7 @@ def test_lua_bloom_has_no_false_negatives_and_its_error_rate(
     async def body(client: Redis) -> tuple[list[bool], float, int]:
         bf = bloom(client, prefix, "lua")
         added = [sha(i) for i in range(10_000)]
-        pipe = client.pipeline(transaction=False)
-        bf.queue_add(pipe, added)
-        await pipe.execute()
+        await bf.add(client, added)
         members = await bf.check(client, added)
         strangers = await bf.check(client, [sha(i) for i in range(10_000, 30_000)])
         ttl = await client.pttl(f"{Keys(prefix).bloom('m-1')}:{bf._generation()}")
@@ -85,9 +83,7 @@ def test_bloom_generations_rotate(make_settings: Any, prefix: str) -> None:
     async def body(client: Redis) -> list[list[bool]]:
         bf = bloom(client, prefix, "lua", generation_ms=1000)
         seen = []
-        pipe = client.pipeline(transaction=False)
-        bf.queue_add(pipe, [sha(1)])
-        await pipe.execute()
+        await bf.add(client, [sha(1)])
         gen = bf._generation()
         for shift in (0, 1, 2):  # same generation, the next one, the one after
             bf._generation = lambda now_ms=None, g=gen + shift: g  # type: ignore[method-assign]
@@ -119,9 +115,7 @@ def test_native_bloom(make_settings: Any, prefix: str) -> None:
     async def body(client: Redis) -> tuple[list[bool], float]:
         bf = bloom(client, prefix, "native")
         added = [sha(i) for i in range(5_000)]
-        pipe = client.pipeline(transaction=False)
-        bf.queue_add(pipe, added)
-        await pipe.execute()
+        await bf.add(client, added)
         strangers = await bf.check(client, [sha(i) for i in range(5_000, 15_000)])
         return await bf.check(client, added), sum(strangers) / len(strangers)
 

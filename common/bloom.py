@@ -55,6 +55,12 @@ async def server_has_native_bloom(client: Any, probe_key: str) -> bool:
         if "unknown command" in str(exc).lower() or str(exc).startswith("NOPERM"):
             return False
         raise
+    except redis.exceptions.RedisError as exc:
+        # A cluster client routes by the server's command table, and refuses a command it
+        # does not list before sending it.
+        if "doesn't exist in Redis commands" in str(exc):
+            return False
+        raise
     return True
 
 

@@ -55,7 +55,10 @@ class Scripts:
         script = self._s[name]
         if isinstance(pipe, _PIPELINES):
             # A pipeline (plain or cluster): queue EVALSHA; `run` recovers from NOSCRIPT.
-            return pipe.evalsha(script.sha, len(keys), *keys, *args)
+            # Through execute_command: redis-py's cluster pipeline refuses its evalsha method
+            # (keys might span nodes); every script here touches one slot, which the cluster
+            # pipeline routes by the keys after numkeys.
+            return pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         # A plain client: a result (sync) or an awaitable (asyncio); redis-py's Script loads
         # itself on NOSCRIPT.
         return script(keys=keys, args=args, client=pipe)

@@ -67,6 +67,10 @@ class BatchProcessor:
         self.reply_prefix = keys.reply_stream("")
         self.deferred: dict[str, Deferred] = {}
         self.inferring: dict[str, list[Job]] = {}
+        # Images whose cache / lock lookup is in flight. Lanes (one per partition) resolve
+        # concurrently: a second lookup of the same image would find our own lock and take it
+        # over (the owner-prefix rule), inferring twice and dropping the first group's jobs.
+        self.resolving: dict[str, list[Job]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.lost_writes = 0
         self.decode_pool = ThreadPoolExecutor(settings.decode_threads, "decode")
@@ -150,6 +154,8 @@ class BatchProcessor:
             # Same image already waiting or being inferred here: ride along, no lookup.
             if job.sha in self.inferring:
                 self.inferring[job.sha].append(job)
+            elif job.sha in self.resolving:
+                self.resolving[job.sha].append(job)
             elif job.sha in self.deferred:
                 self.deferred[job.sha].jobs.append(job)
                 self.counters.deferred += 1
@@ -179,8 +185,25 @@ class BatchProcessor:
             # Our own write of this image is in flight: its result is moments away, and the
             # owner-prefix takeover in lookup_or_lock must not start a second inference.
             self._defer(sha, groups.pop(sha), delays.get(sha))
+        for sha in [sha for sha in groups if sha in self.resolving]:
+            self.resolving[sha] += groups.pop(sha)  # answered with the lookup in flight
         if not groups:
             return
+        self.resolving.update(groups)  # the same lists: jobs that join now are in the group
+        try:
+            await self._lookup(groups, check_cache, out, delays)
+        finally:
+            for sha in groups:
+                self.resolving.pop(sha, None)
+
+    async def _lookup(
+        self,
+        groups: dict[str, list[Job]],
+        check_cache: dict[str, bool],
+        out: Emission,
+        delays: dict[str, int],
+    ) -> None:
+        tag = self.model.tag
         tokens = {sha: self.locks.new_token() for sha in groups}
 
         def build(pipe: Any) -> None:
@@ -223,6 +246,9 @@ class BatchProcessor:
 
     def _defer(self, sha: str, group: list[Job], delay_ms: int | None = None) -> None:
         delay = self.s.defer_min_ms if delay_ms is None else delay_ms
+        if sha in self.deferred:  # already waiting: join it, keep its schedule
+            self.deferred[sha].jobs += group
+            return
         self.deferred[sha] = Deferred(group, time.monotonic() + delay / 1000, delay)
 
     def deferred_jobs(self) -> int:
@@ -253,7 +279,7 @@ class BatchProcessor:
     # --- stage 3: infer -------------------------------------------------------------------
     def _start_inference(self, misses: dict[str, list[Job]]) -> None:
         for sha, group in misses.items():
-            self.inferring[sha] = group
+            self.inferring.setdefault(sha, []).extend(group)
         # One task per model-call-sized chunk: each chunk is written as soon as its call is
         # done, instead of the whole read batch waiting for its slowest image.
         shas = list(misses)
@@ -277,6 +303,7 @@ class BatchProcessor:
         inference."""
         jobs = [job for d in self.deferred.values() for job in d.jobs]
         jobs += [job for group in self.inferring.values() for job in group]
+        jobs += [job for group in self.resolving.values() for job in group]
         return {job.entry for job in jobs if job.part.index == part.index}
 
     def _decode(self, data: bytes) -> Prepared | SchemaError:

@@ -231,11 +231,22 @@ class AsyncPublisher(_Producer):
         super().__init__(settings)
         self.client = client
         self._pending: list[tuple[ImageEvent, asyncio.Future[str]]] = []
+        self._info: asyncio.Future[Any] | None = None
         self._flushes: set[asyncio.Task[None]] = set()
+
+    async def _learn_idmp(self) -> None:
+        if self._info is None:  # one INFO for every publish that arrives meanwhile
+            self._info = asyncio.ensure_future(self.client.info("server"))
+        try:
+            info = await asyncio.shield(self._info)
+        except Exception:
+            self._info = None
+            raise
+        self.idmp = has_idempotent_xadd(info)
 
     async def _check(self, adding: int) -> None:
         if self.idmp is None:
-            self.idmp = has_idempotent_xadd(await self.client.info("server"))
+            await self._learn_idmp()
         if self.backpressure.due():
             pipe = self.client.pipeline(transaction=False)
             self.queue_lag(pipe)

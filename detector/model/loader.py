@@ -205,6 +205,8 @@ def _assemble(
         "max_faces": settings.max_faces,
         **extra,
     }
+    if family == "scrfd":
+        spec_fields["clip_before_nms"] = True  # faces changed when this came in: new tags
     # The tag changes whenever the weights or anything that changes the output changes, so a
     # cache entry is only ever served to detectors that would have computed the same answer.
     digest = hashlib.sha256(weights)

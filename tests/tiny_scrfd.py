@@ -14,6 +14,8 @@ the hub, so the neck and head sizes here are DamoFD's published ones, not read f
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,7 +37,7 @@ class ConvStack(nn.Module):
         widths = [3, 8, 16, 24, 32, 48]
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.Conv2d(a, b, 3, 2, 1), nn.BatchNorm2d(b), nn.ReLU())
-            for a, b in zip(widths, widths[1:], strict=False)
+            for a, b in itertools.pairwise(widths)
         )
         self.channels = widths[3:]
 

@@ -213,3 +213,51 @@ def test_damofd_equals_modelscope_pipeline(tmp_path: Path, photos: dict[str, np.
         box, score, kps = differences(model.detect([image])[0], ref)
         print(f"{name}: damofd vs ModelScope max |diff| box {box:.3g} px, score {score:.3g}")
         assert box <= 1.0 and score <= 1e-3 and kps <= 1.0
+
+
+class StandInHead(torch.nn.Module):
+    """What `facestream model fetch` reads of mmdet's SCRFD head, around the tiny network."""
+
+    def __init__(self, net: TinySCRFD) -> None:
+        super().__init__()
+        self.net = net
+        self.num_anchors = 2
+        self.anchor_generator = type(
+            "Anchors", (), {"strides": [(s, s) for s in STRIDES], "center_offset": 0.0}
+        )()
+        self.test_cfg = {"score_thr": 0.3, "nms": {"iou_threshold": 0.45}}
+
+    def forward(self, feats: Any) -> Any:
+        return self.net.head(feats)
+
+
+class StandInDetector(torch.nn.Module):
+    """The interface of the mmdet detector ModelScope builds: extract_feat + bbox_head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = TinySCRFD("convs")
+        self.bbox_head = StandInHead(self.net)
+
+    def extract_feat(self, x: Any) -> Any:
+        return self.net.neck(self.net.backbone(x))
+
+
+def test_fetch_exports_checks_and_installs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from detector.model import damofd
+
+    source = tmp_path / "download"
+    source.mkdir()
+    (source / damofd.CHECKPOINT).write_bytes(b"checkpoint bytes")
+    monkeypatch.setattr(damofd, "require", lambda: None)
+    monkeypatch.setattr(damofd, "build_detector", lambda path: StandInDetector().eval())
+    monkeypatch.setattr(damofd, "INPUT_SIZE", SIZE)
+    steps: list[str] = []
+    root = tmp_path / "models"
+    entry = damofd.fetch(root, None, source, steps.append)
+    assert steps == ["download", "build", "export", "check", "install"]
+    assert entry.weights_sha256 == hashlib.sha256(b"checkpoint bytes").hexdigest()
+    assert entry.strides == STRIDES and entry.anchors_per_cell == 2 and entry.pad_square
+    assert entry.check["max_abs_diff"] <= 1e-4 and "torch" in entry.exporter
+    model = load_model(Settings(model="damofd", model_dir=str(root)))
+    assert model.tag.startswith("damofd-") and model.spec.letterbox

@@ -49,6 +49,13 @@ def entry_for(graph: bytes, name: str = "tiny", **changes: object) -> RegistryEn
     return replace(entry, **changes)  # type: ignore[arg-type]
 
 
+@pytest.fixture(autouse=True)
+def no_logging_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    # main() configures logging for a real process; inside pytest it must not bind the loggers
+    # to this test's captured (and later closed) stderr.
+    monkeypatch.setattr("common.cli.configure", lambda settings: None)
+
+
 @pytest.fixture
 def registry(tmp_path: Path) -> tuple[Path, bytes]:
     graph = build(tmp_path / "g.onnx", HOTS).read_bytes()

@@ -75,11 +75,11 @@ def build_detector(source: Path) -> Any:
         raise FetchError(f"{source}: no {CHECKPOINT}; not a copy of {MODEL_ID}")
     # The model's config is a Python file that mmcv executes; it comes from ModelScope's own
     # repository of this fixed model id.
-    model = Model.from_pretrained(str(source), trust_remote_code=True)
+    model = Model.from_pretrained(str(source), device="cpu", trust_remote_code=True)
     detector = model.detector
     detector = getattr(detector, "module", detector)  # MMDataParallel wraps it
-    detector.eval()
-    return detector
+    # MMDataParallel moves it to the first GPU when there is one; the export runs on the CPU.
+    return detector.cpu().eval()
 
 
 def layout(detector: Any) -> dict[str, Any]:

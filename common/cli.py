@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ops_cli
+from common import model_cli, ops_cli
 from common.connection import sync_client
 from common.log import configure
 from common.settings import Settings
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("role", choices=["detector", "sink"])
     health.add_argument("kind", nargs="?", choices=["jsonl", "webhook", "stdout"])
     ops_cli.add_parser(sub)
+    model_cli.add_parser(sub)
     migrate = sub.add_parser("migrate", help="move over from the service facestream replaces")
     migrate.add_argument("action", choices=["import-cache"])
     migrate.add_argument(
@@ -149,6 +150,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.command == "ops":
         return ops_cli.run(args, settings)
+    if args.command == "model":
+        return model_cli.run(args, settings)
     if args.command == "health":
         return health(args, settings)
     if args.command in ("up", "demo"):

@@ -94,7 +94,10 @@ class Settings(BaseSettings):
     max_meta_bytes: int = Field(default=4096, ge=0)
 
     # --- model ------------------------------------------------------------------------------
+    # builtin, a path to an ONNX file, or the name of a fetched model (`facestream model list`).
     model: str = "builtin"
+    # Where fetched models live (one directory each); empty: ~/.cache/facestream/models.
+    model_dir: str | None = None
     input_size: int | None = Field(default=None, ge=32, le=4096)
     score_threshold: float | None = Field(default=None, ge=0, le=1)
     nms_iou: float | None = Field(default=None, gt=0, le=1)

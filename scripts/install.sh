@@ -13,6 +13,12 @@ $pip install --quiet --upgrade pip
 case "$profile" in
   dev)
     $pip install --quiet -e "$src[dev,demo]"
+    # The export tests need torch; the CPU build only ("+cpu": never a multi-GB CUDA build).
+    # It comes from a local wheel (pip's find-links) or PyTorch's CPU index when
+    # TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu; without it those tests skip.
+    $pip install --quiet ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
+      "torch==2.13.0+cpu" \
+      || echo "install.sh: no CPU torch 2.13.0 found; the export tests will skip" >&2
     ;;
   cpu|gpu)
     extras=""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -98,6 +99,10 @@ def test_compose_config_accepts_the_file(rendered: dict[str, object]) -> None:
         env = services[name]["environment"]
         assert env["FACESTREAM_REDIS_USERNAME"] == user_name(role)
         assert env["FACESTREAM_REDIS_PASSWORD_FILE"] == f"/run/secrets/{user_name(role)}"
+    for name in ("detector", "detector-gpu"):
+        # Fetched models come in read-only at the directory the detectors look in.
+        assert services[name]["environment"]["FACESTREAM_MODEL_DIR"] == "/models"
+        assert "/models" in json.dumps(services[name]["volumes"])
     gpu = services["detector-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["capabilities"] == ["gpu"] and services["detector-gpu"]["build"][
         "dockerfile"

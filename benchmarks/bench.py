@@ -1,6 +1,6 @@
 """facestream benchmarks: prints tables (not a timed test). From the repository root:
 
-    python -m benchmarks.bench [--only hit,miss,burst,scaling,http] [--out FILE]
+    python -m benchmarks.bench [--only hit,miss,burst,scaling,http,cluster] [--out FILE]
 
 Each run starts its own redis-server; run on an otherwise idle machine and compare ratios
 within one run.
@@ -15,7 +15,7 @@ import sys
 from benchmarks import stream
 from benchmarks.common import machine, redis_server
 
-SCENARIOS = ["http", "hit", "miss", "burst", "scaling"]
+SCENARIOS = ["http", "hit", "miss", "burst", "scaling", "cluster"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
                 tables.append(stream.bench_hit_path(url))
             elif name == "miss":
                 tables.append(stream.bench_miss_path(url))
+            elif name == "cluster":
+                from benchmarks import cluster
+
+                tables.append(cluster.bench_cluster())
             elif name == "burst":
                 tables.append(stream.bench_single_flight(url))
             else:

@@ -66,6 +66,7 @@ def redis_ceiling(url: str, images: list[bytes], n: int, batch: int = 64) -> flo
     keys = Keys("ceiling")
     client = redis.Redis.from_url(url)
     scripts = Scripts(client)
+    scripts.load_blocking(client)  # pipelines queue EVALSHA only
     client.delete(keys.images, keys.results)
     client.xgroup_create(keys.images, "g", id="0", mkstream=True)
     payload = b"\x82" + b"x" * 600  # a result-sized payload

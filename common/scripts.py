@@ -63,6 +63,11 @@ class Scripts:
         # itself on NOSCRIPT.
         return script(keys=keys, args=args, client=pipe)
 
+    def load_blocking(self, client: Any) -> None:
+        """`load` for a synchronous client (benchmarks and tools that pipeline scripts)."""
+        for name in _NAMES:
+            client.script_load(script_source(name))
+
     async def load(self, client: Any) -> None:
         """SCRIPT LOAD every script (redis-py sends it to every primary of a cluster)."""
         for name in _NAMES:

@@ -38,10 +38,11 @@ test-valkey: setup
 
 # The through-Redis tests of the core, the gateway and the sinks once more on a real local Redis
 # Cluster (three primaries on loopback, started by the tests' fixture): with one partition
-# (the v1 names, whose streams span slots) and, in test_partitions.py, with three.
+# (the v1 names, whose streams span slots) and, in test_partitions.py, with three: services,
+# CLI, ops and the migration tool.
 CLUSTER_TESTS := tests/test_detector_redis.py tests/test_single_flight.py tests/test_recovery.py \
 	tests/test_bloom_locks.py tests/test_publisher.py tests/test_sinks.py tests/test_gateway.py \
-	tests/test_partitions.py tests/test_ops.py
+	tests/test_partitions.py tests/test_ops.py tests/test_migration.py tests/test_metrics.py
 test-cluster: setup
 	FACESTREAM_TEST_CLUSTER=1 $(BIN)/python -m pytest -q $(CLUSTER_TESTS)
 

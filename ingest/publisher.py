@@ -232,6 +232,7 @@ class AsyncPublisher(_Producer):
         self.client = client
         self._pending: list[tuple[ImageEvent, asyncio.Future[str]]] = []
         self._info: asyncio.Future[Any] | None = None
+        self._lag_read: asyncio.Future[None] | None = None
         self._flushes: set[asyncio.Task[None]] = set()
 
     async def _learn_idmp(self) -> None:
@@ -244,13 +245,20 @@ class AsyncPublisher(_Producer):
             raise
         self.idmp = has_idempotent_xadd(info)
 
+    async def _read_lag(self) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        self.queue_lag(pipe)
+        self.backpressure.update(await pipe.execute(raise_on_error=False))
+
     async def _check(self, adding: int) -> None:
         if self.idmp is None:
             await self._learn_idmp()
         if self.backpressure.due():
-            pipe = self.client.pipeline(transaction=False)
-            self.queue_lag(pipe)
-            self.backpressure.update(await pipe.execute(raise_on_error=False))
+            # One lag read for every publish that arrives meanwhile (a burst of requests must
+            # not open a connection each: a cluster client refuses past its pool's size).
+            if self._lag_read is None or self._lag_read.done():
+                self._lag_read = asyncio.ensure_future(self._read_lag())
+            await asyncio.shield(self._lag_read)
         self.backpressure.check(adding)
         self.backpressure.lag += adding
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,9 +30,10 @@ from common.settings import Settings
 from detector.worker import Detector
 from ingest.commands import results as results_command
 from ingest.publisher import Publisher, make_event
+from ingest.samples import write_samples
 from tests.conftest import encode
 from tests.helpers import with_detector
-from tests.procs import Procs, base_env, gateway_ready
+from tests.procs import ROOT, Procs, base_env, gateway_ready
 from tests.test_sinks import jsonl, lines, result, run_sinks
 
 MakeSettings = Callable[..., Settings]
@@ -291,3 +295,52 @@ def test_copies_on_every_partition_at_once_infer_once_and_all_are_answered(
     answered = [r for part in got.values() for r in part]
     assert len(answered) == 45 and inferred == 1
     assert all(len(r["faces"]) == 20 for r in answered)
+
+
+def test_every_cli_entry_point_over_partitions(redis_url: str, prefix: str, tmp_path: Path) -> None:
+    """The services and the CLI as a user runs them, with FACESTREAM_PARTITIONS=3 (on a
+    cluster URL under `make test-cluster`): detect, publish, results, health, ops."""
+    samples = tmp_path / "samples"
+    write_samples(samples)
+    sink_file = tmp_path / "results.jsonl"
+    env = base_env(redis_url, prefix, FACESTREAM_PARTITIONS=PARTS)
+    procs = Procs(tmp_path, env)
+    procs.start("detector", ["-m", "detector"], FACESTREAM_CONSUMER="cli-det")
+    procs.start(
+        "sink",
+        ["-m", "common.cli", "sink", "jsonl"],
+        FACESTREAM_CONSUMER="cli-sink",
+        FACESTREAM_JSONL_PATH=str(sink_file),
+    )
+
+    def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "common.cli", *args],
+            cwd=ROOT,
+            env={**os.environ, **env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    try:
+        detected = cli("detect", str(samples))
+        assert detected.returncode == 0, detected.stderr + procs.logs()
+        rows = [json.loads(x) for x in detected.stdout.splitlines()]
+        assert len(rows) == len(list(samples.iterdir())) and all("faces" in r for r in rows)
+        published = cli("publish", str(samples / "astronaut.png"), str(samples / "camera.png"))
+        assert published.returncode == 0 and len(published.stdout.splitlines()) == 2
+        total = len(rows) + 2
+        procs.wait_for(lambda: len(lines(sink_file)) >= total, "the sink wrote every result")
+        printed = cli("results", "--from", "0")
+        assert len(printed.stdout.splitlines()) == total, printed.stderr
+        assert cli("health", "detector", FACESTREAM_CONSUMER="cli-det").returncode == 0
+        assert cli("health", "sink", "jsonl", FACESTREAM_CONSUMER="cli-sink").returncode == 0
+        status = cli("ops", "status", "--json")
+        report = json.loads(status.stdout)
+        assert {f"images/{i}" for i in range(PARTS)} <= set(report["streams"])
+        groups = [report["streams"][f"images/{i}"]["groups"] for i in range(PARTS)]
+        assert all(g[0]["name"] == "detectors" and g[0]["pending"] == 0 for g in groups)
+        assert cli("ops", "pending", "--partition", "1").returncode == 0
+    finally:
+        assert procs.stop() == [0, 0], procs.logs()

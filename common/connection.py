@@ -65,10 +65,16 @@ def cluster_seeds(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     return seeds, creds
 
 
+def pool_size(settings: Settings) -> int:
+    # Detectors block one connection per reader (partitions x read lanes) in XREADGROUP, sinks
+    # one per partition: room for those and for the writes, lock extensions and housekeeping.
+    return max(settings.redis_max_connections, settings.partitions * settings.read_lanes + 16)
+
+
 def _cluster_options(settings: Settings) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     seeds, creds = cluster_seeds(settings.redis_url)
     options = creds | _options(settings)  # settings' credentials win over the URL's
-    options["max_connections"] = settings.redis_max_connections  # per node
+    options["max_connections"] = pool_size(settings)  # per node
     return seeds, options
 
 
@@ -83,7 +89,7 @@ def async_client(settings: Settings) -> Any:
     # failing with "Too many connections".
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
-        max_connections=settings.redis_max_connections,
+        max_connections=pool_size(settings),
         timeout=settings.socket_timeout_s,
         **_options(settings),
     )

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # processes may not share one (the detector refuses to start, see detector/identity.py).
     consumer: str = Field(default_factory=socket.gethostname, min_length=1)
     read_count: int = Field(default=64, ge=1, le=10_000)
+    # Concurrent readers per partition in one detector: while one batch is looked up and
+    # written, another is read (measured: docs/performance.md). The first also re-reads the
+    # process's own pending entries and claims stuck ones.
+    read_lanes: int = Field(default=2, ge=1, le=16)
     block_ms: int = Field(default=1000, ge=1)
     max_inflight_batches: int = Field(default=4, ge=1, le=64)
     # Dynamic batching: misses of several read batches share one model call of up to

@@ -36,13 +36,18 @@ class Lane:
         part: Partition,
         counters: Counters,
         stop: asyncio.Event,
+        first: bool = True,
     ) -> None:
         self.s = settings
         self.client = client
         self.part = part
         self.counters = counters
         self.stop = stop
-        self.cursor: str | None = "0"  # own pending entries first ("0"), then new ones (">")
+        # The first lane of a partition owns its pending list: it re-reads it ("0") at start
+        # and whenever entries in hand were dropped, and claims stuck work; the others (more
+        # readers of the same partition) only read new entries (">").
+        self.first = first
+        self.cursor: str | None = "0" if first else None
         self._lost_seen = 0
         self.reclaimer = Reclaimer(
             client,
@@ -58,14 +63,14 @@ class Lane:
         if self.s.partitions > 1:
             structlog.contextvars.bind_contextvars(partition=self.part.index)
         outage = Outage(log)
-        self.cursor = "0"
         while not self.stop.is_set():
             try:
                 await self.step(p)
                 outage.ok()
             except (redis.exceptions.RedisError, WriteError) as exc:
-                # Whatever was in hand stays pending in our list: re-read it once Redis is back.
-                self.cursor = "0"
+                # Whatever was in hand stays pending in our list: the partition's first lane
+                # re-reads it once Redis is back.
+                p.lost_writes += 1
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), outage.failed(exc))
 
@@ -86,9 +91,9 @@ class Lane:
         s = self.s
         await p.recheck_deferred()
         if p.lost_writes != self._lost_seen:
-            # An inference batch failed to write: its entries are pending again, unanswered.
+            # A write failed, or a lane lost what it held: those entries are pending, unanswered.
             self._lost_seen = p.lost_writes
-            self.cursor = "0"
+            self.cursor = "0" if self.first else None
         if self.cursor is not None:
             entries = await self._read(self.cursor, None)
             if not entries:
@@ -101,7 +106,7 @@ class Lane:
             # Saturated: let inference finish (or deferrals come due) before reading more.
             await self._wait_for_work(p)
             return
-        if self.reclaimer.due():
+        if self.first and self.reclaimer.due():
             # Work stuck on members that died or hang: take it over.
             entries, deleted = await self.reclaimer.claim()
             self.counters.deleted_entries += len(deleted)

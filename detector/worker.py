@@ -47,7 +47,9 @@ class Detector:
         self.stop = asyncio.Event()
         self.processor: BatchProcessor | None = None
         self.lanes = [
-            Lane(settings, client, part, self.counters, self.stop) for part in self.keys.parts
+            Lane(settings, client, part, self.counters, self.stop, first=i == 0)
+            for part in self.keys.parts
+            for i in range(settings.read_lanes)
         ]
 
     async def _setup(self) -> BatchProcessor:

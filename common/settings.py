@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     # (docs/performance.md); 0 lets onnxruntime take every core.
     intra_op_threads: int = Field(default=1, ge=0)
     score_activation: Literal["auto", "sigmoid", "none"] = "auto"
+    # onnxruntime IO binding: "auto" uses it with the CUDA provider (input copied to the GPU
+    # once, outputs bound to host memory), not on the CPU, where it is the same work.
+    io_binding: Literal["auto", "on", "off"] = "auto"
 
     # --- ingest: publisher and HTTP gateway ------------------------------------------------
     # Refuse new work while the detectors' group has more than this many entries not yet

@@ -186,6 +186,28 @@ def test_provider_choice() -> None:
             choose_providers("cuda")
 
 
+def test_io_binding_gives_the_same_outputs(photos: dict[str, np.ndarray]) -> None:
+    """The IO-binding path (auto-on with CUDA) against a plain run, here on the CPU, batched."""
+    from detector.model.backend import OrtBackend
+    from detector.model.loader import builtin_weights
+
+    weights = builtin_weights()
+    plain = OrtBackend(weights, "cpu", 1)
+    bound = OrtBackend(weights, "cpu", 1, io_binding="on")
+    assert not plain.io_binding and bound.io_binding  # auto: off on the CPU
+    rng = np.random.default_rng(3)
+    batch = rng.normal(0, 50, (2, 3, 320, 480)).astype(np.float32)
+    for a, b in zip(plain.run(batch), bound.run(batch), strict=True):
+        assert a.shape == b.shape and np.array_equal(a, b)
+    # And through the whole model: the same faces, the same tag (outputs do not change).
+    model = load_model(Settings(io_binding="on"))
+    image = decode_image(
+        encode(photos["astronaut"]), max_bytes=10**8, max_pixels=10**8, max_side=640, upscale=False
+    )
+    assert model.detect([image]) == load_model(Settings()).detect([image])
+    assert model.tag == load_model(Settings()).tag
+
+
 def test_dynamic_batcher_joins_concurrent_requests(
     builtin_model: Any, photo_png: dict[str, bytes]
 ) -> None:

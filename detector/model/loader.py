@@ -222,5 +222,7 @@ def _assemble(
         max_faces=settings.max_faces,
         letterbox=bool(extra["letterbox"]),
     )
-    backend = OrtBackend(weights, settings.providers, settings.intra_op_threads)
+    backend = OrtBackend(
+        weights, settings.providers, settings.intra_op_threads, settings.io_binding
+    )
     return FaceModel(spec, backend, decoder)

@@ -16,8 +16,9 @@ from common.keys import Keys
 from common.settings import Settings
 
 SINK_KINDS = ("jsonl", "webhook", "stdout")
-# A cluster client also reads the slot map (CLUSTER SLOTS) at start and after a MOVED.
-_CONNECT = ["ping", "client|setname", "client|id", "info", "select", "cluster|slots"]
+# A cluster client also reads the slot map (CLUSTER SLOTS) at start and after a MOVED, and
+# the command table (COMMAND) to find each command's keys.
+_CONNECT = ["ping", "client|setname", "client|id", "info", "select", "cluster|slots", "command"]
 # Running the scripts of common/lua (redis-py loads a script the server lacks).
 _SCRIPTS = ["evalsha", "eval", "script|load", "script|exists"]
 # What common/lua/lock_*.lua and the consumer-name claim do.

@@ -15,6 +15,7 @@ import redis
 from common.acl import acl_lines, user_name
 from common.connection import async_client, sync_client
 from common.embedded import EmbeddedRedis
+from common.embedded_cluster import EmbeddedCluster
 from common.keys import Keys
 from common.settings import Settings
 from detector.worker import Detector
@@ -23,6 +24,7 @@ from sink.files import JsonlSink
 from sink.runner import SinkRunner
 
 PREFIX = "sec"
+CLUSTER_PARTS = 3
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +42,24 @@ def acl_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def acl_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A three-primary cluster with the same users (made with ACL SETUSER once the cluster is
+    formed, as an operator would roll out `facestream acl`'s lines), the default user off."""
+    work = tmp_path_factory.mktemp("acl-cluster")
+    secrets_dir = work / "secrets"
+    lines = acl_lines(Settings(prefix=PREFIX, partitions=CLUSTER_PARTS), secrets_dir)
+    with EmbeddedCluster(work / "cluster") as cluster:
+        for i in range(len(cluster.nodes)):
+            node = cluster.client(i)
+            for line in lines[1:]:  # after "user default off", which goes last
+                _, name, *rules = line.split()
+                node.execute_command("ACL", "SETUSER", name, *rules)
+            node.execute_command("ACL", "SETUSER", "default", "off")
+            node.close()
+        yield cluster.url, secrets_dir
+
+
 def as_user(url: str, secrets_dir: Path, role: str, **extra: Any) -> Settings:
     return Settings(
         redis_url=url,
@@ -52,16 +72,23 @@ def as_user(url: str, secrets_dir: Path, role: str, **extra: Any) -> Settings:
     )
 
 
+@pytest.mark.parametrize("where", ["server", "cluster"])
 def test_each_service_works_as_its_own_user(
-    acl_server: tuple[str, Path],
+    where: str,
+    request: pytest.FixtureRequest,
     builtin_model: Any,
     photo_png: dict[str, bytes],
     tmp_path: Path,
 ) -> None:
-    url, secrets_dir = acl_server
-    ingest = as_user(url, secrets_dir, "ingest")
-    detector = as_user(url, secrets_dir, "detector")
-    sink = as_user(url, secrets_dir, "sink-jsonl")
+    if where == "server":
+        url, secrets_dir = request.getfixturevalue("acl_server")
+        extra: dict[str, Any] = {}
+    else:  # every rule a cluster client needs (slot map, command table), partitions' streams
+        url, secrets_dir = request.getfixturevalue("acl_cluster")
+        extra = {"partitions": CLUSTER_PARTS}
+    ingest = as_user(url, secrets_dir, "ingest", **extra)
+    detector = as_user(url, secrets_dir, "detector", **extra)
+    sink = as_user(url, secrets_dir, "sink-jsonl", **extra)
     out = tmp_path / "out.jsonl"
 
     async def main() -> None:

@@ -80,12 +80,6 @@ class Keys:
         cluster); with one partition the v1 names do not."""
         return self.partitions > 1
 
-    def partition_of(self, stream: str) -> Partition:
-        for part in self.parts:
-            if stream in (part.images, part.results, part.dlq):
-                return part
-        raise KeyError(f"not a stream of prefix {self.prefix!r}: {stream}")
-
     # With one partition: the streams of contract v1. Code that serves several partitions
     # goes through `parts`; these refuse to guess which partition is meant.
     @property

@@ -10,6 +10,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import redis
+import redis.asyncio.cluster as aiocluster
 from redis.asyncio import Redis
 
 from common.keys import Keys
@@ -333,3 +334,26 @@ def test_stop_gives_deferred_images_a_grace_period(
     got = with_detector(settings, builtin_model, scenario)
     assert [g["id"] for g in got] == ["in-hand"] and got[0]["cached"] is True
     assert r.xpending(keys.images, settings.detector_group)["pending"] == 0
+
+
+def test_scripts_flushed_from_the_server_are_loaded_again(
+    make_settings: MakeSettings, builtin_model: Any, photo_png: dict[str, bytes]
+) -> None:
+    """Scripts travel as EVALSHA only; after SCRIPT FLUSH (as after a restart or a failover to
+    a replica) the NOSCRIPT answer makes the detector load them and carry on."""
+    settings = make_settings()
+
+    async def scenario(det: Detector, client: Redis, keys: Keys) -> Any:
+        await publish(client, keys, make_event(photo_png["astronaut"], "before"))
+        await wait_results(client, keys, 1)
+        if isinstance(client, aiocluster.RedisCluster):
+            await client.script_flush(target_nodes=client.get_primaries())
+        else:
+            await client.script_flush()
+        await publish(client, keys, make_event(photo_png["camera"], "after"))
+        await publish(client, keys, make_event(photo_png["astronaut"], "again"))
+        return await wait_results(client, keys, 3)
+
+    got = {g["id"]: g for g in with_detector(settings, builtin_model, scenario)}
+    assert set(got) == {"before", "after", "again"}  # a hit need not wait for an inference
+    assert got["again"]["cached"] and len(got["after"]["faces"]) == 1

@@ -347,7 +347,7 @@ def test_scripts_flushed_from_the_server_are_loaded_again(
         await publish(client, keys, make_event(photo_png["astronaut"], "before"))
         await wait_results(client, keys, 1)
         if isinstance(client, aiocluster.RedisCluster):
-            await client.script_flush(target_nodes=client.get_primaries())
+            await client.execute_command("SCRIPT", "FLUSH", target_nodes=client.get_primaries())
         else:
             await client.script_flush()
         await publish(client, keys, make_event(photo_png["camera"], "after"))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import tempfile
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -34,6 +36,27 @@ class GracefulServer(uvicorn.Server):
 APP = "ingest.gateway:app_factory"
 
 
+@contextlib.contextmanager
+def shared_metrics(settings: Settings) -> Iterator[None]:
+    """Several workers: each keeps its metric values in files of one directory (prometheus
+    client's multiprocess mode, which reads PROMETHEUS_MULTIPROC_DIR when a worker imports
+    it), and /metrics sums them. The workers inherit the directory through the environment."""
+    if settings.http_workers == 1:
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        path = settings.metrics_dir or stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="facestream-metrics-")
+        )
+        os.makedirs(path, exist_ok=True)
+        for stale in os.listdir(path):  # values of an earlier run are not this run's
+            if stale.endswith(".db"):
+                os.remove(os.path.join(path, stale))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+        os.environ["FACESTREAM_METRICS_DIR"] = path
+        yield
+
+
 def serve(settings: Settings) -> int:
     options: dict[str, Any] = {
         "factory": True,
@@ -46,7 +69,8 @@ def serve(settings: Settings) -> int:
     }
     if settings.http_workers > 1:
         # Several processes: uvicorn's supervisor owns the signals.
-        uvicorn.run(APP, workers=settings.http_workers, **options)
+        with shared_metrics(settings):
+            uvicorn.run(APP, workers=settings.http_workers, **options)
     else:
         GracefulServer(uvicorn.Config(APP, **options)).run()
     return 0

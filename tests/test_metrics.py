@@ -144,3 +144,36 @@ def test_gateway_serves_metrics(redis_url: str, tmp_path: Any, photo_png: dict[s
     assert 'facestream_http_requests_total{path="/v1/detect",status="202"} 3.0' in text
     assert 'facestream_http_requests_total{path="/v1/detect",status="415"} 1.0' in text
     assert "facestream_http_request_seconds_bucket" in text
+
+
+def test_gateway_workers_share_one_metrics_page(
+    redis_url: str, tmp_path: Any, photo_png: dict[str, bytes]
+) -> None:
+    """With several uvicorn workers, /metrics on whichever worker answers sums them all."""
+    import asyncio
+
+    from common.embedded import free_port
+    from tests.procs import Procs, base_env
+
+    port = free_port()
+    env = base_env(redis_url, "mworkers", FACESTREAM_HTTP_PORT=port, FACESTREAM_HTTP_WORKERS=2)
+    procs = Procs(tmp_path, env)
+    procs.start("gateway", ["-m", "ingest"])
+    url = f"http://127.0.0.1:{port}"
+
+    async def post_many() -> list[int]:
+        async with httpx.AsyncClient(timeout=30) as http:
+            answers = await asyncio.gather(
+                *(http.post(f"{url}/v1/detect", content=photo_png["camera"]) for _ in range(40))
+            )
+        return [a.status_code for a in answers]
+
+    key = 'facestream_http_requests_total{path="/v1/detect",status="202"}'
+    try:
+        procs.wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200, "gateway up")
+        assert asyncio.run(post_many()) == [202] * 40
+        # New connections land on either worker: every page must show all 40.
+        pages = [scrape(f"{url}/metrics") for _ in range(6)]
+    finally:
+        procs.stop()
+    assert [page.get(key) for page in pages] == [40.0] * 6

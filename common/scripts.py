@@ -35,6 +35,7 @@ _NAMES = (
     "lock_extend",
     "emit",
     "dead_letter",
+    "sink_dead_letter",
     "bloom_check",
     "bloom_add",
 )
@@ -202,3 +203,18 @@ class Scripts:
 
     def bloom_add(self, pipe: Any, key: str, k: int, ttl_ms: int, offsets: list[int]) -> Any:
         return self._call("bloom_add", pipe, [key], [k, ttl_ms, *offsets])
+
+    def sink_dead_letter(
+        self,
+        pipe: Any,
+        results: str,
+        dlq: str,
+        group: str,
+        sink: str,
+        consumer: str,
+        triples: list[tuple[str, bytes, str]],
+    ) -> Any:
+        args: list[Any] = [group, sink, consumer]
+        for triple in triples:
+            args += list(triple)
+        return self._call("sink_dead_letter", pipe, [results, dlq], args)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -113,31 +114,44 @@ class SinkRunner:
         return Item(raw_id.decode(), payload, result)
 
     async def _settle(self, part: Partition, items: list[Item], outcome: Outcome) -> None:
-        """Dead letters first, then the acknowledgement: a crash in between repeats a dead
-        letter, never loses one."""
+        """Acknowledge the batch, dead letters included. Where the results and dead-letter
+        streams share a slot (or on one server) each dead letter is one script step with its
+        acknowledgement, written only if that acknowledgement counted; on a cluster with the
+        untagged v1 names they span slots, so dead letters go first and the acks after (a
+        crash in between repeats a dead letter, never loses one)."""
+        dead = [(item.entry, item.payload, reason[:1000]) for item, reason in outcome.dead]
+        dead_ids = {entry for entry, _, _ in dead}
+        rest = [i.entry for i in items if i.entry not in dead_ids]
+        s, kind = self.s, self.sink.kind
+
+        def scripted(pipe: Any) -> None:
+            if dead:
+                self.scripts.sink_dead_letter(
+                    pipe, part.results, part.dlq, self.group, kind, s.consumer, dead
+                )
+            if rest:
+                pipe.xack(part.results, self.group, *rest)
 
         def dead_letters(pipe: Any) -> None:
-            for item, reason in outcome.dead:
+            for entry, payload, reason in dead:
                 pipe.xadd(
                     part.dlq,
                     {
-                        "result": item.payload,
-                        "reason": reason[:1000],
-                        "sink": self.sink.kind,
+                        "result": payload,
+                        "reason": reason,
+                        "sink": kind,
                         "group": self.group,
-                        "consumer": self.s.consumer,
-                        "entry": item.entry,
+                        "consumer": s.consumer,
+                        "entry": entry,
                     },
                 )
 
         def ack(pipe: Any) -> None:
             pipe.xack(part.results, self.group, *[i.entry for i in items])
 
-        # One round trip where the two streams share a slot (or on one server).
-        together = self.keys.streams_share_slot or not self.s.cluster
-        for answers in await self.scripts.run_steps(
-            self.client, [dead_letters, ack], together=together
-        ):
+        one_slot = self.keys.streams_share_slot or not s.cluster
+        steps: list[Callable[[Any], None]] = [scripted] if one_slot else [dead_letters, ack]
+        for answers in await self.scripts.run_steps(self.client, steps, together=len(steps) == 1):
             for answer in answers:
                 if isinstance(answer, Exception):
                     raise answer

@@ -257,3 +257,34 @@ def test_a_result_that_never_writes_is_dead_lettered(
     letters = r.xrange(Keys(prefix).dlq)
     assert [f[b"reason"].decode().split(":")[0] for _, f in letters] == ["max_deliveries"] * 2
     assert r.xpending(Keys(prefix).results, "broken")["pending"] == 0
+
+
+def test_a_sink_dead_letter_is_one_step_with_its_ack(
+    make_settings: MakeSettings, r: redis.Redis
+) -> None:
+    """Acknowledge and dead-letter together, only if the acknowledgement counted: an entry
+    another member settled meanwhile is not dead-lettered a second time."""
+    from common.scripts import Scripts
+
+    settings = make_settings()
+    # On a cluster the script needs a partition's streams (one slot); one server takes either.
+    part = Keys(settings.prefix, 2).parts[0] if settings.cluster else Keys(settings.prefix).parts[0]
+    r.xgroup_create(part.results, "g", id="0", mkstream=True)
+    first = r.xadd(part.results, {"result": b"1"}).decode()
+    second = r.xadd(part.results, {"result": b"2"}).decode()
+    r.xreadgroup("g", "m1", {part.results: ">"})
+    r.xack(part.results, "g", first)  # settled by someone else already
+    answers = Scripts(r).sink_dead_letter(
+        r,
+        part.results,
+        part.dlq,
+        "g",
+        "jsonl",
+        "m1",
+        [(first, b"1", "late"), (second, b"2", "bad")],
+    )
+    assert answers == [0, 1]
+    [(_, letter)] = r.xrange(part.dlq)
+    assert letter[b"entry"].decode() == second and letter[b"reason"] == b"bad"
+    assert letter[b"sink"] == b"jsonl" and letter[b"consumer"] == b"m1"
+    assert r.xpending(part.results, "g")["pending"] == 0

@@ -12,7 +12,6 @@ import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from common import metrics
@@ -23,7 +22,6 @@ from common.log import get_logger
 from common.schema import (
     EVENT_FIELD,
     ErrorCode,
-    Face,
     ImageEvent,
     Result,
     SchemaError,
@@ -31,10 +29,10 @@ from common.schema import (
     unpack_faces,
 )
 from common.settings import Settings
-from detector.batcher import DynamicBatcher
-from detector.imaging import DecodedImage, decode_image, image_size
+from detector.imaging import image_size
+from detector.inference import Inference
 from detector.jobs import Deferred, Job, ResultFactory
-from detector.model.face_model import FaceModel, Prepared
+from detector.model.face_model import FaceModel
 from detector.writer import Emission, Writer
 
 log = get_logger(__name__)
@@ -73,10 +71,9 @@ class BatchProcessor:
         self.resolving: dict[str, list[Job]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.lost_writes = 0
-        self.decode_pool = ThreadPoolExecutor(settings.decode_threads, "decode")
-        on_gpu = model.backend.provider.startswith("CUDA")
-        self.max_batch = settings.max_batch or (16 if on_gpu else 1)
-        self.batcher = DynamicBatcher(model, self.max_batch, settings.max_batch_wait_ms)
+        self.inference = Inference(settings, model)
+        self.max_batch = self.inference.max_batch
+        self.batcher = self.inference.batcher
 
     def _reply_ok(self, event: ImageEvent) -> bool:
         # Only reply streams under our prefix: an event must not make us write elsewhere.
@@ -306,46 +303,12 @@ class BatchProcessor:
         jobs += [job for group in self.resolving.values() for job in group]
         return {job.entry for job in jobs if job.part.index == part.index}
 
-    def _decode(self, data: bytes) -> Prepared | SchemaError:
-        spec = self.model.spec
-        try:
-            image = decode_image(
-                data,
-                max_bytes=self.s.max_image_bytes,
-                max_pixels=self.s.max_pixels,
-                max_side=spec.input_size,
-                upscale=spec.norm.upscale,
-            )
-        except SchemaError as err:
-            return err
-        return self.model.prepare(image)
-
-    async def _decode_and_detect(
-        self, images: list[tuple[str, bytes]]
-    ) -> dict[str, tuple[DecodedImage, list[Face]] | SchemaError]:
-        loop = asyncio.get_running_loop()
-        decoded = await asyncio.gather(
-            *(loop.run_in_executor(self.decode_pool, self._decode, data) for _, data in images)
-        )
-        out: dict[str, tuple[DecodedImage, list[Face]] | SchemaError] = {}
-        ok: dict[str, Prepared] = {}
-        for (sha, _), image in zip(images, decoded, strict=True):
-            if isinstance(image, SchemaError):
-                out[sha] = image
-            else:
-                ok[sha] = image
-        if ok:
-            found = await self.batcher.detect(list(ok.values()))
-            for (sha, item), faces in zip(ok.items(), found, strict=True):
-                out[sha] = (item.image, faces)
-        return out
-
     async def _infer(self, shas: list[str]) -> None:
         tag = self.model.tag
         images = [(sha, self.inferring[sha][0].event.image) for sha in shas]
         started = time.perf_counter()
         try:
-            answers = await self._decode_and_detect(images)
+            answers = await self.inference.detect(images)
             failure = None
         except Exception as exc:
             log.exception("inference_failed", images=len(shas))
@@ -391,5 +354,4 @@ class BatchProcessor:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
 
     def close(self) -> None:
-        self.decode_pool.shutdown(wait=True, cancel_futures=False)
-        self.batcher.close()
+        self.inference.close()

@@ -1,0 +1,62 @@
+"""Images to faces for the detector: decoding and pre-processing on a thread pool, then the
+dynamic batcher's model calls (onnxruntime releases the GIL, so both overlap the event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+from common.schema import Face, SchemaError
+from common.settings import Settings
+from detector.batcher import DynamicBatcher
+from detector.imaging import DecodedImage, decode_image
+from detector.model.face_model import FaceModel, Prepared
+
+Answer = tuple[DecodedImage, list[Face]] | SchemaError
+
+
+class Inference:
+    def __init__(self, settings: Settings, model: FaceModel) -> None:
+        self.s = settings
+        self.model = model
+        self.decode_pool = ThreadPoolExecutor(settings.decode_threads, "decode")
+        on_gpu = model.backend.provider.startswith("CUDA")
+        self.max_batch = settings.max_batch or (16 if on_gpu else 1)
+        self.batcher = DynamicBatcher(model, self.max_batch, settings.max_batch_wait_ms)
+
+    def _decode(self, data: bytes) -> Prepared | SchemaError:
+        spec = self.model.spec
+        try:
+            image = decode_image(
+                data,
+                max_bytes=self.s.max_image_bytes,
+                max_pixels=self.s.max_pixels,
+                max_side=spec.input_size,
+                upscale=spec.norm.upscale,
+            )
+        except SchemaError as err:
+            return err
+        return self.model.prepare(image)
+
+    async def detect(self, images: list[tuple[str, bytes]]) -> dict[str, Answer]:
+        """(sha256, image bytes) -> the decoded image and its faces, or why it has none."""
+        loop = asyncio.get_running_loop()
+        decoded = await asyncio.gather(
+            *(loop.run_in_executor(self.decode_pool, self._decode, data) for _, data in images)
+        )
+        out: dict[str, Answer] = {}
+        ok: dict[str, Prepared] = {}
+        for (sha, _), image in zip(images, decoded, strict=True):
+            if isinstance(image, SchemaError):
+                out[sha] = image
+            else:
+                ok[sha] = image
+        if ok:
+            found = await self.batcher.detect(list(ok.values()))
+            for (sha, item), faces in zip(ok.items(), found, strict=True):
+                out[sha] = (item.image, faces)
+        return out
+
+    def close(self) -> None:
+        self.decode_pool.shutdown(wait=True, cancel_futures=False)
+        self.batcher.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from common import model_cli, ops_cli
 from common.connection import sync_client
+from common.errors import REDIS_ERRORS
 from common.log import configure
 from common.settings import Settings
 
@@ -209,7 +210,6 @@ def migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def health(args: argparse.Namespace, settings: Settings) -> int:
-    import redis
 
     from common.keys import Keys
 
@@ -225,7 +225,7 @@ def health(args: argparse.Namespace, settings: Settings) -> int:
     client = sync_client(settings)
     try:
         alive = bool(client.exists(key))
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         print(f"unhealthy: redis: {exc}", file=sys.stderr)
         return 1
     finally:

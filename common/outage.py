@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import redis.exceptions
+from common.errors import REDIS_ERRORS
 
 T = TypeVar("T")
 
@@ -62,7 +62,7 @@ async def until_available(
     while not stop.is_set():
         try:
             result = await step()
-        except redis.exceptions.RedisError as exc:
+        except REDIS_ERRORS as exc:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), outage.failed(exc))
             continue

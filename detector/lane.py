@@ -13,7 +13,6 @@ import contextlib
 import time
 from typing import Any
 
-import redis.exceptions
 import structlog
 
 from common.keys import Partition
@@ -23,7 +22,7 @@ from common.recovery import Reclaimer
 from common.settings import Settings
 from detector.jobs import Counters
 from detector.pipeline import BatchProcessor
-from detector.writer import WriteError
+from detector.writer import OUTAGE_ERRORS
 
 log = get_logger(__name__)
 
@@ -67,7 +66,7 @@ class Lane:
             try:
                 await self.step(p)
                 outage.ok()
-            except (redis.exceptions.RedisError, WriteError) as exc:
+            except OUTAGE_ERRORS as exc:
                 # Whatever was in hand stays pending in our list: the partition's first lane
                 # re-reads it once Redis is back.
                 p.lost_writes += 1

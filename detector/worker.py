@@ -18,6 +18,7 @@ import structlog
 
 from common import metrics
 from common.bloom import BloomFilter, resolve_bloom_mode
+from common.errors import REDIS_ERRORS
 from common.groups import ensure_group
 from common.keys import Keys
 from common.locks import LockKeeper, claim_consumer_name
@@ -30,7 +31,7 @@ from detector.jobs import Counters, ResultFactory
 from detector.lane import Lane
 from detector.model.face_model import FaceModel
 from detector.pipeline import BatchProcessor
-from detector.writer import WriteError, Writer
+from detector.writer import OUTAGE_ERRORS, Writer
 
 log = get_logger(__name__)
 
@@ -117,7 +118,7 @@ class Detector:
             inference.cancel()
             await asyncio.gather(*tasks, inference, return_exceptions=True)
             processor.close()
-            with contextlib.suppress(redis.exceptions.RedisError):  # else it expires
+            with contextlib.suppress(*REDIS_ERRORS):  # else it expires
                 await self.scripts.lock_release(self.client, claim_key, token)
             log.info(
                 "detector_stopped",
@@ -138,7 +139,7 @@ class Detector:
             await asyncio.sleep(max(0.0, min(due - time.monotonic(), 0.2)))
             try:
                 await p.recheck_deferred()
-            except (redis.exceptions.RedisError, WriteError):
+            except OUTAGE_ERRORS:
                 break  # Redis is away: leave the rest pending
             await p.drain()
 
@@ -159,7 +160,7 @@ class Detector:
                         log.debug("trimmed", stream=stream, entries=removed)
                 await self.refresh_gauges()
                 outage.ok()
-            except redis.exceptions.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 outage.failed(exc)
 
     async def refresh_gauges(self) -> None:

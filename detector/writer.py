@@ -16,10 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.exceptions
-
 from common import metrics
 from common.bloom import BloomFilter
+from common.errors import REDIS_ERRORS, TRANSIENT
 from common.keys import Keys, Partition
 from common.log import get_logger
 from common.schema import RESULT_FIELD, Face, Result, pack_faces
@@ -52,6 +51,10 @@ class WriteError(RuntimeError):
     pass
 
 
+# What the detector's loop treats as an outage: Redis away or reshaping, or a write that failed.
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, WriteError)
+
+
 class Writer:
     def __init__(
         self,
@@ -81,7 +84,7 @@ class Writer:
             try:
                 await self._write_once(out)
                 return
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            except TRANSIENT as exc:
                 if attempt == RETRIES - 1:
                     raise
                 log.info("write_retry", attempt=attempt + 1, error=str(exc))

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import redis.exceptions
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from common.errors import REDIS_ERRORS
 from common.settings import Settings
 from ingest.publisher import Overloaded, PublishError, make_event
 
@@ -105,7 +105,7 @@ def add_compat_routes(app: FastAPI, settings: Settings) -> None:
             return old_error(503, exc.message, exc.retry_after_s)
         except PublishError as exc:
             return old_error(400, exc.message)
-        except redis.exceptions.RedisError:
+        except REDIS_ERRORS:
             return old_error(503, "service unavailable", settings.retry_after_s)
         if result is None:
             return old_error(504, "timeout")

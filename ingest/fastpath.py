@@ -13,10 +13,10 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
-import redis.exceptions
 from starlette.types import Receive, Scope, Send
 
 from common import metrics
+from common.errors import REDIS_ERRORS
 from common.schema import MAX_ID_CHARS
 from common.settings import Settings
 from ingest.gateway import b64_default, parse_meta, read_body
@@ -53,7 +53,7 @@ class FastDetect:
                 if status == 503
                 else []
             )
-        except redis.exceptions.RedisError:
+        except REDIS_ERRORS:
             status = 503
             body = _error("unavailable", "the queue is unreachable; retry later")
             headers = [(b"retry-after", str(self.s.retry_after_s).encode())]

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common import metrics
 from common.connection import async_client
+from common.errors import REDIS_ERRORS
 from common.keys import Keys
 from common.log import get_logger
 from common.settings import Settings
@@ -219,8 +220,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         return error(400, "bad_request", problems)
 
-    @app.exception_handler(redis.exceptions.RedisError)
-    async def on_redis_down(request: Request, exc: redis.exceptions.RedisError) -> JSONResponse:
+    async def on_redis_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning("redis_unavailable", error=str(exc))
         return error(
             503,
@@ -228,6 +228,9 @@ def create_app(settings: Settings) -> FastAPI:
             "the queue is unreachable; retry later",
             headers={"Retry-After": str(settings.retry_after_s)},
         )
+
+    for kind in REDIS_ERRORS:
+        app.add_exception_handler(kind, on_redis_down)
 
     @app.post(
         "/v1/detect",
@@ -297,7 +300,7 @@ def create_app(settings: Settings) -> FastAPI:
             groups = await client.xinfo_groups(keys.parts[0].images)
         except redis.exceptions.ResponseError:
             groups = []  # no images stream yet
-        except redis.exceptions.RedisError as exc:
+        except REDIS_ERRORS as exc:
             return JSONResponse({"status": "not_ready", "reason": f"redis: {exc}"}, 503)
         names = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"] for g in groups}
         if settings.detector_group not in names:

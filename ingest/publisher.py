@@ -19,6 +19,7 @@ import msgpack
 import redis
 import redis.asyncio as aioredis
 
+from common.errors import TRANSIENT
 from common.imagetypes import sniff_format
 from common.keys import Keys
 from common.schema import EVENT_FIELD, MAX_ID_CHARS, MAX_SOURCE_CHARS, ImageEvent, Limits
@@ -216,7 +217,7 @@ class Publisher(_Producer):
                 self.queue(pipe, event, stream)
             try:
                 return [_entry_id(e) for e in pipe.execute()]
-            except (redis.ConnectionError, redis.TimeoutError):
+            except TRANSIENT:
                 if attempt == RETRIES:
                     raise
                 time.sleep(0.05 * 2**attempt)
@@ -301,7 +302,7 @@ class AsyncPublisher(_Producer):
                 self.queue(pipe, event, stream)
             try:
                 return [_entry_id(e) for e in await pipe.execute()]
-            except (redis.ConnectionError, redis.TimeoutError):
+            except TRANSIENT:
                 if attempt == RETRIES:
                     raise
                 await asyncio.sleep(0.05 * 2**attempt)

@@ -16,9 +16,9 @@ import uuid
 from typing import Any
 
 import msgpack
-import redis.exceptions
 from redis.asyncio import Redis
 
+from common.errors import REDIS_ERRORS
 from common.keys import Keys
 from common.log import get_logger
 from common.outage import Outage
@@ -83,7 +83,7 @@ class ReplyRouter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        with contextlib.suppress(redis.exceptions.RedisError):
+        with contextlib.suppress(*REDIS_ERRORS):
             await self.client.delete(self.stream)
 
     async def _run(self) -> None:
@@ -100,7 +100,7 @@ class ReplyRouter:
                 )
                 self.healthy = True
                 outage.ok()
-            except redis.exceptions.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 self.healthy = False
                 await asyncio.sleep(outage.failed(exc))
                 continue
@@ -113,5 +113,5 @@ class ReplyRouter:
                         log.warning("bad_reply", entry=last, error=str(exc))
             if reply:
                 # What is read is delivered; keep the stream short.
-                with contextlib.suppress(redis.exceptions.RedisError):
+                with contextlib.suppress(*REDIS_ERRORS):
                     await self.client.xtrim(self.stream, minid=last, approximate=False)

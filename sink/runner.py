@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import redis.exceptions
 import structlog
 
 from common import metrics
+from common.errors import REDIS_ERRORS
 from common.groups import ensure_group
 from common.keys import Keys, Partition
 from common.locks import LockKeeper, claim_consumer_name
@@ -215,7 +215,7 @@ class SinkRunner:
             keeper_stop.set()
             await heartbeat
             await self.sink.close()
-            with contextlib.suppress(redis.exceptions.RedisError):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await scripts.lock_release(self.client, claim, keeper.token(claim) or "")
             log.info(
                 "sink_stopped",
@@ -254,7 +254,7 @@ class SinkRunner:
             except Exception as exc:
                 # Redis away, or the sink's own write failed: nothing was acked, so re-read our
                 # pending entries after a pause.
-                if not isinstance(exc, redis.exceptions.RedisError):
+                if not isinstance(exc, REDIS_ERRORS):
                     log.exception("sink_write_failed")
                 cursor = "0"
                 with contextlib.suppress(TimeoutError):

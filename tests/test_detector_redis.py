@@ -357,3 +357,31 @@ def test_scripts_flushed_from_the_server_are_loaded_again(
     got = {g["id"]: g for g in with_detector(settings, builtin_model, scenario)}
     assert set(got) == {"before", "after", "again"}  # a hit need not wait for an inference
     assert got["again"]["cached"] and len(got["after"]["faces"]) == 1
+
+
+def test_a_cluster_client_error_is_an_outage_not_a_crash(
+    make_settings: MakeSettings, builtin_model: Any, photo_png: dict[str, bytes]
+) -> None:
+    """redis-py's cluster client raises SlotNotCoveredError (not a RedisError) while a failover
+    leaves a slot without a primary: the detector backs off and carries on."""
+    from redis.exceptions import SlotNotCoveredError
+
+    settings = make_settings()
+
+    async def scenario(det: Detector, client: Redis, keys: Keys) -> Any:
+        real = det.client.xreadgroup
+        failures = [SlotNotCoveredError("slot 1234 is not covered"), None]
+
+        async def flaky(*args: Any, **kwargs: Any) -> Any:
+            failure = failures.pop(0) if failures else None
+            if failure is not None:
+                raise failure
+            return await real(*args, **kwargs)
+
+        await asyncio.sleep(0.3)  # the lanes are blocked in their first reads
+        det.client.xreadgroup = flaky
+        await publish(client, keys, make_event(photo_png["astronaut"], "through"))
+        return await wait_results(client, keys, 1)
+
+    [result] = with_detector(settings, builtin_model, scenario)
+    assert result["id"] == "through"

@@ -1,0 +1,26 @@
+"""What a Redis that is away, or a cluster that is reshaping, raises to facestream's clients.
+
+redis-py's errors are `RedisError`s, except on a cluster the client-side
+`RedisClusterException` family: e.g. `SlotNotCoveredError` while a failover leaves a slot with
+no primary in the client's map. Services treat both as an outage (back off, keep what is
+pending, carry on), never as a crash.
+"""
+
+from __future__ import annotations
+
+import redis.exceptions
+
+REDIS_ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.RedisError,
+    redis.exceptions.RedisClusterException,
+)
+
+# Worth an immediate retry of the same step (a moment later the connection, the node or the
+# slot map is back): connection loss, timeouts, and a cluster in the middle of a failover.
+TRANSIENT: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
+)

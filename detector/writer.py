@@ -80,9 +80,10 @@ class Writer:
         nothing, a repeated reply is deduped by id downstream)."""
         if not out:
             return
+        payloads = [result.to_wire() for _, result, _ in out.results]  # once, not per try
         for attempt in range(RETRIES):
             try:
-                await self._write_once(out)
+                await self._write_once(out, payloads)
                 return
             except TRANSIENT as exc:
                 if attempt == RETRIES - 1:
@@ -182,7 +183,7 @@ class Writer:
                         emits[i],
                     )
 
-        if self.keys.streams_share_slot or not s.cluster:
+        if self.keys.streams_in_one_slot(s.cluster):
             return [scripted]
 
         def publish(pipe: Any) -> None:
@@ -201,8 +202,7 @@ class Writer:
 
         return [publish, acknowledge]
 
-    async def _write_once(self, out: Emission) -> None:
-        payloads = [result.to_wire() for _, result, _ in out.results]
+    async def _write_once(self, out: Emission, payloads: list[bytes]) -> None:
         at: dict[str, list[int]] = {"dead": [], "emit": []}
         side = self._side_effects(out, payloads)
         streams = self._stream_steps(out, payloads, at)

@@ -10,9 +10,6 @@ hardware.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,7 +20,7 @@ from typing import Any
 import redis
 import redis.cluster
 
-from benchmarks.common import ROOT, detector_env, photos, table
+from benchmarks.common import detectors, photos, table
 from common.connection import sync_client
 from common.embedded import EmbeddedRedis
 from common.embedded_cluster import EmbeddedCluster
@@ -73,26 +70,14 @@ def _cpu_s(client: Any) -> list[float]:
     return out
 
 
-@contextmanager
-def _detectors(url: str, n: int, partitions: int) -> Iterator[None]:
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "detector"],
-            cwd=ROOT,
-            env=detector_env(url, FACESTREAM_CONSUMER=f"bcl-{i}", FACESTREAM_PARTITIONS=partitions)
-            | {"FACESTREAM_PREFIX": PREFIX},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for i in range(n)
-    ]
-    try:
-        yield
-    finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait(timeout=60)
+def _detectors(url: str, n: int, partitions: int) -> Any:
+    return detectors(
+        url,
+        n,
+        ready_on=Keys(PREFIX, partitions).parts[-1].images,  # groups are made in order
+        FACESTREAM_PREFIX=PREFIX,
+        FACESTREAM_PARTITIONS=partitions,
+    )
 
 
 def _results(client: Any, keys: Keys) -> list[int]:

@@ -19,9 +19,11 @@ import numpy as np
 import redis
 from PIL import Image
 
+from common.connection import sync_client
 from common.embedded import EmbeddedRedis
 from common.keys import Keys
 from common.schema import EVENT_FIELD, RESULT_FIELD
+from common.settings import Settings
 from ingest.publisher import make_event
 from ingest.samples import sample_pixels
 
@@ -83,7 +85,11 @@ def detector_env(url: str, **extra: object) -> dict[str, str]:
 
 
 @contextmanager
-def detectors(url: str, n: int, **extra: object) -> Iterator[list[subprocess.Popen[bytes]]]:
+def detectors(
+    url: str, n: int, ready_on: str | None = None, **extra: object
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """n detector processes, yielded once all of them are members of the group on `ready_on`
+    (default: this benchmark's images stream); `extra`: FACESTREAM_* settings."""
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "detector"],
@@ -94,12 +100,13 @@ def detectors(url: str, n: int, **extra: object) -> Iterator[list[subprocess.Pop
         )
         for i in range(n)
     ]
-    client = redis.Redis.from_url(url)
+    client = sync_client(Settings(redis_url=url))  # a cluster URL too
+    stream = ready_on or Keys(PREFIX).images
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                if len(client.xinfo_consumers(Keys(PREFIX).images, "detectors")) >= n:
+                if len(client.xinfo_consumers(stream, "detectors")) >= n:
                     break
             except redis.ResponseError:
                 pass

@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 import redis.exceptions
 
-from common.errors import REDIS_ERRORS
 from common.keys import Keys
 from common.scripts import Scripts
 
@@ -56,7 +55,7 @@ async def server_has_native_bloom(client: Any, probe_key: str) -> bool:
         if "unknown command" in str(exc).lower() or str(exc).startswith("NOPERM"):
             return False
         raise
-    except REDIS_ERRORS as exc:
+    except redis.exceptions.RedisError as exc:
         # A cluster client routes by the server's command table, and refuses a command it
         # does not list before sending it.
         if "doesn't exist in Redis commands" in str(exc):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -85,7 +87,7 @@ class EmbeddedCluster:
                 ids = [_cmd(c, "CLUSTER", "MYID").decode() for c in clients]
                 for r in range(self.primaries, len(clients)):
                     primary = ids[r - self.primaries]
-                    self._until(deadline, lambda r=r, p=primary: self._knows(clients[r], p))
+                    self._until(deadline, partial(self._knows, clients[r], primary))
                     _cmd(clients[r], "CLUSTER", "REPLICATE", primary)
             self._until(deadline, lambda: all(self._ready(c) for c in clients))
         finally:
@@ -108,8 +110,7 @@ class EmbeddedCluster:
         return role["role"] == "master" or role.get("master_link_status") == "up"
 
     @staticmethod
-    def _until(deadline: float, check: object) -> None:
-        assert callable(check)
+    def _until(deadline: float, check: Callable[[], bool]) -> None:
         while not check():
             if time.monotonic() > deadline:
                 raise EmbeddedRedisError("the local cluster did not come up in time")

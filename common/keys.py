@@ -74,11 +74,10 @@ class Keys:
             base = f"{self.prefix}:{{{partition_tag(index, self.partitions)}}}"
         return Partition(index, f"{base}:images", f"{base}:results", f"{base}:dlq")
 
-    @property
-    def streams_share_slot(self) -> bool:
-        """Whether one partition's streams share a slot (scripts may touch them together on a
-        cluster); with one partition the v1 names do not."""
-        return self.partitions > 1
+    def streams_in_one_slot(self, cluster: bool) -> bool:
+        """Whether a script may touch one partition's streams together: on one server always;
+        on a cluster when they share the partition's tag (the untagged v1 names do not)."""
+        return self.partitions > 1 or not cluster
 
     # With one partition: the streams of contract v1. Code that serves several partitions
     # goes through `parts`; these refuse to guess which partition is meant.

@@ -12,7 +12,7 @@ import hashlib
 import random
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import msgpack
@@ -232,19 +232,19 @@ class AsyncPublisher(_Producer):
         super().__init__(settings)
         self.client = client
         self._pending: list[tuple[ImageEvent, asyncio.Future[str]]] = []
-        self._info: asyncio.Future[Any] | None = None
-        self._lag_read: asyncio.Future[None] | None = None
+        self._running: dict[str, asyncio.Future[None]] = {}
         self._flushes: set[asyncio.Task[None]] = set()
 
+    async def _shared(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run `work` once for every publish that arrives while it runs: a burst of requests
+        must not open a connection each (a cluster client refuses past its pool's size)."""
+        running = self._running.get(name)
+        if running is None or running.done():
+            running = self._running[name] = asyncio.ensure_future(work())
+        await asyncio.shield(running)
+
     async def _learn_idmp(self) -> None:
-        if self._info is None:  # one INFO for every publish that arrives meanwhile
-            self._info = asyncio.ensure_future(self.client.info("server"))
-        try:
-            info = await asyncio.shield(self._info)
-        except Exception:
-            self._info = None
-            raise
-        self.idmp = has_idempotent_xadd(info)
+        self.idmp = has_idempotent_xadd(await self.client.info("server"))
 
     async def _read_lag(self) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -253,13 +253,9 @@ class AsyncPublisher(_Producer):
 
     async def _check(self, adding: int) -> None:
         if self.idmp is None:
-            await self._learn_idmp()
+            await self._shared("info", self._learn_idmp)
         if self.backpressure.due():
-            # One lag read for every publish that arrives meanwhile (a burst of requests must
-            # not open a connection each: a cluster client refuses past its pool's size).
-            if self._lag_read is None or self._lag_read.done():
-                self._lag_read = asyncio.ensure_future(self._read_lag())
-            await asyncio.shield(self._lag_read)
+            await self._shared("lag", self._read_lag)
         self.backpressure.check(adding)
         self.backpressure.lag += adding
 

@@ -149,7 +149,7 @@ class SinkRunner:
         def ack(pipe: Any) -> None:
             pipe.xack(part.results, self.group, *[i.entry for i in items])
 
-        one_slot = self.keys.streams_share_slot or not s.cluster
+        one_slot = self.keys.streams_in_one_slot(s.cluster)
         steps: list[Callable[[Any], None]] = [scripted] if one_slot else [dead_letters, ack]
         for answers in await self.scripts.run_steps(self.client, steps, together=len(steps) == 1):
             for answer in answers:

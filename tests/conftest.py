@@ -60,10 +60,6 @@ def r(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-def on_cluster(url: str) -> bool:
-    return Settings(redis_url=url).cluster
-
-
 @pytest.fixture
 def prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}"

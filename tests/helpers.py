@@ -54,22 +54,37 @@ async def publish(client: aioredis.Redis, keys: Keys, *events: ImageEvent | byte
     return [e.decode() for e in await pipe.execute()]
 
 
+def with_detectors(
+    members: list[Settings],
+    model: Any,
+    scenario: Callable[[list[Detector], aioredis.Redis, Keys], Awaitable[T]],
+) -> T:
+    """Detectors (one per Settings, each its own client) running while `scenario` gets them,
+    another client and the keys of the first member's settings."""
+
+    async def main() -> T:
+        clients = [async_client(s) for s in members]
+        other = async_client(members[0])
+        detectors = [Detector(s, c, model) for s, c in zip(members, clients, strict=True)]
+        tasks = [asyncio.create_task(d.run()) for d in detectors]
+        try:
+            keys = Keys(members[0].prefix, members[0].partitions)
+            return await scenario(detectors, other, keys)
+        finally:
+            for d in detectors:
+                d.stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), 30 * len(members))
+            for c in [*clients, other]:
+                await c.aclose()
+
+    return asyncio.run(main())
+
+
 def with_detector(
     settings: Settings,
     model: Any,
     scenario: Callable[[Detector, aioredis.Redis, Keys], Awaitable[T]],
 ) -> T:
-    async def main() -> T:
-        client = async_client(settings)
-        other = async_client(settings)
-        detector = Detector(settings, client, model)
-        task = asyncio.create_task(detector.run())
-        try:
-            return await scenario(detector, other, Keys(settings.prefix, settings.partitions))
-        finally:
-            detector.stop.set()
-            await asyncio.wait_for(task, 30)
-            await client.aclose()
-            await other.aclose()
-
-    return asyncio.run(main())
+    return with_detectors(
+        [settings], model, lambda dets, client, keys: scenario(dets[0], client, keys)
+    )

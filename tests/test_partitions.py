@@ -22,7 +22,6 @@ import redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from common import ops
-from common.connection import async_client
 from common.embedded import free_port
 from common.keys import Keys
 from common.schema import EVENT_FIELD, RESULT_FIELD
@@ -32,7 +31,7 @@ from ingest.commands import results as results_command
 from ingest.publisher import Publisher, make_event
 from ingest.samples import write_samples
 from tests.conftest import encode
-from tests.helpers import with_detector
+from tests.helpers import with_detector, with_detectors
 from tests.procs import ROOT, Procs, base_env, gateway_ready
 from tests.test_sinks import jsonl, lines, result, run_sinks
 
@@ -62,7 +61,8 @@ def test_one_partition_keeps_the_v1_names() -> None:
         "facestream:results",
         "facestream:dlq",
     )
-    assert not keys.streams_share_slot
+    assert keys.streams_in_one_slot(cluster=False) and not keys.streams_in_one_slot(cluster=True)
+    assert Keys("facestream", 2).streams_in_one_slot(cluster=True)
     with pytest.raises(ValueError, match="name one"):
         _ = Keys("facestream", 2).images
 
@@ -90,24 +90,6 @@ def test_publisher_spreads_events_round_robin(
     assert sorted(lengths) == [10, 10, 10]
 
 
-def _detectors(settings: list[Settings], model: Any, scenario: Callable[[Any, Keys], Any]) -> Any:
-    async def main() -> Any:
-        clients = [async_client(s) for s in settings]
-        other = async_client(settings[0])
-        detectors = [Detector(s, c, model) for s, c in zip(settings, clients, strict=True)]
-        tasks = [asyncio.create_task(d.run()) for d in detectors]
-        try:
-            return await scenario(other, Keys(settings[0].prefix, settings[0].partitions))
-        finally:
-            for d in detectors:
-                d.stop.set()
-            await asyncio.wait_for(asyncio.gather(*tasks), 60)
-            for c in [*clients, other]:
-                await c.aclose()
-
-    return asyncio.run(main())
-
-
 async def _wait_results(client: Any, keys: Keys, n: int, wait_s: float = 60) -> dict[int, list]:
     deadline = asyncio.get_running_loop().time() + wait_s
     while True:
@@ -128,7 +110,7 @@ def test_a_detector_serves_every_partition_and_none_is_starved(
     backlog = variants(photos["astronaut"], 16)
     lone = encode(photos["camera"])
 
-    async def scenario(client: Any, keys: Keys) -> Any:
+    async def scenario(_: Any, client: Any, keys: Keys) -> Any:
         for i, image in enumerate(backlog):
             await client.xadd(
                 keys.parts[0].images, {EVENT_FIELD: make_event(image, f"b{i}").to_wire()}
@@ -138,7 +120,7 @@ def test_a_detector_serves_every_partition_and_none_is_starved(
         await client.xadd(keys.parts[2].images, {EVENT_FIELD: event})
         return await _wait_results(client, keys, 17)
 
-    got = _detectors([settings], builtin_model, scenario)
+    got = with_detectors([settings], builtin_model, scenario)
     assert [r["id"] for r in got[2]] == ["lone"] and not got[1]
     assert sorted(r["id"] for r in got[0]) == sorted(f"b{i}" for i in range(16))
     done = sorted([*got[0], *got[2]], key=lambda r: r["done_ms"])
@@ -153,7 +135,7 @@ def test_two_detectors_share_every_partition(
     members = [base.model_copy(update={"consumer": f"{base.consumer}-{i}"}) for i in range(2)]
     images = variants(photos["camera"], 12)
 
-    async def scenario(client: Any, keys: Keys) -> Any:
+    async def scenario(_: Any, client: Any, keys: Keys) -> Any:
         for _ in range(200):  # both members blocked on every partition
             try:
                 groups = [await client.xinfo_consumers(p.images, "detectors") for p in keys.parts]
@@ -170,7 +152,7 @@ def test_two_detectors_share_every_partition(
             await client.xadd(stream, {EVENT_FIELD: make_event(image, f"s{i}").to_wire()})
         return await _wait_results(client, keys, 12)
 
-    got = _detectors(members, builtin_model, scenario)
+    got = with_detectors(members, builtin_model, scenario)
     answered = [r for part in got.values() for r in part]
     assert sorted(r["id"] for r in answered) == sorted(f"s{i}" for i in range(12))
     assert all(len(part) == 4 for part in got.values())  # round-robin: 4 per partition

@@ -21,12 +21,12 @@ import redis
 import redis.cluster
 
 from benchmarks.common import detectors, photos, table
-from common.connection import sync_client
-from common.embedded import EmbeddedRedis
-from common.embedded_cluster import EmbeddedCluster
-from common.keys import Keys
-from common.settings import Settings
-from ingest.publisher import Publisher, make_event
+from facestream.common.contract.keys import Keys
+from facestream.common.settings import Settings
+from facestream.common.streams.connection import sync_client
+from facestream.control.embedded import EmbeddedRedis
+from facestream.control.embedded_cluster import EmbeddedCluster
+from facestream.ingest.publisher import Publisher, make_event
 
 PREFIX = "bcl"
 

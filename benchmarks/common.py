@@ -19,13 +19,13 @@ import numpy as np
 import redis
 from PIL import Image
 
-from common.connection import sync_client
-from common.embedded import EmbeddedRedis
-from common.keys import Keys
-from common.schema import EVENT_FIELD, RESULT_FIELD
-from common.settings import Settings
-from ingest.publisher import make_event
-from ingest.samples import sample_pixels
+from facestream.common.contract.keys import Keys
+from facestream.common.contract.schema import EVENT_FIELD, RESULT_FIELD
+from facestream.common.settings import Settings
+from facestream.common.streams.connection import sync_client
+from facestream.control.embedded import EmbeddedRedis
+from facestream.ingest.publisher import make_event
+from facestream.ingest.samples import sample_pixels
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "bench"
@@ -92,7 +92,7 @@ def detectors(
     (default: this benchmark's images stream); `extra`: FACESTREAM_* settings."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "detector"],
+            [sys.executable, "-m", "facestream.detector"],
             cwd=ROOT,
             env=detector_env(url, FACESTREAM_CONSUMER=f"bench-{i}", **extra),
             stdout=subprocess.DEVNULL,

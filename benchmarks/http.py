@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from benchmarks.common import ROOT, detector_env, detectors, photos, reset, table, unique_jpeg
-from common.embedded import free_port
+from facestream.control.embedded import free_port
 
 PUBLISHED = {
     10: (23.5, 425, 92.3),
@@ -48,7 +48,7 @@ def tree_cpu(pid: int) -> float:
 def gateway(url: str, workers: int) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ingest"],
+        [sys.executable, "-m", "facestream.ingest"],
         cwd=ROOT,
         env=detector_env(
             url,

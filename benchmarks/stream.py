@@ -19,14 +19,14 @@ from benchmarks.common import (
     table,
     wait_results,
 )
-from common.bloom import BloomShape
-from common.keys import Keys
-from common.schema import EVENT_FIELD
-from common.scripts import Scripts
-from common.settings import Settings
-from detector.imaging import decode_image
-from detector.model.loader import load_model
-from detector.model.preprocess import to_tensor
+from facestream.common.contract.keys import Keys
+from facestream.common.contract.schema import EVENT_FIELD
+from facestream.common.settings import Settings
+from facestream.common.streams.bloom import BloomShape
+from facestream.common.streams.scripts import Scripts
+from facestream.detector.imaging import decode_image
+from facestream.detector.model.loader import load_model
+from facestream.detector.model.preprocess import to_tensor
 
 
 def result_rate(url: str) -> float:

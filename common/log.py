@@ -8,7 +8,7 @@ from typing import Any
 
 import structlog
 
-from common.settings import Settings
+from facestream.common.settings import Settings
 
 
 def configure(settings: Settings, stream: Any = None) -> None:

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from common.schema import Limits
+from facestream.common.contract.schema import Limits
 
 
 class Settings(BaseSettings):

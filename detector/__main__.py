@@ -7,13 +7,13 @@ import os
 import signal
 import sys
 
-from common import metrics
-from common.connection import async_client, redact
-from common.log import configure, get_logger
-from common.settings import Settings
-from detector.model.backend import installed_runtime_builds
-from detector.model.loader import load_model
-from detector.worker import Detector
+from facestream.common import metrics
+from facestream.common.log import configure, get_logger
+from facestream.common.settings import Settings
+from facestream.common.streams.connection import async_client, redact
+from facestream.detector.model.backend import installed_runtime_builds
+from facestream.detector.model.loader import load_model
+from facestream.detector.worker import Detector
 
 log = get_logger("detector")
 

@@ -13,9 +13,9 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from common import metrics
-from common.schema import Face
-from detector.model.face_model import FaceModel, Prepared
+from facestream.common import metrics
+from facestream.common.contract.schema import Face
+from facestream.detector.model.face_model import FaceModel, Prepared
 
 Pending = tuple[Prepared, asyncio.Future[list[Face]]]
 

@@ -10,24 +10,15 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from common.imagetypes import ALLOWED_FORMATS, sniff_format
-from common.schema import ErrorCode, SchemaError
+from facestream.common.contract.imagetypes import ALLOWED_FORMATS, sniff_format
+from facestream.common.contract.schema import ErrorCode, SchemaError
+from facestream.detector.model.types import DecodedImage
 
 _EXIF_SWAPS_AXES = {5, 6, 7, 8}
-
-
-@dataclass(frozen=True, slots=True)
-class DecodedImage:
-    pixels: np.ndarray  # (h, w, 3) uint8 RGB, already scaled to fit the model input
-    width: int  # original size, after EXIF orientation
-    height: int
-    scale_x: float  # pixels.shape[1] / width
-    scale_y: float
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:

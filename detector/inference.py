@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
-from common.schema import Face, SchemaError
-from common.settings import Settings
-from detector.batcher import DynamicBatcher
-from detector.imaging import DecodedImage, decode_image
-from detector.model.face_model import FaceModel, Prepared
+from facestream.common.contract.schema import Face, SchemaError
+from facestream.common.settings import Settings
+from facestream.detector.batcher import DynamicBatcher
+from facestream.detector.imaging import decode_image
+from facestream.detector.model.face_model import FaceModel, Prepared
+from facestream.detector.model.types import DecodedImage
 
 Answer = tuple[DecodedImage, list[Face]] | SchemaError
 

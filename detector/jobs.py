@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from common.keys import Partition
-from common.schema import ErrorCode, Face, ImageEvent, Result, SchemaError
+from facestream.common.contract.keys import Partition
+from facestream.common.contract.schema import ErrorCode, Face, ImageEvent, Result, SchemaError
 
 
 def now_ms() -> int:

@@ -15,14 +15,14 @@ from typing import Any
 
 import structlog
 
-from common.keys import Partition
-from common.log import get_logger
-from common.outage import Outage
-from common.recovery import Reclaimer
-from common.settings import Settings
-from detector.jobs import Counters
-from detector.pipeline import BatchProcessor
-from detector.writer import OUTAGE_ERRORS
+from facestream.common.contract.keys import Partition
+from facestream.common.log import get_logger
+from facestream.common.settings import Settings
+from facestream.common.streams.outage import Outage
+from facestream.common.streams.recovery import Reclaimer
+from facestream.detector.jobs import Counters
+from facestream.detector.pipeline import BatchProcessor
+from facestream.detector.writer import OUTAGE_ERRORS
 
 log = get_logger(__name__)
 

@@ -14,12 +14,9 @@ from collections import defaultdict
 from collections.abc import Coroutine
 from typing import Any
 
-from common import metrics
-from common.bloom import BloomFilter
-from common.keys import Keys, Partition
-from common.locks import LockKeeper
-from common.log import get_logger
-from common.schema import (
+from facestream.common import metrics
+from facestream.common.contract.keys import Keys, Partition
+from facestream.common.contract.schema import (
     EVENT_FIELD,
     ErrorCode,
     ImageEvent,
@@ -28,12 +25,15 @@ from common.schema import (
     decode_event,
     unpack_faces,
 )
-from common.settings import Settings
-from detector.imaging import image_size
-from detector.inference import Inference
-from detector.jobs import Deferred, Job, ResultFactory
-from detector.model.face_model import FaceModel
-from detector.writer import Emission, Writer
+from facestream.common.log import get_logger
+from facestream.common.settings import Settings
+from facestream.common.streams.bloom import BloomFilter
+from facestream.common.streams.locks import LockKeeper
+from facestream.detector.imaging import image_size
+from facestream.detector.inference import Inference
+from facestream.detector.jobs import Deferred, Job, ResultFactory
+from facestream.detector.model.face_model import FaceModel
+from facestream.detector.writer import Emission, Writer
 
 log = get_logger(__name__)
 

@@ -16,22 +16,22 @@ from typing import Any
 import redis.exceptions
 import structlog
 
-from common import metrics
-from common.bloom import BloomFilter, resolve_bloom_mode
-from common.errors import REDIS_ERRORS
-from common.groups import ensure_group
-from common.keys import Keys
-from common.locks import LockKeeper, claim_consumer_name
-from common.log import get_logger
-from common.outage import Outage, until_available
-from common.scripts import Scripts
-from common.settings import Settings
-from common.trim import trim_acked
-from detector.jobs import Counters, ResultFactory
-from detector.lane import Lane
-from detector.model.face_model import FaceModel
-from detector.pipeline import BatchProcessor
-from detector.writer import OUTAGE_ERRORS, Writer
+from facestream.common import metrics
+from facestream.common.contract.keys import Keys
+from facestream.common.log import get_logger
+from facestream.common.settings import Settings
+from facestream.common.streams.bloom import BloomFilter, resolve_bloom_mode
+from facestream.common.streams.errors import REDIS_ERRORS
+from facestream.common.streams.groups import ensure_group
+from facestream.common.streams.locks import LockKeeper, claim_consumer_name
+from facestream.common.streams.outage import Outage, until_available
+from facestream.common.streams.scripts import Scripts
+from facestream.common.streams.trim import trim_acked
+from facestream.detector.jobs import Counters, ResultFactory
+from facestream.detector.lane import Lane
+from facestream.detector.model.face_model import FaceModel
+from facestream.detector.pipeline import BatchProcessor
+from facestream.detector.writer import OUTAGE_ERRORS, Writer
 
 log = get_logger(__name__)
 

@@ -16,15 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from common import metrics
-from common.bloom import BloomFilter
-from common.errors import REDIS_ERRORS, TRANSIENT
-from common.keys import Keys, Partition
-from common.log import get_logger
-from common.schema import RESULT_FIELD, Face, Result, pack_faces
-from common.scripts import Scripts
-from common.settings import Settings
-from detector.jobs import Counters, now_ms
+from facestream.common import metrics
+from facestream.common.contract.keys import Keys, Partition
+from facestream.common.contract.schema import RESULT_FIELD, Face, Result, pack_faces
+from facestream.common.log import get_logger
+from facestream.common.settings import Settings
+from facestream.common.streams.bloom import BloomFilter
+from facestream.common.streams.errors import REDIS_ERRORS, TRANSIENT
+from facestream.common.streams.scripts import Scripts
+from facestream.detector.jobs import Counters, now_ms
 
 log = get_logger(__name__)
 RETRIES = 4

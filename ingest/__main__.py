@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from common.settings import Settings
-from ingest.serve import serve
+from facestream.common.settings import Settings
+from facestream.ingest.serve import serve
 
 if __name__ == "__main__":
     sys.exit(serve(Settings()))

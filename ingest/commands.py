@@ -14,12 +14,12 @@ from typing import Any
 import msgpack
 import redis
 
-from common.groups import ensure_group_sync
-from common.keys import Keys
-from common.progress import Progress
-from common.schema import RESULT_FIELD, ImageEvent, jsonable
-from common.settings import Settings
-from ingest.publisher import Overloaded, Publisher, PublishError, make_event
+from facestream.common.contract.keys import Keys
+from facestream.common.contract.schema import RESULT_FIELD, ImageEvent, jsonable
+from facestream.common.progress import Progress
+from facestream.common.settings import Settings
+from facestream.common.streams.groups import ensure_group_sync
+from facestream.ingest.publisher import Overloaded, Publisher, PublishError, make_event
 
 WINDOW = 256  # images published but not yet answered, at most: memory stays bounded
 

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from common.errors import REDIS_ERRORS
-from common.settings import Settings
-from ingest.publisher import Overloaded, PublishError, make_event
+from facestream.common.settings import Settings
+from facestream.common.streams.errors import REDIS_ERRORS
+from facestream.ingest.http_input import read_request
+from facestream.ingest.publisher import Overloaded, PublishError, make_event
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -49,7 +50,6 @@ def old_error(status: int, message: str, retry_after_s: int | None = None) -> JS
 
 
 def add_compat_routes(app: FastAPI, settings: Settings) -> None:
-    from ingest.gateway import read_request  # the same body reader as /v1/detect
 
     @app.post(
         "/face-detection",

@@ -15,12 +15,12 @@ from urllib.parse import parse_qs
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from common import metrics
-from common.errors import REDIS_ERRORS
-from common.schema import MAX_ID_CHARS
-from common.settings import Settings
-from ingest.gateway import b64_default, parse_meta, read_body
-from ingest.publisher import BadRequest, PublishError, make_event
+from facestream.common import metrics
+from facestream.common.contract.schema import MAX_ID_CHARS
+from facestream.common.settings import Settings
+from facestream.common.streams.errors import REDIS_ERRORS
+from facestream.ingest.http_input import b64_default, parse_meta, read_body
+from facestream.ingest.publisher import BadRequest, PublishError, make_event
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

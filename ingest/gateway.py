@@ -7,8 +7,6 @@ a detector has answered (504 when `timeout_ms` passes first). Waiting uses the e
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,27 +19,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
-from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from common import metrics
-from common.connection import async_client
-from common.errors import REDIS_ERRORS
-from common.keys import Keys
-from common.log import get_logger
-from common.settings import Settings
-from ingest.compat import add_compat_routes
-from ingest.publisher import (
+from facestream.common import metrics
+from facestream.common.contract.keys import Keys
+from facestream.common.log import get_logger
+from facestream.common.settings import Settings
+from facestream.common.streams.connection import async_client
+from facestream.common.streams.errors import REDIS_ERRORS
+from facestream.ingest.compat import add_compat_routes
+from facestream.ingest.http_input import b64_default, parse_meta, read_request
+from facestream.ingest.publisher import (
     AsyncPublisher,
-    BadRequest,
-    ImageTooLarge,
     PublishError,
     make_event,
 )
-from ingest.replies import ReplyRouter
+from facestream.ingest.replies import ReplyRouter
 
 log = get_logger(__name__)
-MULTIPART_OVERHEAD = 64 * 1024  # field headers and small fields around the image part
 
 _ERROR = {
     "type": "object",
@@ -80,77 +75,9 @@ def _error_doc(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
 
 
-def b64_default(value: object) -> str:
-    """bin values (possible inside `meta`) as base64, like `common.schema.jsonable`."""
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
 def error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     headers = extra.pop("headers", None)
     return JSONResponse({"error": {"code": code, "message": message}, **extra}, status, headers)
-
-
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """A raw request body, refused past `limit` bytes: from Content-Length before reading, or
-    while reading a chunked upload. Shared by the FastAPI route and the ASGI fast path."""
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise ImageTooLarge(f"the body is {value.decode()} bytes; the limit is {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise BadRequest("the client went away")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:  # chunked uploads carry no length: count as they come
-            raise ImageTooLarge(f"the body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-async def read_request(request: Request, settings: Settings) -> tuple[bytes, dict[str, str | None]]:
-    """The image bytes and the optional fields, from a raw body or a multipart form."""
-    limit = settings.max_image_bytes
-    fields: dict[str, str | None] = {}
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit + MULTIPART_OVERHEAD:
-            raise ImageTooLarge(f"the body is {length} bytes; the limit is {limit}")
-        try:
-            form = await request.form(max_files=1, max_fields=8, max_part_size=64 * 1024)
-        except Exception as exc:  # the multipart parser raises several types on bad input
-            raise BadRequest(f"bad multipart body: {exc}") from None
-        upload = form.get("image")
-        if not isinstance(upload, UploadFile):
-            raise BadRequest("multipart body needs a file field named 'image'")
-        if upload.size is not None and upload.size > limit:
-            raise ImageTooLarge(f"the image is {upload.size} bytes; the limit is {limit}")
-        image = await upload.read(limit + 1)
-        if len(image) > limit:
-            raise ImageTooLarge(f"the image is over the limit of {limit} bytes")
-        for name in ("id", "source", "meta"):
-            value = form.get(name)
-            if isinstance(value, str):
-                fields[name] = value
-        return image, fields
-    return await read_body(request.scope, request.receive, limit), fields
-
-
-def parse_meta(raw: str | None) -> dict[str, Any] | None:
-    if raw is None or raw == "":
-        return None
-    try:
-        meta = json.loads(raw)
-    except ValueError:
-        raise BadRequest("meta must be a JSON object") from None
-    if not isinstance(meta, dict):
-        raise BadRequest("meta must be a JSON object")
-    return meta
 
 
 class MetricsMiddleware:
@@ -321,8 +248,8 @@ def create_app(settings: Settings) -> FastAPI:
 
 def app_factory() -> ASGIApp:
     """uvicorn's factory: each worker process is an entry point with its own Settings."""
-    from common.log import configure
-    from ingest.fastpath import FastDetect
+    from facestream.common.log import configure
+    from facestream.ingest.fastpath import FastDetect
 
     settings = Settings()
     configure(settings)

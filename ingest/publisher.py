@@ -19,12 +19,18 @@ import msgpack
 import redis
 import redis.asyncio as aioredis
 
-from common.errors import TRANSIENT
-from common.imagetypes import sniff_format
-from common.keys import Keys
-from common.schema import EVENT_FIELD, MAX_ID_CHARS, MAX_SOURCE_CHARS, ImageEvent, Limits
-from common.server import has_idempotent_xadd
-from common.settings import Settings
+from facestream.common.contract.imagetypes import sniff_format
+from facestream.common.contract.keys import Keys
+from facestream.common.contract.schema import (
+    EVENT_FIELD,
+    MAX_ID_CHARS,
+    MAX_SOURCE_CHARS,
+    ImageEvent,
+    Limits,
+)
+from facestream.common.settings import Settings
+from facestream.common.streams.errors import TRANSIENT
+from facestream.common.streams.server import has_idempotent_xadd
 
 DEFAULT_LIMITS = Limits()
 

@@ -18,11 +18,11 @@ from typing import Any
 import msgpack
 from redis.asyncio import Redis
 
-from common.errors import REDIS_ERRORS
-from common.keys import Keys
-from common.log import get_logger
-from common.outage import Outage
-from common.schema import RESULT_FIELD
+from facestream.common.contract.keys import Keys
+from facestream.common.contract.schema import RESULT_FIELD
+from facestream.common.log import get_logger
+from facestream.common.streams.errors import REDIS_ERRORS
+from facestream.common.streams.outage import Outage
 
 log = get_logger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import uvicorn
 
-from common.settings import Settings
+from facestream.common.settings import Settings
 
 
 class GracefulServer(uvicorn.Server):
@@ -33,7 +33,7 @@ class GracefulServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-APP = "ingest.gateway:app_factory"
+APP = "facestream.ingest.gateway:app_factory"
 
 
 @contextlib.contextmanager

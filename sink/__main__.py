@@ -8,13 +8,13 @@ import os
 import signal
 import sys
 
-from common import metrics
-from common.connection import async_client
-from common.log import configure, get_logger
-from common.settings import Settings
-from sink.files import JsonlSink, StdoutSink
-from sink.runner import Sink, SinkRunner
-from sink.webhook import WebhookSink
+from facestream.common import metrics
+from facestream.common.log import configure, get_logger
+from facestream.common.settings import Settings
+from facestream.common.streams.connection import async_client
+from facestream.sink.files import JsonlSink, StdoutSink
+from facestream.sink.runner import Sink, SinkRunner
+from facestream.sink.webhook import WebhookSink
 
 KINDS = ("jsonl", "webhook", "stdout")
 log = get_logger("sink")

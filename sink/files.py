@@ -9,8 +9,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import IO, Any
 
-from common.schema import jsonable
-from sink.runner import Item, Outcome
+from facestream.common.contract.schema import jsonable
+from facestream.sink.runner import Item, Outcome
 
 
 def dedupe_key(result: dict[str, Any]) -> str:

@@ -19,17 +19,17 @@ from typing import Any, Protocol
 
 import structlog
 
-from common import metrics
-from common.errors import REDIS_ERRORS
-from common.groups import ensure_group
-from common.keys import Keys, Partition
-from common.locks import LockKeeper, claim_consumer_name
-from common.log import get_logger
-from common.outage import Outage, until_available
-from common.recovery import Reclaimer
-from common.schema import RESULT_FIELD, decode_result
-from common.scripts import Scripts
-from common.settings import Settings
+from facestream.common import metrics
+from facestream.common.contract.keys import Keys, Partition
+from facestream.common.contract.schema import RESULT_FIELD, decode_result
+from facestream.common.log import get_logger
+from facestream.common.settings import Settings
+from facestream.common.streams.errors import REDIS_ERRORS
+from facestream.common.streams.groups import ensure_group
+from facestream.common.streams.locks import LockKeeper, claim_consumer_name
+from facestream.common.streams.outage import Outage, until_available
+from facestream.common.streams.recovery import Reclaimer
+from facestream.common.streams.scripts import Scripts
 
 log = get_logger(__name__)
 

@@ -12,9 +12,9 @@ import random
 
 import httpx
 
-from common.schema import jsonable
-from common.settings import Settings
-from sink.runner import Item, Outcome
+from facestream.common.contract.schema import jsonable
+from facestream.common.settings import Settings
+from facestream.sink.runner import Item, Outcome
 
 RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
 

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import redis
 
-from common.connection import sync_client
-from common.embedded import EmbeddedRedis
-from common.embedded_cluster import EmbeddedCluster
-from common.settings import Settings
-from ingest import samples
+from facestream.common.settings import Settings
+from facestream.common.streams.connection import sync_client
+from facestream.control.embedded import EmbeddedRedis
+from facestream.control.embedded_cluster import EmbeddedCluster
+from facestream.ingest import samples
 
 
 @pytest.fixture(scope="session")
@@ -99,6 +99,6 @@ def photo_png(photos: dict[str, np.ndarray]) -> dict[str, bytes]:
 
 @pytest.fixture(scope="session")
 def builtin_model() -> Any:
-    from detector.model.loader import load_model
+    from facestream.detector.model.loader import load_model
 
     return load_model(Settings())

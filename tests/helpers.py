@@ -11,11 +11,11 @@ import msgpack
 import redis.asyncio as aioredis
 import redis.asyncio.cluster as aiocluster
 
-from common.connection import async_client
-from common.keys import Keys
-from common.schema import EVENT_FIELD, RESULT_FIELD, ImageEvent
-from common.settings import Settings
-from detector.worker import Detector
+from facestream.common.contract.keys import Keys
+from facestream.common.contract.schema import EVENT_FIELD, RESULT_FIELD, ImageEvent
+from facestream.common.settings import Settings
+from facestream.common.streams.connection import async_client
+from facestream.detector.worker import Detector
 
 T = TypeVar("T")
 

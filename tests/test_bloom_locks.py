@@ -10,12 +10,12 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from common.bloom import BloomFilter, BloomShape, server_has_native_bloom
-from common.connection import async_client
-from common.keys import Keys
-from common.locks import ConsumerNameInUse, LockKeeper, claim_consumer_name
-from common.scripts import Scripts
-from common.settings import Settings
+from facestream.common.contract.keys import Keys
+from facestream.common.settings import Settings
+from facestream.common.streams.bloom import BloomFilter, BloomShape, server_has_native_bloom
+from facestream.common.streams.connection import async_client
+from facestream.common.streams.locks import ConsumerNameInUse, LockKeeper, claim_consumer_name
+from facestream.common.streams.scripts import Scripts
 
 
 def sha(i: int) -> str:

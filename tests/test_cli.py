@@ -16,12 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
-from common.embedded import free_port
-from ingest.commands import expand
-from ingest.samples import write_samples
+from facestream.control.embedded import free_port
+from facestream.ingest.commands import expand
+from facestream.ingest.samples import write_samples
 from tests.procs import ROOT
 
-FACESTREAM = [sys.executable, "-m", "common.cli"]
+FACESTREAM = [sys.executable, "-m", "facestream.control.cli"]
 
 
 def test_expand_files_dirs_and_globs(tmp_path: Path) -> None:

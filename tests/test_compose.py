@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.acl import acl_lines, user_name
-from common.cli import build_parser
-from common.settings import Settings
+from facestream.common.settings import Settings
+from facestream.control.acl import acl_lines, user_name
+from facestream.control.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "compose"
@@ -149,7 +149,7 @@ def test_dashboard_queries_use_metrics_that_exist() -> None:
 
     from prometheus_client import REGISTRY
 
-    import common.metrics  # noqa: F401 (registers the metrics)
+    import facestream.common.metrics  # noqa: F401 (registers the metrics)
 
     dashboard = json.loads((COMPOSE / "grafana" / "dashboards" / "facestream.json").read_text())
     used = {

@@ -7,8 +7,8 @@ import hashlib
 import msgpack
 import pytest
 
-from common.keys import Keys
-from common.schema import (
+from facestream.common.contract.keys import Keys
+from facestream.common.contract.schema import (
     ErrorCode,
     Face,
     ImageEvent,
@@ -18,7 +18,7 @@ from common.schema import (
     decode_event,
     decode_result,
 )
-from common.settings import Settings
+from facestream.common.settings import Settings
 
 LIMITS = Limits()
 SHA = "a" * 64

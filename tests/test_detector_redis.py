@@ -13,13 +13,13 @@ import redis
 import redis.asyncio.cluster as aiocluster
 from redis.asyncio import Redis
 
-from common.keys import Keys
-from common.schema import EVENT_FIELD, ImageEvent, pack_faces
-from common.scripts import Scripts
-from common.settings import Settings
-from detector.model.loader import load_model
-from detector.worker import Detector
-from ingest.publisher import make_event
+from facestream.common.contract.keys import Keys
+from facestream.common.contract.schema import EVENT_FIELD, ImageEvent, pack_faces
+from facestream.common.settings import Settings
+from facestream.common.streams.scripts import Scripts
+from facestream.detector.model.loader import load_model
+from facestream.detector.worker import Detector
+from facestream.ingest.publisher import make_event
 from tests.helpers import kill_clients, publish, results, wait_results, with_detector
 
 MakeSettings = Callable[..., Settings]
@@ -64,7 +64,7 @@ def test_event_to_result_with_contract_fields(
 
 
 def _decoded(data: bytes) -> Any:
-    from detector.imaging import decode_image
+    from facestream.detector.imaging import decode_image
 
     return decode_image(data, max_bytes=1 << 30, max_pixels=1 << 30, max_side=640, upscale=False)
 

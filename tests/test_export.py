@@ -28,18 +28,19 @@ torch = pytest.importorskip(
 
 import onnx  # noqa: E402
 
-from common.schema import Face  # noqa: E402
-from common.settings import Settings  # noqa: E402
-from detector.imaging import DecodedImage, decode_image  # noqa: E402
-from detector.model.export import (  # noqa: E402
+from facestream.common.contract.schema import Face  # noqa: E402
+from facestream.common.settings import Settings  # noqa: E402
+from facestream.detector.imaging import decode_image  # noqa: E402
+from facestream.detector.model.export import (  # noqa: E402
     ExportMismatch,
     SCRFDOutputs,
     check_export,
     check_inputs,
     export_onnx,
 )
-from detector.model.loader import load_model  # noqa: E402
-from detector.model.registry import RegistryEntry, write_entry  # noqa: E402
+from facestream.detector.model.loader import load_model  # noqa: E402
+from facestream.detector.model.registry import RegistryEntry, write_entry  # noqa: E402
+from facestream.detector.model.types import DecodedImage  # noqa: E402
 from tests.conftest import encode  # noqa: E402
 from tests.scrfd_reference import Detections, postprocess  # noqa: E402
 from tests.tiny_scrfd import STRIDES, TinySCRFD  # noqa: E402
@@ -187,7 +188,7 @@ def test_damofd_equals_modelscope_pipeline(tmp_path: Path, photos: dict[str, np.
     from modelscope.utils.constant import Tasks
     from PIL import Image
 
-    from detector.model import damofd
+    from facestream.detector.model import damofd
 
     assert DAMOFD_DIR is not None
     entry = damofd.fetch(tmp_path, None, Path(DAMOFD_DIR))
@@ -244,7 +245,7 @@ class StandInDetector(torch.nn.Module):
 
 
 def test_fetch_exports_checks_and_installs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from detector.model import damofd
+    from facestream.detector.model import damofd
 
     source = tmp_path / "download"
     source.mkdir()

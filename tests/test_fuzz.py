@@ -15,11 +15,18 @@ from hypothesis import strategies as st
 from PIL import Image
 from redis.asyncio import Redis
 
-from common.keys import Keys
-from common.schema import EVENT_FIELD, ErrorCode, ImageEvent, Limits, SchemaError, decode_event
-from common.settings import Settings
-from detector.imaging import decode_image
-from detector.worker import Detector
+from facestream.common.contract.keys import Keys
+from facestream.common.contract.schema import (
+    EVENT_FIELD,
+    ErrorCode,
+    ImageEvent,
+    Limits,
+    SchemaError,
+    decode_event,
+)
+from facestream.common.settings import Settings
+from facestream.detector.imaging import decode_image
+from facestream.detector.worker import Detector
 from tests.helpers import wait_results, with_detector
 
 LIMITS = Limits(max_event_bytes=2_000_000, max_image_bytes=1_000_000, max_meta_bytes=4096)

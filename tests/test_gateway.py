@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import redis
 
-from common.embedded import free_port
-from common.keys import Keys
+from facestream.common.contract.keys import Keys
+from facestream.control.embedded import free_port
 from tests.conftest import encode
 from tests.procs import Procs, base_env, gateway_ready
 
@@ -27,10 +27,10 @@ def gateway(
     prefix = f"gw{np.random.randint(1 << 30)}"
     port = free_port()
     procs = Procs(tmp_path_factory.mktemp("gw"), base_env(redis_url, prefix))
-    procs.start("detector", ["-m", "detector"], FACESTREAM_CONSUMER="gw-det")
+    procs.start("detector", ["-m", "facestream.detector"], FACESTREAM_CONSUMER="gw-det")
     procs.start(
         "gateway",
-        ["-m", "ingest"],
+        ["-m", "facestream.ingest"],
         FACESTREAM_HTTP_PORT=str(port),
         FACESTREAM_MAX_IMAGE_BYTES="2000000",
         FACESTREAM_CONSUMER="gw-1",
@@ -198,7 +198,7 @@ def test_backpressure_answers_503_with_retry_after(
             FACESTREAM_RETRY_AFTER_S=7,
         ),
     )
-    procs.start("gateway", ["-m", "ingest"])
+    procs.start("gateway", ["-m", "facestream.ingest"])
     url = f"http://127.0.0.1:{port}"
     try:
         procs.wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200, "gateway up")
@@ -224,7 +224,7 @@ def test_redis_unreachable_is_503_and_not_ready(tmp_path: Path, photo_png: dict[
         tmp_path,
         base_env(dead, "down", FACESTREAM_HTTP_PORT=port, FACESTREAM_SOCKET_CONNECT_TIMEOUT_S=0.5),
     )
-    procs.start("gateway", ["-m", "ingest"])
+    procs.start("gateway", ["-m", "facestream.ingest"])
     url = f"http://127.0.0.1:{port}"
     try:
         procs.wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200, "gateway up")

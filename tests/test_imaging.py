@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.imagetypes import sniff_format
-from common.schema import ErrorCode, SchemaError
-from detector.imaging import decode_image, fit_size
+from facestream.common.contract.imagetypes import sniff_format
+from facestream.common.contract.schema import ErrorCode, SchemaError
+from facestream.detector.imaging import decode_image, fit_size
 from tests.conftest import encode
 
 BIG = 1 << 30

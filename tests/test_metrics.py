@@ -10,10 +10,10 @@ import httpx
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from common.keys import Keys
-from common.settings import Settings
-from detector.worker import Detector
-from ingest.publisher import make_event
+from facestream.common.contract.keys import Keys
+from facestream.common.settings import Settings
+from facestream.detector.worker import Detector
+from facestream.ingest.publisher import make_event
 from tests.helpers import publish, wait_results, with_detector
 
 MakeSettings = Callable[..., Settings]
@@ -83,19 +83,19 @@ def test_scraped_metrics_of_a_run_add_up(
     redis_url: str, tmp_path: Any, photo_png: dict[str, bytes]
 ) -> None:
     """The gateway and a detector as processes, scraped over HTTP after a run."""
-    from common.embedded import free_port
+    from facestream.control.embedded import free_port
     from tests.procs import Procs, base_env, gateway_ready
 
     port, det_port = free_port(), free_port()
     procs = Procs(tmp_path, base_env(redis_url, "scrape"))
     procs.start(
         "detector",
-        ["-m", "detector"],
+        ["-m", "facestream.detector"],
         FACESTREAM_METRICS_PORT=str(det_port),
         FACESTREAM_CONSUMER="scrape-det",
         FACESTREAM_TRIM_EVERY_MS="200",
     )
-    procs.start("gateway", ["-m", "ingest"], FACESTREAM_HTTP_PORT=str(port))
+    procs.start("gateway", ["-m", "facestream.ingest"], FACESTREAM_HTTP_PORT=str(port))
     url = f"http://127.0.0.1:{port}"
     try:
         procs.wait_for(gateway_ready(url), "gateway ready")
@@ -126,12 +126,12 @@ def test_scraped_metrics_of_a_run_add_up(
 
 
 def test_gateway_serves_metrics(redis_url: str, tmp_path: Any, photo_png: dict[str, bytes]):
-    from common.embedded import free_port
+    from facestream.control.embedded import free_port
     from tests.procs import Procs, base_env
 
     port = free_port()
     procs = Procs(tmp_path, base_env(redis_url, "metrics", FACESTREAM_HTTP_PORT=port))
-    procs.start("gateway", ["-m", "ingest"])
+    procs.start("gateway", ["-m", "facestream.ingest"])
     url = f"http://127.0.0.1:{port}"
     try:
         procs.wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200, "gateway up")
@@ -152,13 +152,13 @@ def test_gateway_workers_share_one_metrics_page(
     """With several uvicorn workers, /metrics on whichever worker answers sums them all."""
     import asyncio
 
-    from common.embedded import free_port
+    from facestream.control.embedded import free_port
     from tests.procs import Procs, base_env
 
     port = free_port()
     env = base_env(redis_url, "mworkers", FACESTREAM_HTTP_PORT=port, FACESTREAM_HTTP_WORKERS=2)
     procs = Procs(tmp_path, env)
-    procs.start("gateway", ["-m", "ingest"])
+    procs.start("gateway", ["-m", "facestream.ingest"])
     url = f"http://127.0.0.1:{port}"
 
     async def post_many() -> list[int]:

@@ -16,12 +16,12 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from common.cli import main
-from common.embedded import EmbeddedRedis, free_port
-from common.keys import Keys
-from detector.worker import Detector
-from ingest.compat import old_shape
-from ingest.publisher import make_event
+from facestream.common.contract.keys import Keys
+from facestream.control.cli import main
+from facestream.control.embedded import EmbeddedRedis, free_port
+from facestream.detector.worker import Detector
+from facestream.ingest.compat import old_shape
+from facestream.ingest.publisher import make_event
 from tests.helpers import publish, wait_results, with_detector
 from tests.procs import Procs, base_env, gateway_ready
 
@@ -33,8 +33,8 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         tmp_path_factory.mktemp("compat"),
         base_env(redis_url, f"compat{np.random.randint(1 << 30)}"),
     )
-    procs.start("detector", ["-m", "detector"], FACESTREAM_CONSUMER="compat-det")
-    procs.start("gateway", ["-m", "ingest"], FACESTREAM_HTTP_PORT=str(port))
+    procs.start("detector", ["-m", "facestream.detector"], FACESTREAM_CONSUMER="compat-det")
+    procs.start("gateway", ["-m", "facestream.ingest"], FACESTREAM_HTTP_PORT=str(port))
     url = f"http://127.0.0.1:{port}"
     try:
         procs.wait_for(gateway_ready(url), "gateway ready")
@@ -93,7 +93,7 @@ def test_compat_overloaded_is_503(redis_url: str, tmp_path: Path, photo_png: dic
             FACESTREAM_HTTP_PORT=port,
         ),
     )
-    procs.start("gateway", ["-m", "ingest"])
+    procs.start("gateway", ["-m", "facestream.ingest"])
     url = f"http://127.0.0.1:{port}"
     try:
         procs.wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200, "gateway up")
@@ -126,7 +126,7 @@ def url_of(client: redis.Redis) -> str:
 
 
 def fill_old_cache(old: redis.Redis, builtin_model: Any, photo_png: dict[str, bytes]) -> None:
-    from detector.imaging import decode_image
+    from facestream.detector.imaging import decode_image
 
     for name, ttl in (("astronaut", 80_000), ("camera", 3_600), ("grace_hopper", None)):
         image = photo_png[name]
@@ -160,7 +160,7 @@ def run_import(
 ) -> tuple[int, str, str]:
     monkeypatch.setenv("FACESTREAM_REDIS_URL", settings.redis_url)
     monkeypatch.setenv("FACESTREAM_PREFIX", settings.prefix)
-    monkeypatch.setattr("common.cli.configure", lambda s: None)
+    monkeypatch.setattr("facestream.control.cli.configure", lambda s: None)
     capsys.readouterr()
     code = main(["migrate", "import-cache", "--from", source, *extra])
     out, err = capsys.readouterr()
@@ -237,7 +237,7 @@ def test_import_refuses_another_models_cache(
 
 
 def test_old_keys_decode_to_sha256() -> None:
-    from common.migrate import sha_of
+    from facestream.control.migrate import sha_of
 
     image = b"some image bytes"
     assert sha_of(old_key(image), "face_detection:") == hashlib.sha256(image).hexdigest()

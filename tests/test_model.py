@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from common.schema import Face
-from common.settings import Settings
-from detector.imaging import decode_image
-from detector.model.loader import ModelLoadError, load_model, scores_already_sigmoid
-from detector.model.nms import nms
+from facestream.common.contract.schema import Face
+from facestream.common.settings import Settings
+from facestream.detector.imaging import decode_image
+from facestream.detector.model.loader import ModelLoadError, load_model, scores_already_sigmoid
+from facestream.detector.model.nms import nms
 from tests.conftest import encode
 from tests.scrfd_graph import Hot, build
 
@@ -174,7 +174,7 @@ def test_bad_model_paths(tmp_path: Path) -> None:
 def test_provider_choice() -> None:
     import onnxruntime as ort
 
-    from detector.model.backend import ProviderError, choose_providers
+    from facestream.detector.model.backend import ProviderError, choose_providers
 
     assert choose_providers("cpu") == ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" in ort.get_available_providers():
@@ -188,8 +188,8 @@ def test_provider_choice() -> None:
 
 def test_io_binding_gives_the_same_outputs(photos: dict[str, np.ndarray]) -> None:
     """The IO-binding path (auto-on with CUDA) against a plain run, here on the CPU, batched."""
-    from detector.model.backend import OrtBackend
-    from detector.model.loader import builtin_weights
+    from facestream.detector.model.backend import OrtBackend
+    from facestream.detector.model.loader import builtin_weights
 
     weights = builtin_weights()
     plain = OrtBackend(weights, "cpu", 1)
@@ -213,7 +213,7 @@ def test_dynamic_batcher_joins_concurrent_requests(
 ) -> None:
     import asyncio
 
-    from detector.batcher import DynamicBatcher
+    from facestream.detector.batcher import DynamicBatcher
 
     images = [
         decode_image(photo_png[n], max_bytes=BIG, max_pixels=BIG, max_side=640, upscale=False)

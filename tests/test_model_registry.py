@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.cli import main
-from common.settings import Settings
-from detector.model import damofd
-from detector.model.loader import ModelLoadError, load_model
-from detector.model.registry import (
+from facestream.common.settings import Settings
+from facestream.control.cli import main
+from facestream.detector.model import damofd
+from facestream.detector.model.loader import ModelLoadError, load_model
+from facestream.detector.model.registry import (
     ONNX_FILE,
     RegistryEntry,
     RegistryError,
@@ -53,7 +53,7 @@ def entry_for(graph: bytes, name: str = "tiny", **changes: object) -> RegistryEn
 def no_logging_setup(monkeypatch: pytest.MonkeyPatch) -> None:
     # main() configures logging for a real process; inside pytest it must not bind the loggers
     # to this test's captured (and later closed) stderr.
-    monkeypatch.setattr("common.cli.configure", lambda settings: None)
+    monkeypatch.setattr("facestream.control.cli.configure", lambda settings: None)
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ import msgpack
 import pytest
 import redis
 
-from common.cli import main
-from common.keys import Keys
-from common.schema import EVENT_FIELD
-from ingest.publisher import make_event
+from facestream.common.contract.keys import Keys
+from facestream.common.contract.schema import EVENT_FIELD
+from facestream.control.cli import main
+from facestream.ingest.publisher import make_event
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\0" * 64
 
@@ -25,7 +25,7 @@ def ops(
     monkeypatch.setenv("FACESTREAM_PREFIX", prefix)
     # main() configures logging for a real process; inside pytest it must not bind the loggers
     # to this test's captured (and later closed) stderr.
-    monkeypatch.setattr("common.cli.configure", lambda settings: None)
+    monkeypatch.setattr("facestream.control.cli.configure", lambda settings: None)
 
     def run(*args: str) -> str:
         capsys.readouterr()

@@ -21,15 +21,15 @@ import pytest
 import redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from common import ops
-from common.embedded import free_port
-from common.keys import Keys
-from common.schema import EVENT_FIELD, RESULT_FIELD
-from common.settings import Settings
-from detector.worker import Detector
-from ingest.commands import results as results_command
-from ingest.publisher import Publisher, make_event
-from ingest.samples import write_samples
+from facestream.common.contract.keys import Keys
+from facestream.common.contract.schema import EVENT_FIELD, RESULT_FIELD
+from facestream.common.settings import Settings
+from facestream.control import ops
+from facestream.control.embedded import free_port
+from facestream.detector.worker import Detector
+from facestream.ingest.commands import results as results_command
+from facestream.ingest.publisher import Publisher, make_event
+from facestream.ingest.samples import write_samples
 from tests.conftest import encode
 from tests.helpers import with_detector, with_detectors
 from tests.procs import ROOT, Procs, base_env, gateway_ready
@@ -221,8 +221,8 @@ def partitioned_gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory
     port = free_port()
     env = base_env(redis_url, prefix, FACESTREAM_PARTITIONS=PARTS)
     procs = Procs(tmp_path_factory.mktemp("pgw"), env)
-    procs.start("detector", ["-m", "detector"], FACESTREAM_CONSUMER="pgw-det")
-    procs.start("gateway", ["-m", "ingest"], FACESTREAM_HTTP_PORT=str(port))
+    procs.start("detector", ["-m", "facestream.detector"], FACESTREAM_CONSUMER="pgw-det")
+    procs.start("gateway", ["-m", "facestream.ingest"], FACESTREAM_HTTP_PORT=str(port))
     url = f"http://127.0.0.1:{port}"
     try:
         procs.wait_for(gateway_ready(url), "gateway ready")
@@ -287,17 +287,17 @@ def test_every_cli_entry_point_over_partitions(redis_url: str, prefix: str, tmp_
     sink_file = tmp_path / "results.jsonl"
     env = base_env(redis_url, prefix, FACESTREAM_PARTITIONS=PARTS)
     procs = Procs(tmp_path, env)
-    procs.start("detector", ["-m", "detector"], FACESTREAM_CONSUMER="cli-det")
+    procs.start("detector", ["-m", "facestream.detector"], FACESTREAM_CONSUMER="cli-det")
     procs.start(
         "sink",
-        ["-m", "common.cli", "sink", "jsonl"],
+        ["-m", "facestream.control.cli", "sink", "jsonl"],
         FACESTREAM_CONSUMER="cli-sink",
         FACESTREAM_JSONL_PATH=str(sink_file),
     )
 
     def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "common.cli", *args],
+            [sys.executable, "-m", "facestream.control.cli", *args],
             cwd=ROOT,
             env={**os.environ, **env, **extra},
             capture_output=True,

@@ -11,12 +11,12 @@ import pytest
 import redis
 import redis.cluster
 
-from common.connection import async_client, sync_client
-from common.keys import Keys
-from common.schema import Limits
-from common.server import has_idempotent_xadd, version_of
-from common.settings import Settings
-from ingest.publisher import (
+from facestream.common.contract.keys import Keys
+from facestream.common.contract.schema import Limits
+from facestream.common.settings import Settings
+from facestream.common.streams.connection import async_client, sync_client
+from facestream.common.streams.server import has_idempotent_xadd, version_of
+from facestream.ingest.publisher import (
     AsyncPublisher,
     BadRequest,
     ImageTooLarge,

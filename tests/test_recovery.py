@@ -12,11 +12,11 @@ import msgpack
 import redis
 from redis.asyncio import Redis
 
-from common.keys import Keys
-from common.schema import EVENT_FIELD
-from common.settings import Settings
-from detector.worker import Detector
-from ingest.publisher import make_event
+from facestream.common.contract.keys import Keys
+from facestream.common.contract.schema import EVENT_FIELD
+from facestream.common.settings import Settings
+from facestream.detector.worker import Detector
+from facestream.ingest.publisher import make_event
 from tests.helpers import wait_results, with_detector
 
 MakeSettings = Callable[..., Settings]
@@ -118,8 +118,8 @@ def test_entries_deleted_while_pending_are_cleared(
 def test_trimming_keeps_everything_any_group_still_needs(
     redis_url: str, prefix: str, r: redis.Redis
 ) -> None:
-    from common.connection import async_client
-    from common.trim import trim_acked
+    from facestream.common.streams.connection import async_client
+    from facestream.common.streams.trim import trim_acked
 
     stream = f"{prefix}:results"
     ids = [r.xadd(stream, {"result": str(i)}).decode() for i in range(10)]

@@ -12,16 +12,16 @@ from typing import Any
 import pytest
 import redis
 
-from common.acl import acl_lines, user_name
-from common.connection import async_client, sync_client
-from common.embedded import EmbeddedRedis
-from common.embedded_cluster import EmbeddedCluster
-from common.keys import Keys
-from common.settings import Settings
-from detector.worker import Detector
-from ingest.publisher import Publisher, make_event
-from sink.files import JsonlSink
-from sink.runner import SinkRunner
+from facestream.common.contract.keys import Keys
+from facestream.common.settings import Settings
+from facestream.common.streams.connection import async_client, sync_client
+from facestream.control.acl import acl_lines, user_name
+from facestream.control.embedded import EmbeddedRedis
+from facestream.control.embedded_cluster import EmbeddedCluster
+from facestream.detector.worker import Detector
+from facestream.ingest.publisher import Publisher, make_event
+from facestream.sink.files import JsonlSink
+from facestream.sink.runner import SinkRunner
 
 PREFIX = "sec"
 CLUSTER_PARTS = 3
@@ -150,7 +150,7 @@ def test_the_default_user_is_off(acl_server: tuple[str, Path]) -> None:
 
 
 def test_ops_sees_everything_under_the_prefix(acl_server: tuple[str, Path]) -> None:
-    from common import ops
+    from facestream.control import ops
 
     url, secrets_dir = acl_server
     password = (secrets_dir / user_name("ops")).read_text().strip()
@@ -168,7 +168,7 @@ def test_gateway_and_detector_processes_as_their_users(
 ) -> None:
     import httpx
 
-    from common.embedded import free_port
+    from facestream.control.embedded import free_port
     from tests.procs import Procs, base_env, gateway_ready
 
     url, secrets_dir = acl_server
@@ -181,8 +181,15 @@ def test_gateway_and_detector_processes_as_their_users(
             "FACESTREAM_REDIS_PASSWORD_FILE": str(secrets_dir / user_name(role)),
         }
 
-    procs.start("detector", ["-m", "detector"], FACESTREAM_CONSUMER="acl-det", **login("detector"))
-    procs.start("gateway", ["-m", "ingest"], FACESTREAM_HTTP_PORT=str(port), **login("ingest"))
+    procs.start(
+        "detector",
+        ["-m", "facestream.detector"],
+        FACESTREAM_CONSUMER="acl-det",
+        **login("detector"),
+    )
+    procs.start(
+        "gateway", ["-m", "facestream.ingest"], FACESTREAM_HTTP_PORT=str(port), **login("ingest")
+    )
     gateway = f"http://127.0.0.1:{port}"
     try:
         procs.wait_for(gateway_ready(gateway), "gateway ready")

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import redis
 
-from common.keys import Keys
-from common.schema import EVENT_FIELD, RESULT_FIELD
-from ingest.publisher import make_event
+from facestream.common.contract.keys import Keys
+from facestream.common.contract.schema import EVENT_FIELD, RESULT_FIELD
+from facestream.ingest.publisher import make_event
 from tests.conftest import encode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def start_detectors(url: str, prefix: str, n: int, tmp: Path) -> list[tuple[Any,
             procs.append(
                 (
                     subprocess.Popen(
-                        [sys.executable, "-m", "detector"],
+                        [sys.executable, "-m", "facestream.detector"],
                         cwd=ROOT,
                         env=env,
                         stdout=out,

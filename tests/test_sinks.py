@@ -16,13 +16,13 @@ from typing import Any, ClassVar
 import pytest
 import redis
 
-from common.connection import async_client
-from common.keys import Keys
-from common.schema import Face, Result
-from common.settings import Settings
-from sink.files import JsonlSink
-from sink.runner import Sink, SinkRunner
-from sink.webhook import WebhookSink
+from facestream.common.contract.keys import Keys
+from facestream.common.contract.schema import Face, Result
+from facestream.common.settings import Settings
+from facestream.common.streams.connection import async_client
+from facestream.sink.files import JsonlSink
+from facestream.sink.runner import Sink, SinkRunner
+from facestream.sink.webhook import WebhookSink
 from tests.procs import ROOT
 
 MakeSettings = Callable[..., Settings]
@@ -210,7 +210,7 @@ def test_webhook_failures_go_to_the_dead_letter_stream(
 def test_stdout_sink_as_a_process(redis_url: str, prefix: str, r: redis.Redis) -> None:
     publish_results(r, prefix, 3)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sink", "stdout"],
+        [sys.executable, "-m", "facestream.sink", "stdout"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -264,7 +264,7 @@ def test_a_sink_dead_letter_is_one_step_with_its_ack(
 ) -> None:
     """Acknowledge and dead-letter together, only if the acknowledgement counted: an entry
     another member settled meanwhile is not dead-lettered a second time."""
-    from common.scripts import Scripts
+    from facestream.common.streams.scripts import Scripts
 
     settings = make_settings()
     # On a cluster the script needs a partition's streams (one slot); one server takes either.

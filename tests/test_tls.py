@@ -17,11 +17,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from common.connection import async_client, sync_client
-from common.embedded import EmbeddedRedis, free_port
-from common.settings import Settings
-from detector.worker import Detector
-from ingest.publisher import Publisher, make_event
+from facestream.common.settings import Settings
+from facestream.common.streams.connection import async_client, sync_client
+from facestream.control.embedded import EmbeddedRedis, free_port
+from facestream.detector.worker import Detector
+from facestream.ingest.publisher import Publisher, make_event
 from tests.helpers import wait_results
 
 
@@ -133,7 +133,7 @@ def test_detector_and_publisher_over_tls(
         client = async_client(settings)
         det = Detector(settings, client, builtin_model)
         task = asyncio.create_task(det.run())
-        from common.keys import Keys
+        from facestream.common.contract.keys import Keys
 
         got = await wait_results(client, Keys("tls"), 1)
         det.stop.set()

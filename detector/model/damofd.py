@@ -15,8 +15,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from common.log import get_logger
-from detector.model.registry import RegistryEntry, write_entry
+from facestream.common.log import get_logger
+from facestream.detector.model.registry import RegistryEntry, write_entry
 
 MODEL_ID = "damo/cv_ddsar_face-detection_iclr23-damofd"
 NAME = "damofd"
@@ -130,7 +130,7 @@ def fetch(
     """Download (unless `source` is a downloaded copy), build, export, check, install."""
     say = step or (lambda _msg: None)
     require()
-    from detector.model.export import (
+    from facestream.detector.model.export import (
         ExportMismatch,
         SCRFDOutputs,
         check_export,

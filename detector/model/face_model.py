@@ -7,12 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.schema import Face
-from detector.imaging import DecodedImage
-from detector.model.backend import InferenceBackend
-from detector.model.nms import nms
-from detector.model.preprocess import Normalisation, to_tensor
-from detector.model.types import Candidates, Decoder
+from facestream.common.contract.schema import Face
+from facestream.detector.model.backend import InferenceBackend
+from facestream.detector.model.nms import nms
+from facestream.detector.model.preprocess import Normalisation, to_tensor
+from facestream.detector.model.types import Candidates, DecodedImage, Decoder
 
 
 @dataclass(frozen=True, slots=True)

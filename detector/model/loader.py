@@ -12,20 +12,20 @@ from pathlib import Path
 
 import onnx
 
-from common.settings import Settings
-from detector.model.backend import OrtBackend
-from detector.model.face_model import FaceModel, ModelSpec
-from detector.model.preprocess import Normalisation
-from detector.model.registry import (
+from facestream.common.settings import Settings
+from facestream.detector.model.backend import OrtBackend
+from facestream.detector.model.face_model import FaceModel, ModelSpec
+from facestream.detector.model.preprocess import Normalisation
+from facestream.detector.model.registry import (
     RegistryError,
     is_registry_name,
     model_dir,
     read_entry,
     read_graph,
 )
-from detector.model.retinaface import RetinaFaceDecoder
-from detector.model.scrfd import SCRFDDecoder
-from detector.model.types import Decoder
+from facestream.detector.model.retinaface import RetinaFaceDecoder
+from facestream.detector.model.scrfd import SCRFDDecoder
+from facestream.detector.model.types import Decoder
 
 BUILTIN_NAME = "retinaface-mnet025"
 # Caffe-style BGR means of the original RetinaFace training; no scaling.

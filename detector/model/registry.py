@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from common.settings import Settings
+from facestream.common.settings import Settings
 
 ENTRY_FILE = "entry.json"
 ONNX_FILE = "model.onnx"

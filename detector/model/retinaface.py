@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from detector.model.types import Candidates
+from facestream.detector.model.types import Candidates
 
 STRIDES = (8, 16, 32)
 ANCHOR_SIZES = ((16, 32), (64, 128), (256, 512))

@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from detector.model.types import Candidates
+from facestream.detector.model.types import Candidates
 
 STRIDES = (8, 16, 32)
 

@@ -1,4 +1,4 @@
-"""What a decoder hands back for one image, in model-input pixels, before NMS."""
+"""The model's input and what a decoder hands back for one image, before NMS."""
 
 from __future__ import annotations
 
@@ -6,6 +6,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedImage:
+    """An image decoded by the detector (detector/imaging.py) for the model."""
+
+    pixels: np.ndarray  # (h, w, 3) uint8 RGB, already scaled to fit the model input
+    width: int  # original size, after EXIF orientation
+    height: int
+    scale_x: float  # pixels.shape[1] / width
+    scale_y: float
 
 
 @dataclass(frozen=True, slots=True)

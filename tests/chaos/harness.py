@@ -20,11 +20,11 @@ import numpy as np
 import redis
 from PIL import Image
 
-from common.embedded import find_server_binary, free_port
-from common.keys import Keys
-from common.schema import EVENT_FIELD, RESULT_FIELD, ImageEvent
-from ingest.publisher import make_event
-from ingest.samples import sample_pixels
+from facestream.common.contract.keys import Keys
+from facestream.common.contract.schema import EVENT_FIELD, RESULT_FIELD, ImageEvent
+from facestream.control.embedded import find_server_binary, free_port
+from facestream.ingest.publisher import make_event
+from facestream.ingest.samples import sample_pixels
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "chaos"
@@ -126,7 +126,7 @@ class Cluster:
         }
         with (self.tmp / f"detector-{i}.log").open("ab") as log:
             self.procs[i] = subprocess.Popen(
-                [sys.executable, "-m", "detector"],
+                [sys.executable, "-m", "facestream.detector"],
                 cwd=ROOT,
                 env=env,
                 stdout=log,

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.schema import EVENT_FIELD, ImageEvent
-from ingest.samples import encode, sample_pixels
+from facestream.common.contract.schema import EVENT_FIELD, ImageEvent
+from facestream.ingest.samples import encode, sample_pixels
 from tests.chaos.harness import Cluster, distinct_images, events
 
 pytestmark = pytest.mark.chaos

@@ -21,12 +21,12 @@ import msgpack
 import pytest
 import redis
 
-from common.connection import sync_client
-from common.embedded_cluster import EmbeddedCluster
-from common.keys import Keys
-from common.schema import RESULT_FIELD
-from common.settings import Settings
-from ingest.publisher import Publisher
+from facestream.common.contract.keys import Keys
+from facestream.common.contract.schema import RESULT_FIELD
+from facestream.common.settings import Settings
+from facestream.common.streams.connection import sync_client
+from facestream.control.embedded_cluster import EmbeddedCluster
+from facestream.ingest.publisher import Publisher
 from tests.chaos.harness import distinct_images, events
 from tests.procs import Procs, base_env
 
@@ -63,7 +63,7 @@ def test_primary_killed_replica_promoted(cluster: EmbeddedCluster, tmp_path: Pat
     )
     procs = Procs(tmp_path, env)
     for i in range(2):
-        procs.start(f"detector-{i}", ["-m", "detector"], FACESTREAM_CONSUMER=f"fo-{i}")
+        procs.start(f"detector-{i}", ["-m", "facestream.detector"], FACESTREAM_CONSUMER=f"fo-{i}")
     client = sync_client(settings)
     publisher = Publisher(settings, client)
     evs = events(distinct_images(300, size=96), "fo")

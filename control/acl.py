@@ -12,8 +12,8 @@ import hashlib
 import secrets
 from pathlib import Path
 
-from common.keys import Keys
-from common.settings import Settings
+from facestream.common.contract.keys import Keys
+from facestream.common.settings import Settings
 
 SINK_KINDS = ("jsonl", "webhook", "stdout")
 # A cluster client also reads the slot map (CLUSTER SLOTS) at start and after a MOVED, and

@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from common.errors import REDIS_ERRORS
+from facestream.common.streams.errors import REDIS_ERRORS
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from common.log import get_logger
+from facestream.common.log import get_logger
 
 log = get_logger(__name__)
 

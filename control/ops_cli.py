@@ -7,9 +7,9 @@ from typing import Any
 
 import redis
 
-from common import ops
-from common.connection import sync_client
-from common.settings import Settings
+from facestream.common.settings import Settings
+from facestream.common.streams.connection import sync_client
+from facestream.control import ops
 
 
 def add_parser(sub: Any) -> None:

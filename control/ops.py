@@ -8,10 +8,10 @@ from typing import Any
 import msgpack
 import redis
 
-from common.connection import redact
-from common.groups import ensure_group_sync
-from common.keys import Keys, Partition
-from common.settings import Settings
+from facestream.common.contract.keys import Keys, Partition
+from facestream.common.settings import Settings
+from facestream.common.streams.connection import redact
+from facestream.common.streams.groups import ensure_group_sync
 
 
 def _s(value: Any) -> Any:

@@ -13,9 +13,9 @@ import secrets
 import time
 from typing import Any
 
-from common.log import get_logger
-from common.outage import Outage
-from common.scripts import Scripts
+from facestream.common.log import get_logger
+from facestream.common.streams.outage import Outage
+from facestream.common.streams.scripts import Scripts
 
 log = get_logger(__name__)
 

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.progress import Progress
-from common.settings import Settings
+from facestream.common.progress import Progress
+from facestream.common.settings import Settings
 
 FETCHABLE = ("damofd",)
 
@@ -36,9 +36,9 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from detector.model.damofd import FetchError
-    from detector.model.loader import ModelLoadError
-    from detector.model.registry import RegistryError
+    from facestream.detector.model.damofd import FetchError
+    from facestream.detector.model.loader import ModelLoadError
+    from facestream.detector.model.registry import RegistryError
 
     try:
         if args.action == "fetch":
@@ -52,8 +52,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def fetch(args: argparse.Namespace, settings: Settings) -> int:
-    from detector.model import damofd
-    from detector.model.registry import model_dir
+    from facestream.detector.model import damofd
+    from facestream.detector.model.registry import model_dir
 
     root = model_dir(settings)
     steps = ("download", "build", "export", "check", "install")
@@ -81,7 +81,7 @@ def fetch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def listing(args: argparse.Namespace, settings: Settings) -> int:
-    from detector.model.registry import list_entries, model_dir
+    from facestream.detector.model.registry import list_entries, model_dir
 
     root = model_dir(settings)
     entries = list_entries(root)
@@ -116,8 +116,8 @@ def listing(args: argparse.Namespace, settings: Settings) -> int:
 def info(args: argparse.Namespace, settings: Settings) -> int:
     from dataclasses import asdict
 
-    from detector.model.loader import load_model
-    from detector.model.registry import is_registry_name, model_dir, read_entry
+    from facestream.detector.model.loader import load_model
+    from facestream.detector.model.registry import is_registry_name, model_dir, read_entry
 
     name = args.name or settings.model
     chosen = settings.model_copy(update={"model": name})

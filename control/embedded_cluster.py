@@ -19,7 +19,7 @@ from typing import Any
 import redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS
 
-from common.embedded import EmbeddedRedis, EmbeddedRedisError, free_port
+from facestream.control.embedded import EmbeddedRedis, EmbeddedRedisError, free_port
 
 
 def _cmd(client: Any, *args: Any) -> Any:

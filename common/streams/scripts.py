@@ -1,4 +1,4 @@
-"""Lua scripts (common/lua/*.lua) registered once per client, with typed call wrappers.
+"""Lua scripts (common/streams/lua/*.lua) registered once per client, with typed call wrappers.
 
 Each wrapper queues EVALSHA onto a pipeline when given one (`pipe=`), so a batch's scripts
 travel in one round trip. `Scripts.run` builds and runs such a pipeline: scripts are loaded
@@ -43,7 +43,7 @@ _NAMES = (
 
 @cache
 def script_source(name: str) -> str:
-    return (files("common") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+    return (files("facestream.common.streams") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
 
 
 class Scripts:

@@ -20,9 +20,9 @@ from typing import IO
 
 import redis
 
-from common.connection import redact
-from common.embedded import EmbeddedRedis
-from common.settings import Settings
+from facestream.common.settings import Settings
+from facestream.common.streams.connection import redact
+from facestream.control.embedded import EmbeddedRedis
 
 
 @dataclass
@@ -78,12 +78,14 @@ class Stack:
         host = socket.gethostname()
         for i in range(self.detectors):
             self._spawn(
-                f"detector-{i}", ["-m", "detector"], FACESTREAM_CONSUMER=f"{host}-detector-{i}"
+                f"detector-{i}",
+                ["-m", "facestream.detector"],
+                FACESTREAM_CONSUMER=f"{host}-detector-{i}",
             )
         if self.gateway:
             self._spawn(
                 "gateway",
-                ["-m", "ingest"],
+                ["-m", "facestream.ingest"],
                 FACESTREAM_CONSUMER=f"{host}-gateway",
                 FACESTREAM_HTTP_HOST=self.settings.http_host,
                 FACESTREAM_HTTP_PORT=str(self.settings.http_port),
@@ -91,7 +93,7 @@ class Stack:
         if self.sink:
             self._spawn(
                 "sink-jsonl",
-                ["-m", "sink", "jsonl"],
+                ["-m", "facestream.sink", "jsonl"],
                 FACESTREAM_CONSUMER=f"{host}-sink-jsonl",
                 FACESTREAM_JSONL_PATH=str(self.jsonl_path),
             )

@@ -12,11 +12,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import model_cli, ops_cli
-from common.connection import sync_client
-from common.errors import REDIS_ERRORS
-from common.log import configure
-from common.settings import Settings
+from facestream.common.log import configure
+from facestream.common.settings import Settings
+from facestream.common.streams.connection import sync_client
+from facestream.common.streams.errors import REDIS_ERRORS
+from facestream.control import model_cli, ops_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,11 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "detector":
-        from detector.__main__ import main as detector_main
+        from facestream.detector.__main__ import main as detector_main
 
         return detector_main()
     if args.command == "sink":
-        from sink.__main__ import main as sink_main
+        from facestream.sink.__main__ import main as sink_main
 
         return sink_main([args.kind])
     settings = Settings()
@@ -126,11 +126,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "ingest":
-        from ingest.serve import serve
+        from facestream.ingest.serve import serve
 
         return serve(settings)
     if args.command == "samples":
-        from ingest.samples import write_samples
+        from facestream.ingest.samples import write_samples
 
         for path in write_samples(Path(args.dir)):
             print(path)
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "migrate":
         return migrate(args, settings)
     if args.command == "acl":
-        from common.acl import acl_lines
+        from facestream.control.acl import acl_lines
 
         lines = acl_lines(
             settings, Path(args.secrets_dir) if args.secrets_dir else None, args.native_bloom
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command in ("up", "demo"):
         return run_stack(args, settings)
 
-    from ingest import commands
+    from facestream.ingest import commands
 
     client = sync_client(settings)
     if args.command == "detect":
@@ -183,9 +183,9 @@ def migrate(args: argparse.Namespace, settings: Settings) -> int:
 
     import redis.asyncio as aioredis
 
-    from common.connection import async_client
-    from common.migrate import ModelMismatch, import_cache
-    from detector.model.loader import load_model
+    from facestream.common.streams.connection import async_client
+    from facestream.control.migrate import ModelMismatch, import_cache
+    from facestream.detector.model.loader import load_model
 
     spec = load_model(settings).spec
 
@@ -211,7 +211,7 @@ def migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def health(args: argparse.Namespace, settings: Settings) -> int:
 
-    from common.keys import Keys
+    from facestream.common.contract.keys import Keys
 
     if args.role == "sink" and not args.kind:
         print("facestream health sink: name the sink kind", file=sys.stderr)
@@ -235,7 +235,7 @@ def health(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_stack(args: argparse.Namespace, settings: Settings) -> int:
-    from common.stack import Stack, run_up
+    from facestream.control.stack import Stack, run_up
 
     if args.command == "up":
         stack = Stack(
@@ -249,9 +249,9 @@ def run_stack(args: argparse.Namespace, settings: Settings) -> int:
 
     import redis
 
-    from common.embedded import free_port
-    from ingest import commands
-    from ingest.samples import write_samples
+    from facestream.control.embedded import free_port
+    from facestream.ingest import commands
+    from facestream.ingest.samples import write_samples
 
     if "http_port" not in settings.model_fields_set:
         settings = settings.model_copy(update={"http_port": free_port()})

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 import redis.asyncio.cluster as aiocluster
 import redis.cluster
 
-from common.settings import Settings
+from facestream.common.settings import Settings
 
 
 def _options(settings: Settings) -> dict[str, Any]:

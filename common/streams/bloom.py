@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 import redis.exceptions
 
-from common.keys import Keys
-from common.scripts import Scripts
+from facestream.common.contract.keys import Keys
+from facestream.common.streams.scripts import Scripts
 
 Mode = Literal["native", "lua", "off"]
 

@@ -19,12 +19,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from common.bloom import BloomFilter, resolve_bloom_mode
-from common.keys import Keys
-from common.progress import Progress
-from common.schema import Face, pack_faces
-from common.scripts import Scripts
-from common.settings import Settings
+from facestream.common.contract.keys import Keys
+from facestream.common.contract.schema import Face, pack_faces
+from facestream.common.progress import Progress
+from facestream.common.settings import Settings
+from facestream.common.streams.bloom import BloomFilter, resolve_bloom_mode
+from facestream.common.streams.scripts import Scripts
 
 BATCH = 500
 

@@ -1,0 +1,86 @@
+"""What the gateway reads from a request: the image (raw body or multipart, refused past the
+limit while reading) and the optional fields. Shared by the FastAPI routes, the drop-in route and
+the ASGI fast path, so every door reads the same way."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from fastapi import Request
+from starlette.datastructures import UploadFile
+from starlette.types import Receive, Scope
+
+from facestream.common.settings import Settings
+from facestream.ingest.publisher import BadRequest, ImageTooLarge
+
+MULTIPART_OVERHEAD = 64 * 1024  # field headers and small fields around the image part
+
+
+def b64_default(value: object) -> str:
+    """bin values (possible inside `meta`) as base64, like `schema.jsonable`."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """A raw request body, refused past `limit` bytes: from Content-Length before reading, or
+    while reading a chunked upload. Shared by the FastAPI route and the ASGI fast path."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise ImageTooLarge(f"the body is {value.decode()} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("the client went away")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:  # chunked uploads carry no length: count as they come
+            raise ImageTooLarge(f"the body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def read_request(request: Request, settings: Settings) -> tuple[bytes, dict[str, str | None]]:
+    """The image bytes and the optional fields, from a raw body or a multipart form."""
+    limit = settings.max_image_bytes
+    fields: dict[str, str | None] = {}
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit + MULTIPART_OVERHEAD:
+            raise ImageTooLarge(f"the body is {length} bytes; the limit is {limit}")
+        try:
+            form = await request.form(max_files=1, max_fields=8, max_part_size=64 * 1024)
+        except Exception as exc:  # the multipart parser raises several types on bad input
+            raise BadRequest(f"bad multipart body: {exc}") from None
+        upload = form.get("image")
+        if not isinstance(upload, UploadFile):
+            raise BadRequest("multipart body needs a file field named 'image'")
+        if upload.size is not None and upload.size > limit:
+            raise ImageTooLarge(f"the image is {upload.size} bytes; the limit is {limit}")
+        image = await upload.read(limit + 1)
+        if len(image) > limit:
+            raise ImageTooLarge(f"the image is over the limit of {limit} bytes")
+        for name in ("id", "source", "meta"):
+            value = form.get(name)
+            if isinstance(value, str):
+                fields[name] = value
+        return image, fields
+    return await read_body(request.scope, request.receive, limit), fields
+
+
+def parse_meta(raw: str | None) -> dict[str, Any] | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise BadRequest("meta must be a JSON object") from None
+    if not isinstance(meta, dict):
+        raise BadRequest("meta must be a JSON object")
+    return meta

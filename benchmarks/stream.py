@@ -22,6 +22,7 @@ from benchmarks.common import (
 from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import EVENT_FIELD
 from facestream.common.settings import Settings
+from facestream.common.streams.acked import Emit
 from facestream.common.streams.bloom import BloomShape
 from facestream.common.streams.scripts import Scripts
 from facestream.detector.imaging import decode_image
@@ -98,8 +99,8 @@ def redis_ceiling(url: str, images: list[bytes], n: int, batch: int = 64) -> flo
             )
         pipe.execute()
         pipe = client.pipeline(transaction=False)
-        scripts.emit(
-            pipe, keys.images, keys.results, "g", True, [(i.decode(), payload) for i in ids]
+        Emit(keys.images, keys.results, "g", True, [(i.decode(), payload) for i in ids]).queue(
+            scripts, pipe
         )
         pipe.execute()
         done += len(ids)

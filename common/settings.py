@@ -167,6 +167,11 @@ class Settings(BaseSettings):
     def cluster(self) -> bool:
         return self.redis_cluster or urlsplit(self.redis_url).scheme.endswith("+cluster")
 
+    def sink_group_of(self, kind: str) -> str:
+        """The consumer group of a sink kind: each kind its own group, so each sees every
+        result."""
+        return self.sink_group or f"sink-{kind}"
+
     def limits(self) -> Limits:
         return Limits(self.max_event_bytes, self.max_image_bytes, self.max_meta_bytes)
 

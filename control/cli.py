@@ -217,9 +217,7 @@ def health(args: argparse.Namespace, settings: Settings) -> int:
         print("facestream health sink: name the sink kind", file=sys.stderr)
         return 2
     group = (
-        settings.detector_group
-        if args.role == "detector"
-        else (settings.sink_group or f"sink-{args.kind}")
+        settings.detector_group if args.role == "detector" else settings.sink_group_of(args.kind)
     )
     key = Keys(settings.prefix, settings.partitions).consumer_claim(group, settings.consumer)
     client = sync_client(settings)

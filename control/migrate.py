@@ -17,14 +17,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import Face, pack_faces
 from facestream.common.progress import Progress
 from facestream.common.settings import Settings
 from facestream.common.streams.bloom import BloomFilter, resolve_bloom_mode
 from facestream.common.streams.scripts import Scripts
+from facestream.common.streams.types import AsyncClient
 
 BATCH = 500
 
@@ -92,8 +91,8 @@ def faces_of(fields: dict[str, str]) -> list[Face]:
 
 async def import_cache(
     settings: Settings,
-    source: aioredis.Redis,
-    target: aioredis.Redis,
+    source: AsyncClient,
+    target: AsyncClient,
     prefix: str,
     source_model: str,
     model_name: str,

@@ -12,6 +12,7 @@ from facestream.common.contract.keys import Keys, Partition
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import redact
 from facestream.common.streams.groups import ensure_group_sync
+from facestream.common.streams.types import SyncClient
 
 
 def _s(value: Any) -> Any:
@@ -19,20 +20,20 @@ def _s(value: Any) -> Any:
 
 
 def _entries(
-    r: redis.Redis, stream: str, count: int | None = None
+    r: SyncClient, stream: str, count: int | None = None
 ) -> list[tuple[str, dict[str, Any]]]:
     rows: Any = r.xrange(stream, count=count)
     return [(_s(entry), {_s(k): v for k, v in (fields or {}).items()}) for entry, fields in rows]
 
 
-def _groups(r: redis.Redis, stream: str) -> list[dict[str, Any]]:
+def _groups(r: SyncClient, stream: str) -> list[dict[str, Any]]:
     try:
         return [{k: _s(v) for k, v in g.items()} for g in r.xinfo_groups(stream)]
     except redis.ResponseError:
         return []  # no such stream
 
 
-def _count_keys(r: redis.Redis, pattern: str, limit: int = 100_000) -> tuple[int, bool]:
+def _count_keys(r: SyncClient, pattern: str, limit: int = 100_000) -> tuple[int, bool]:
     """Keys matching `pattern` by SCAN (never KEYS), up to `limit`; True when cut short."""
     n = 0
     for _ in r.scan_iter(match=pattern, count=1000):
@@ -56,7 +57,7 @@ def _label(settings: Settings, part: Partition, kind: str) -> str:
     return kind if settings.partitions == 1 else f"{kind}/{part.index}"
 
 
-def status(settings: Settings, r: redis.Redis) -> dict[str, Any]:
+def status(settings: Settings, r: SyncClient) -> dict[str, Any]:
     keys = Keys(settings.prefix, settings.partitions)
     out: dict[str, Any] = {"redis": redact(settings.redis_url), "streams": {}}
     info = r.info("memory")
@@ -140,7 +141,7 @@ def stream_keys(settings: Settings, which: str, partition: int | None = None) ->
 
 def pending(
     settings: Settings,
-    r: redis.Redis,
+    r: SyncClient,
     stream: str,
     group: str,
     idle_ms: int | None,
@@ -161,7 +162,7 @@ def pending(
     ]
 
 
-def claim(r: redis.Redis, stream: str, group: str, min_idle_ms: int, to: str) -> int:
+def claim(r: SyncClient, stream: str, group: str, min_idle_ms: int, to: str) -> int:
     """Move every entry idle at least `min_idle_ms` to consumer `to`."""
     moved, cursor = 0, "0-0"
     while True:
@@ -174,7 +175,7 @@ def claim(r: redis.Redis, stream: str, group: str, min_idle_ms: int, to: str) ->
 
 
 def _dead_letters(
-    settings: Settings, r: redis.Redis, partition: int | None, count: int | None = None
+    settings: Settings, r: SyncClient, partition: int | None, count: int | None = None
 ) -> list[tuple[Partition, str, dict[str, Any]]]:
     return [
         (part, entry, f)
@@ -184,7 +185,7 @@ def _dead_letters(
 
 
 def dlq_list(
-    settings: Settings, r: redis.Redis, count: int, partition: int | None = None
+    settings: Settings, r: SyncClient, count: int, partition: int | None = None
 ) -> list[dict[str, Any]]:
     rows = []
     for part, entry, f in _dead_letters(settings, r, partition, count):
@@ -211,7 +212,7 @@ def dlq_list(
 
 
 def dlq_replay(
-    settings: Settings, r: redis.Redis, ids: list[str] | None, partition: int | None = None
+    settings: Settings, r: SyncClient, ids: list[str] | None, partition: int | None = None
 ) -> int:
     """Put dead letters back: events onto their partition's images stream (a fresh delivery
     count), results onto its results stream (sinks drop the copies they already have). Each
@@ -232,7 +233,7 @@ def dlq_replay(
 
 
 def dlq_purge(
-    settings: Settings, r: redis.Redis, ids: list[str] | None, partition: int | None = None
+    settings: Settings, r: SyncClient, ids: list[str] | None, partition: int | None = None
 ) -> int:
     purged = 0
     for part in parts(settings, partition):
@@ -245,7 +246,7 @@ def dlq_purge(
 
 
 def prune_consumers(
-    settings: Settings, r: redis.Redis, stream: str, group: str, idle_ms: int, to: str
+    settings: Settings, r: SyncClient, stream: str, group: str, idle_ms: int, to: str
 ) -> list[dict[str, Any]]:
     """Delete consumers idle at least `idle_ms` with no live heartbeat, after moving their
     pending entries to `to` (XDELCONSUMER alone would drop those entries from the group)."""

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import redis
-
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import sync_client
+from facestream.common.streams.types import SyncClient
 from facestream.control import ops
 
 
@@ -69,7 +68,7 @@ def _group(args: argparse.Namespace, settings: Settings) -> str:
     return settings.detector_group if args.stream == "images" else "sink-jsonl"
 
 
-def _run(args: argparse.Namespace, settings: Settings, r: redis.Redis) -> int:
+def _run(args: argparse.Namespace, settings: Settings, r: SyncClient) -> int:
     if args.ops == "status":
         report = ops.status(settings, r)
         ops.dump(report) if args.json else ops.print_status(report)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import sys
 
 from facestream.common import metrics
 from facestream.common.log import configure, get_logger
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client, redact
+from facestream.common.streams.member import stop_on_signals
 from facestream.detector.model.backend import installed_runtime_builds
 from facestream.detector.model.loader import load_model
 from facestream.detector.worker import Detector
@@ -31,25 +30,7 @@ async def serve(settings: Settings) -> int:
     metrics.serve(settings.metrics_port)
     client = async_client(settings)
     detector = Detector(settings, client, model)
-    loop = asyncio.get_running_loop()
-    signals = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal signals
-        signals += 1
-        if signals == 1:
-            log.info(
-                "stopping",
-                signal=signal.Signals(signum).name,
-                hint="finishing the batch in hand; signal again to stop at once",
-            )
-            detector.stop.set()
-        else:
-            # Unfinished entries stay pending and are re-read or claimed later.
-            os._exit(130)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
+    stop_on_signals(detector.stop.set, "detector")
     log.info("detector_starting", redis=redact(settings.redis_url), consumer=settings.consumer)
     try:
         counters = await detector.run()

@@ -29,6 +29,7 @@ from facestream.common.log import get_logger
 from facestream.common.settings import Settings
 from facestream.common.streams.bloom import BloomFilter
 from facestream.common.streams.locks import LockKeeper
+from facestream.common.streams.types import AsyncClient, AsyncPipeline
 from facestream.detector.imaging import image_size
 from facestream.detector.inference import Inference
 from facestream.detector.jobs import Deferred, Job, ResultFactory
@@ -44,7 +45,7 @@ class BatchProcessor:
     def __init__(
         self,
         settings: Settings,
-        client: Any,
+        client: AsyncClient,
         keys: Keys,
         model: FaceModel,
         bloom: BloomFilter,
@@ -203,7 +204,7 @@ class BatchProcessor:
         tag = self.model.tag
         tokens = {sha: self.locks.new_token() for sha in groups}
 
-        def build(pipe: Any) -> None:
+        def build(pipe: AsyncPipeline) -> None:
             for sha in groups:
                 self.writer.scripts.lookup_or_lock(
                     pipe,

@@ -1,9 +1,9 @@
-"""The detector: one consumer-group member on every partition's images stream.
+"""The detector: a consumer-group member (common/streams/member.py) on every partition's images
+stream, whose handler answers each batch.
 
-Per partition a lane (detector/lane.py) first re-reads its own pending entries (a restart
-after a crash answers what it had taken), then reads new ones with XREADGROUP `>`; cache hits
-are served at once while inference runs in a thread pool, and deferred images (another worker
-holds their lock) are re-checked on a backoff.
+Cache hits are served at once while inference runs in a thread pool, and deferred images
+(another worker holds their lock) are re-checked on a backoff; while inference is saturated the
+readers wait for it instead of reading more.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
+from collections.abc import Mapping
 
 import redis.exceptions
-import structlog
 
 from facestream.common import metrics
 from facestream.common.contract.keys import Keys
@@ -22,13 +21,13 @@ from facestream.common.log import get_logger
 from facestream.common.settings import Settings
 from facestream.common.streams.bloom import BloomFilter, resolve_bloom_mode
 from facestream.common.streams.errors import REDIS_ERRORS
-from facestream.common.streams.groups import ensure_group
-from facestream.common.streams.locks import LockKeeper, claim_consumer_name
-from facestream.common.streams.outage import Outage, until_available
+from facestream.common.streams.locks import LockKeeper
+from facestream.common.streams.member import Batch, Handler, Member, Subscription
+from facestream.common.streams.outage import Outage
 from facestream.common.streams.scripts import Scripts
 from facestream.common.streams.trim import trim_acked
+from facestream.common.streams.types import AsyncClient
 from facestream.detector.jobs import Counters, ResultFactory
-from facestream.detector.lane import Lane
 from facestream.detector.model.face_model import FaceModel
 from facestream.detector.pipeline import BatchProcessor
 from facestream.detector.writer import OUTAGE_ERRORS, Writer
@@ -36,8 +35,25 @@ from facestream.detector.writer import OUTAGE_ERRORS, Writer
 log = get_logger(__name__)
 
 
-class Detector:
-    def __init__(self, settings: Settings, client: Any, model: FaceModel) -> None:
+def subscription(settings: Settings, keys: Keys) -> Subscription:
+    return Subscription(
+        streams=tuple(part.images for part in keys.parts),
+        group=settings.detector_group,
+        consumer=settings.consumer,
+        claim_key=keys.consumer_claim(settings.detector_group, settings.consumer),
+        claim_ttl_ms=settings.consumer_claim_ttl_ms,
+        count=settings.read_count,
+        block_ms=settings.block_ms,
+        readers=settings.read_lanes,
+        claim_idle_ms=settings.claim_idle_ms,
+        claim_every_ms=settings.claim_every_ms,
+    )
+
+
+class Detector(Handler):
+    retry_on = OUTAGE_ERRORS
+
+    def __init__(self, settings: Settings, client: AsyncClient, model: FaceModel) -> None:
         self.s = settings
         self.client = client
         self.model = model
@@ -45,18 +61,24 @@ class Detector:
         self.scripts = Scripts(client)
         self.counters = Counters()
         self.locks = LockKeeper(self.scripts, settings.lock_ttl_ms)
-        self.stop = asyncio.Event()
+        self.member = Member(client, subscription(settings, self.keys), self, "detector")
+        self.stop = self.member.stop
         self.processor: BatchProcessor | None = None
-        self.lanes = [
-            Lane(settings, client, part, self.counters, self.stop, first=i == 0)
-            for part in self.keys.parts
-            for i in range(settings.read_lanes)
-        ]
+        self._lost_seen = 0
+        self._background: list[asyncio.Task[None]] = []
+        self._background_stop = asyncio.Event()
 
-    async def _setup(self) -> BatchProcessor:
+    async def run(self) -> Counters:
+        await self.member.run()
+        return self.counters
+
+    @property
+    def p(self) -> BatchProcessor:
+        assert self.processor is not None, "started"
+        return self.processor
+
+    async def start(self) -> None:
         s = self.s
-        for part in self.keys.parts:
-            await ensure_group(self.client, part.images, s.detector_group)
         mode = await resolve_bloom_mode(self.client, s.bloom, self.keys.bloom(self.model.tag))
         bloom = BloomFilter(
             self.keys,
@@ -71,6 +93,14 @@ class Detector:
             s, self.client, self.keys, self.scripts, bloom, self.model.tag, self.counters
         )
         results = ResultFactory(self.model.tag, s.consumer, self.counters)
+        self.processor = BatchProcessor(
+            s, self.client, self.keys, self.model, bloom, self.locks, writer, results
+        )
+        self._background = [
+            asyncio.create_task(self.locks.run(self.client, self._background_stop)),
+            asyncio.create_task(self._housekeeping(self._background_stop)),
+            asyncio.create_task(self.processor.batcher.run()),
+        ]
         log.info(
             "detector_ready",
             model=self.model.tag,
@@ -80,58 +110,48 @@ class Detector:
             group=s.detector_group,
             streams=[part.images for part in self.keys.parts],
         )
-        return BatchProcessor(
-            s, self.client, self.keys, self.model, bloom, self.locks, writer, results
+
+    async def handle(self, batch: Batch) -> None:
+        await self.p.handle(self.keys.parts[batch.stream], batch.entries, batch.deliveries)
+
+    async def tick(self) -> None:
+        await self.p.recheck_deferred()
+
+    def next_due(self) -> float | None:
+        return self.p.next_due()
+
+    def busy(self) -> bool:
+        p = self.p
+        return (
+            len(p.tasks) >= self.s.max_inflight_batches or p.deferred_jobs() >= self.s.max_deferred
         )
 
-    async def run(self) -> Counters:
-        s = self.s
-        # Every log line of this task and the tasks it starts names the consumer.
-        structlog.contextvars.bind_contextvars(consumer=s.consumer)
-        claim_key = self.keys.consumer_claim(s.detector_group, s.consumer)
-        # Started before Redis is up (or while it is down)? Wait for it, do not crash-loop.
-        token = await until_available(
-            lambda: claim_consumer_name(self.client, claim_key, s.consumer_claim_ttl_ms),
-            self.stop,
-            log,
+    async def until_free(self, timeout_s: float) -> None:
+        # Saturated: let inference finish (or deferrals come due) before reading more.
+        stop_wait = asyncio.ensure_future(self.stop.wait())
+        await asyncio.wait(
+            [*self.p.tasks, stop_wait], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
         )
-        processor = await until_available(self._setup, self.stop, log) if token else None
-        if token is None or processor is None:
-            return self.counters  # stopped before Redis came
-        self.processor = processor
-        # The claim is kept alive by a keeper like the one that extends image locks.
-        keeper = LockKeeper(self.scripts, s.consumer_claim_ttl_ms)
-        keeper.hold(claim_key, token)
-        keeper_stop = asyncio.Event()
-        tasks = [
-            asyncio.create_task(keeper.run(self.client, keeper_stop)),
-            asyncio.create_task(self.locks.run(self.client, keeper_stop)),
-            asyncio.create_task(self._housekeeping(keeper_stop)),
-        ]
-        inference = asyncio.create_task(processor.batcher.run())
-        started = time.monotonic()
-        try:
-            await asyncio.gather(*(lane.run(processor) for lane in self.lanes))
-            await self._finish(processor)
-        finally:
-            keeper_stop.set()
-            inference.cancel()
-            await asyncio.gather(*tasks, inference, return_exceptions=True)
-            processor.close()
-            with contextlib.suppress(*REDIS_ERRORS):  # else it expires
-                await self.scripts.lock_release(self.client, claim_key, token)
-            log.info(
-                "detector_stopped",
-                seconds=round(time.monotonic() - started, 1),
-                deferred_left_pending=processor.deferred_jobs(),
-                batch_sizes=dict(sorted(processor.batcher.batch_sizes.items())),
-                **self.counters.as_dict(),
-            )
-        return self.counters
+        stop_wait.cancel()
 
-    async def _finish(self, p: BatchProcessor) -> None:
+    def in_hand(self, stream: int) -> set[str]:
+        return self.p.active_entries(self.keys.parts[stream])
+
+    def rewind_needed(self) -> bool:
+        # A write failed, or entries in hand were dropped: they are pending, unanswered.
+        if self.p.lost_writes == self._lost_seen:
+            return False
+        self._lost_seen = self.p.lost_writes
+        return True
+
+    def claimed(self, entries: int, deleted: int) -> None:
+        self.counters.claimed += entries
+        self.counters.deleted_entries += deleted
+
+    async def finish(self) -> None:
         """On stop: finish inference in hand, and give images deferred on another worker's lock
         a grace period to be answered from the cache; what is left stays pending for others."""
+        p = self.p
         await p.drain()
         deadline = time.monotonic() + self.s.shutdown_grace_s
         while p.deferred and time.monotonic() < deadline:
@@ -142,6 +162,23 @@ class Detector:
             except OUTAGE_ERRORS:
                 break  # Redis is away: leave the rest pending
             await p.drain()
+
+    async def close(self) -> None:
+        self._background_stop.set()
+        for task in self._background[2:]:
+            task.cancel()  # the batcher waits for work forever
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self.processor is not None:
+            self.processor.close()
+
+    def summary(self) -> Mapping[str, object]:
+        if self.processor is None:
+            return self.counters.as_dict()
+        return {
+            "deferred_left_pending": self.processor.deferred_jobs(),
+            "batch_sizes": dict(sorted(self.processor.batcher.batch_sizes.items())),
+            **self.counters.as_dict(),
+        }
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
         """Periodically: keep the streams this detector writes to bounded (never losing unread

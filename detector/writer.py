@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +20,11 @@ from facestream.common.contract.keys import Keys, Partition
 from facestream.common.contract.schema import RESULT_FIELD, Face, Result, pack_faces
 from facestream.common.log import get_logger
 from facestream.common.settings import Settings
+from facestream.common.streams.acked import DeadLetter, Emit, acknowledge_entries
 from facestream.common.streams.bloom import BloomFilter
 from facestream.common.streams.errors import REDIS_ERRORS, TRANSIENT
-from facestream.common.streams.scripts import Scripts
+from facestream.common.streams.scripts import Scripts, Step
+from facestream.common.streams.types import AsyncClient, AsyncPipeline
 from facestream.detector.jobs import Counters, now_ms
 
 log = get_logger(__name__)
@@ -59,7 +60,7 @@ class Writer:
     def __init__(
         self,
         settings: Settings,
-        client: Any,
+        client: AsyncClient,
         keys: Keys,
         scripts: Scripts,
         bloom: BloomFilter,
@@ -91,13 +92,13 @@ class Writer:
                 log.info("write_retry", attempt=attempt + 1, error=str(exc))
                 await asyncio.sleep(0.05 * 2**attempt)
 
-    def _side_effects(self, out: Emission, payloads: list[bytes]) -> Callable[[Any], None]:
+    def _side_effects(self, out: Emission, payloads: list[bytes]) -> Step:
         """Cache entries (each releasing its lock), the Bloom adds vouching for them, lock
         releases, replies: everything that must land before the acks."""
         s, keys = self.s, self.keys
         created = now_ms()
 
-        def build(pipe: Any) -> None:
+        def build(pipe: AsyncPipeline) -> None:
             for sha, token, faces, width, height in out.cache_puts:
                 self.scripts.cache_put(
                     pipe,
@@ -127,7 +128,7 @@ class Writer:
 
     def _stream_steps(
         self, out: Emission, payloads: list[bytes], at: dict[str, list[int]]
-    ) -> list[Callable[[Any], None]]:
+    ) -> list[Step]:
         """Per partition: plain acks, dead letters and the ack-gated emit. Where a partition's
         streams share a slot (or on one server) each is one script; on a cluster with the
         untagged v1 names they span slots, so results and dead letters are written first and
@@ -148,57 +149,40 @@ class Writer:
             parts[part.index] = part
             acks[part.index].append(entry)
 
-        def queue_acks(pipe: Any, part: Partition, entries: list[str]) -> None:
-            pipe.xack(part.images, s.detector_group, *entries)
-            if s.delete_acked_images:
-                pipe.xdel(part.images, *entries)
+        g, delete = s.detector_group, s.delete_acked_images
+        calls: list[tuple[str, DeadLetter | Emit]] = []
+        for i, part in sorted(parts.items()):
+            if dead[i]:
+                dl = DeadLetter(part.images, part.results, part.dlq, g, delete, s.consumer, dead[i])
+                calls.append(("dead", dl))
+            if emits[i]:
+                calls.append(("emit", Emit(part.images, part.results, g, delete, emits[i])))
 
-        def scripted(pipe: Any) -> None:
+        def plain_acks(pipe: AsyncPipeline) -> None:
+            for i, part in sorted(parts.items()):
+                acknowledge_entries(pipe, part.images, g, delete, acks[i])
+
+        def scripted(pipe: AsyncPipeline) -> None:
             at["dead"].clear()
             at["emit"].clear()
             start = len(pipe)
-            for i, part in sorted(parts.items()):
-                if acks[i]:
-                    queue_acks(pipe, part, acks[i])
-                if dead[i]:
-                    at["dead"].append(len(pipe) - start)
-                    self.scripts.dead_letter(
-                        pipe,
-                        part.images,
-                        part.results,
-                        part.dlq,
-                        s.detector_group,
-                        s.delete_acked_images,
-                        s.consumer,
-                        dead[i],
-                    )
-                if emits[i]:
-                    at["emit"].append(len(pipe) - start)
-                    self.scripts.emit(
-                        pipe,
-                        part.images,
-                        part.results,
-                        s.detector_group,
-                        s.delete_acked_images,
-                        emits[i],
-                    )
+            plain_acks(pipe)
+            for kind, call in calls:
+                at[kind].append(len(pipe) - start)
+                call.queue(self.scripts, pipe)
 
         if self.keys.streams_in_one_slot(s.cluster):
             return [scripted]
+        splits = [call.split() for _, call in calls]
 
-        def publish(pipe: Any) -> None:
-            for i, part in sorted(parts.items()):
-                for entry, result, event, count in dead[i]:
-                    pipe.xadd(part.results, {RESULT_FIELD: result})
-                    pipe.xadd(part.dlq, dead_letter_fields(part, s, entry, event, count))
-                for _, payload in emits[i]:
-                    pipe.xadd(part.results, {RESULT_FIELD: payload})
+        def publish(pipe: AsyncPipeline) -> None:
+            for split in splits:
+                split.publish(pipe)
 
-        def acknowledge(pipe: Any) -> None:
-            for i, part in sorted(parts.items()):
-                entries = acks[i] + [d[0] for d in dead[i]] + [e[0] for e in emits[i]]
-                if entries:
-                    queue_acks(pipe, part, entries)
+        def acknowledge(pipe: AsyncPipeline) -> None:
+            plain_acks(pipe)
+            for split in splits:
+                split.acknowledge(pipe)
 
         return [publish, acknowledge]
 
@@ -267,18 +251,3 @@ class Writer:
         for outcome, n in outcomes.items():
             if n:
                 metrics.RESULT_BY_OUTCOME[outcome].inc(n)
-
-
-def dead_letter_fields(
-    part: Partition, s: Settings, entry: str, event: bytes, deliveries: int
-) -> dict[str, Any]:
-    """The dead-letter entry dead_letter.lua writes, for the split (cross-slot) path."""
-    return {
-        "event": event,
-        "reason": "max_deliveries",
-        "consumer": s.consumer,
-        "deliveries": deliveries,
-        "entry": entry,
-        "stream": part.images,
-        "group": s.detector_group,
-    }

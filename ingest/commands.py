@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-import redis
 
 from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import RESULT_FIELD, ImageEvent, jsonable
 from facestream.common.progress import Progress
 from facestream.common.settings import Settings
 from facestream.common.streams.groups import ensure_group_sync
+from facestream.common.streams.types import SyncClient
 from facestream.ingest.publisher import Overloaded, Publisher, PublishError, make_event
 
 WINDOW = 256  # images published but not yet answered, at most: memory stays bounded
@@ -54,7 +54,7 @@ def publish_retrying(publisher: Publisher, events: list[ImageEvent]) -> list[str
 class Waiter:
     """Reads one private reply stream; yields results as they arrive."""
 
-    def __init__(self, client: redis.Redis, stream: str) -> None:
+    def __init__(self, client: SyncClient, stream: str) -> None:
         self.client = client
         self.stream = stream
         self.last = "0-0"
@@ -77,7 +77,7 @@ def door_error(path: Path, exc: PublishError | OSError) -> dict[str, Any]:
 
 def detect(
     settings: Settings,
-    client: redis.Redis,
+    client: SyncClient,
     paths: list[Path],
     *,
     table: bool,
@@ -165,7 +165,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(f"{r['path']:<{width}}  {len(faces):>5}  {size:>9}  {best:>5}  {cached:>6}  {err}")
 
 
-def publish(settings: Settings, client: redis.Redis, paths: list[Path]) -> int:
+def publish(settings: Settings, client: SyncClient, paths: list[Path]) -> int:
     """Fire and forget: prints `id<TAB>path` per published image."""
     publisher = Publisher(settings, client)
     failed = 0
@@ -188,7 +188,7 @@ def publish(settings: Settings, client: redis.Redis, paths: list[Path]) -> int:
 
 def results(
     settings: Settings,
-    client: redis.Redis,
+    client: SyncClient,
     *,
     follow: bool,
     group: str | None,

@@ -16,8 +16,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import msgpack
-import redis
-import redis.asyncio as aioredis
 
 from facestream.common.contract.imagetypes import sniff_format
 from facestream.common.contract.keys import Keys
@@ -31,6 +29,7 @@ from facestream.common.contract.schema import (
 from facestream.common.settings import Settings
 from facestream.common.streams.errors import TRANSIENT
 from facestream.common.streams.server import has_idempotent_xadd
+from facestream.common.streams.types import AsyncClient, AsyncPipeline, SyncClient, SyncPipeline
 
 DEFAULT_LIMITS = Limits()
 
@@ -178,7 +177,7 @@ class _Producer:
         self._next = (self._next + len(events)) % len(parts)
         return streams
 
-    def queue(self, pipe: Any, event: ImageEvent, stream: str) -> None:
+    def queue(self, pipe: SyncPipeline | AsyncPipeline, event: ImageEvent, stream: str) -> None:
         payload = event.to_wire()
         if self.idmp:
             iid = f"{event.id}:{event.sha256}"
@@ -188,7 +187,7 @@ class _Producer:
         else:
             pipe.xadd(stream, {EVENT_FIELD: payload})
 
-    def queue_lag(self, pipe: Any) -> None:
+    def queue_lag(self, pipe: SyncPipeline | AsyncPipeline) -> None:
         for part in self.keys.parts:
             pipe.xinfo_groups(part.images)
             pipe.xlen(part.images)
@@ -197,7 +196,7 @@ class _Producer:
 class Publisher(_Producer):
     """Synchronous publisher: XADD one event, or pipeline many in one round trip."""
 
-    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+    def __init__(self, settings: Settings, client: SyncClient) -> None:
         super().__init__(settings)
         self.client = client
 
@@ -234,7 +233,7 @@ class AsyncPublisher(_Producer):
     """The asyncio twin of `Publisher`. Concurrent `publish` calls made in one event-loop cycle
     (a gateway serving many requests) share one pipelined round trip."""
 
-    def __init__(self, settings: Settings, client: aioredis.Redis) -> None:
+    def __init__(self, settings: Settings, client: AsyncClient) -> None:
         super().__init__(settings)
         self.client = client
         self._pending: list[tuple[ImageEvent, asyncio.Future[str]]] = []

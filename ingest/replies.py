@@ -16,13 +16,13 @@ import uuid
 from typing import Any
 
 import msgpack
-from redis.asyncio import Redis
 
 from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import RESULT_FIELD
 from facestream.common.log import get_logger
 from facestream.common.streams.errors import REDIS_ERRORS
 from facestream.common.streams.outage import Outage
+from facestream.common.streams.types import AsyncClient
 
 log = get_logger(__name__)
 
@@ -30,7 +30,7 @@ Waiter = asyncio.Future[dict[str, Any]]
 
 
 class ReplyRouter:
-    def __init__(self, client: Redis, keys: Keys, ttl_s: int, block_ms: int = 1000) -> None:
+    def __init__(self, client: AsyncClient, keys: Keys, ttl_s: int, block_ms: int = 1000) -> None:
         self.client = client
         self.stream = keys.reply_stream(f"gw-{uuid.uuid4().hex[:12]}")
         self.ttl_ms = ttl_s * 1000

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
 import sys
 
 from facestream.common import metrics
 from facestream.common.log import configure, get_logger
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client
+from facestream.common.streams.member import stop_on_signals
 from facestream.sink.files import JsonlSink, StdoutSink
 from facestream.sink.runner import Sink, SinkRunner
 from facestream.sink.webhook import WebhookSink
@@ -32,18 +31,7 @@ async def serve(kind: str, settings: Settings) -> int:
     metrics.serve(settings.metrics_port)
     client = async_client(settings)
     runner = SinkRunner(settings, client, make_sink(kind, settings))
-    loop = asyncio.get_running_loop()
-    signals = 0
-
-    def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        if signals > 1:
-            os._exit(130)  # unacknowledged entries stay pending and are re-read later
-        runner.stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+    stop_on_signals(runner.stop.set, f"sink {kind}")
     try:
         c = await runner.run()
     finally:

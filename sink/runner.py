@@ -11,9 +11,7 @@ they come from.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,12 +22,10 @@ from facestream.common.contract.keys import Keys, Partition
 from facestream.common.contract.schema import RESULT_FIELD, decode_result
 from facestream.common.log import get_logger
 from facestream.common.settings import Settings
-from facestream.common.streams.errors import REDIS_ERRORS
-from facestream.common.streams.groups import ensure_group
-from facestream.common.streams.locks import LockKeeper, claim_consumer_name
-from facestream.common.streams.outage import Outage, until_available
-from facestream.common.streams.recovery import Reclaimer
-from facestream.common.streams.scripts import Scripts
+from facestream.common.streams.acked import SinkDeadLetter
+from facestream.common.streams.member import Batch, Handler, Member, Subscription
+from facestream.common.streams.scripts import Scripts, Step
+from facestream.common.streams.types import AsyncClient, AsyncPipeline, Entry
 
 log = get_logger(__name__)
 
@@ -69,42 +65,58 @@ class SinkCounters:
     deleted: int = 0
 
 
-class SinkRunner:
-    def __init__(self, settings: Settings, client: Any, sink: Sink) -> None:
+class SinkRunner(Handler):
+    # Redis away, or the sink's own write failed: nothing was acked, so the member re-reads
+    # its pending entries after a pause.
+    retry_on = (Exception,)
+
+    def __init__(self, settings: Settings, client: AsyncClient, sink: Sink) -> None:
         self.s = settings
         self.client = client
         self.sink = sink
         self.keys = Keys(settings.prefix, settings.partitions)
-        self.group = settings.sink_group or f"sink-{sink.kind}"
+        self.group = settings.sink_group_of(sink.kind)
         self.counters = SinkCounters()
-        self.stop = asyncio.Event()
         self.scripts = Scripts(client)
         self._writing = asyncio.Lock()
-        self.reclaimers = [
-            Reclaimer(
-                client,
-                part.results,
-                self.group,
-                settings.consumer,
-                settings.claim_idle_ms,
-                settings.claim_every_ms,
-                settings.read_count,
-            )
-            for part in self.keys.parts
-        ]
-
-    async def _read(self, part: Partition, start: str, block: int | None) -> list[Item]:
-        reply = await self.client.xreadgroup(
-            self.group,
-            self.s.consumer,
-            {part.results: start},
-            count=self.s.read_count,
-            block=block,
+        self._opened = False
+        sub = Subscription(
+            streams=tuple(part.results for part in self.keys.parts),
+            group=self.group,
+            consumer=settings.consumer,
+            claim_key=self.keys.consumer_claim(self.group, settings.consumer),
+            claim_ttl_ms=settings.consumer_claim_ttl_ms,
+            count=settings.read_count,
+            block_ms=settings.block_ms,
+            claim_idle_ms=settings.claim_idle_ms,
+            claim_every_ms=settings.claim_every_ms,
         )
-        return [self._item(e) for e in (reply[0][1] if reply else [])]
+        self.member = Member(client, sub, self, "sink")
+        self.stop = self.member.stop
+
+    async def run(self) -> SinkCounters:
+        structlog.contextvars.bind_contextvars(sink=self.sink.kind)
+        await self.member.run()
+        return self.counters
+
+    async def start(self) -> None:
+        await self.sink.open()
+        self._opened = True
+        log.info("sink_ready", group=self.group, streams=[p.results for p in self.keys.parts])
+
+    async def close(self) -> None:
+        if self._opened:
+            await self.sink.close()
+
+    def claimed(self, entries: int, deleted: int) -> None:
+        self.counters.claimed += entries
+        self.counters.deleted += deleted  # gone from the stream: no result to write
+
+    def summary(self) -> Mapping[str, object]:
+        return vars_of(self.counters)
 
     @staticmethod
-    def _item(entry: tuple[bytes, Any]) -> Item:
+    def _item(entry: Entry) -> Item:
         raw_id, fields = entry
         payload = (fields or {}).get(RESULT_FIELD, b"")
         try:
@@ -117,40 +129,31 @@ class SinkRunner:
         """Acknowledge the batch, dead letters included. Where the results and dead-letter
         streams share a slot (or on one server) each dead letter is one script step with its
         acknowledgement, written only if that acknowledgement counted; on a cluster with the
-        untagged v1 names they span slots, so dead letters go first and the acks after (a
-        crash in between repeats a dead letter, never loses one)."""
+        untagged v1 names they span slots: the script's split, dead letters first."""
         dead = [(item.entry, item.payload, reason[:1000]) for item, reason in outcome.dead]
         dead_ids = {entry for entry, _, _ in dead}
         rest = [i.entry for i in items if i.entry not in dead_ids]
         s, kind = self.s, self.sink.kind
 
-        def scripted(pipe: Any) -> None:
-            if dead:
-                self.scripts.sink_dead_letter(
-                    pipe, part.results, part.dlq, self.group, kind, s.consumer, dead
-                )
+        letters = SinkDeadLetter(part.results, part.dlq, self.group, kind, s.consumer, dead)
+
+        def acks(pipe: AsyncPipeline) -> None:
             if rest:
                 pipe.xack(part.results, self.group, *rest)
 
-        def dead_letters(pipe: Any) -> None:
-            for entry, payload, reason in dead:
-                pipe.xadd(
-                    part.dlq,
-                    {
-                        "result": payload,
-                        "reason": reason,
-                        "sink": kind,
-                        "group": self.group,
-                        "consumer": s.consumer,
-                        "entry": entry,
-                    },
-                )
+        def scripted(pipe: AsyncPipeline) -> None:
+            if dead:
+                letters.queue(self.scripts, pipe)
+            acks(pipe)
 
-        def ack(pipe: Any) -> None:
-            pipe.xack(part.results, self.group, *[i.entry for i in items])
+        split = letters.split()
+
+        def acknowledge(pipe: AsyncPipeline) -> None:
+            split.acknowledge(pipe)
+            acks(pipe)
 
         one_slot = self.keys.streams_in_one_slot(s.cluster)
-        steps: list[Callable[[Any], None]] = [scripted] if one_slot else [dead_letters, ack]
+        steps: list[Step] = [scripted] if one_slot else [split.publish, acknowledge]
         for answers in await self.scripts.run_steps(self.client, steps, together=len(steps) == 1):
             for answer in answers:
                 if isinstance(answer, Exception):
@@ -162,11 +165,11 @@ class SinkRunner:
         for item, reason in outcome.dead:
             log.warning("dead_lettered", entry=item.entry, reason=reason)
 
-    async def _handle(
-        self, part: Partition, items: list[Item], deliveries: dict[str, int] | None = None
-    ) -> None:
+    async def handle(self, batch: Batch) -> None:
+        items = [self._item(e) for e in batch.entries]
         if not items:
             return
+        part, deliveries = self.keys.parts[batch.stream], batch.deliveries
         self.counters.read += len(items)
         limit = self.s.max_deliveries
         poison = {i.entry for i in items if deliveries and deliveries.get(i.entry, 1) >= limit}
@@ -182,83 +185,6 @@ class SinkRunner:
         handled = {i.entry for i in outcome.written} | {i.entry for i, _ in outcome.dead}
         self.counters.skipped += sum(1 for i in good if i.entry not in handled)
         await self._settle(part, items, outcome)
-
-    async def _redelivered(self, part: Partition, items: list[Item]) -> None:
-        counts = await self.reclaimers[part.index].deliveries([i.entry for i in items])
-        await self._handle(part, items, counts)
-
-    async def run(self) -> SinkCounters:
-        s = self.s
-        structlog.contextvars.bind_contextvars(consumer=s.consumer, sink=self.sink.kind)
-        scripts = self.scripts
-        claim = self.keys.consumer_claim(self.group, s.consumer)
-        # Started before Redis is up (or while it is down)? Wait for it, do not crash-loop.
-        token = await until_available(
-            lambda: claim_consumer_name(self.client, claim, s.consumer_claim_ttl_ms),
-            self.stop,
-            log,
-        )
-        # From the stream's start: results published before the sink first ran are kept.
-        grouped = await until_available(self._ensure_groups, self.stop, log) if token else None
-        if token is None or grouped is None:
-            return self.counters  # stopped before Redis came
-        keeper = LockKeeper(scripts, s.consumer_claim_ttl_ms)
-        keeper.hold(claim, token)
-        keeper_stop = asyncio.Event()
-        heartbeat = asyncio.create_task(keeper.run(self.client, keeper_stop))
-        await self.sink.open()
-        log.info("sink_ready", group=self.group, streams=[p.results for p in self.keys.parts])
-        started = time.monotonic()
-        try:
-            await asyncio.gather(*(self._loop(part) for part in self.keys.parts))
-        finally:
-            keeper_stop.set()
-            await heartbeat
-            await self.sink.close()
-            with contextlib.suppress(*REDIS_ERRORS):
-                await scripts.lock_release(self.client, claim, keeper.token(claim) or "")
-            log.info(
-                "sink_stopped",
-                seconds=round(time.monotonic() - started, 1),
-                **vars_of(self.counters),
-            )
-        return self.counters
-
-    async def _ensure_groups(self) -> bool:
-        for part in self.keys.parts:
-            await ensure_group(self.client, part.results, self.group)
-        return True
-
-    async def _loop(self, part: Partition) -> None:
-        """One partition's reader (each blocks on its own stream)."""
-        if self.s.partitions > 1:
-            structlog.contextvars.bind_contextvars(partition=part.index)
-        reclaimer = self.reclaimers[part.index]
-        cursor: str | None = "0"  # own pending first
-        outage = Outage(log)
-        while not self.stop.is_set():
-            try:
-                if cursor is not None:
-                    items = await self._read(part, cursor, None)
-                    cursor = items[-1].entry if items else None
-                    await self._redelivered(part, items)
-                elif reclaimer.due():
-                    # Work stuck on members that died or hang: take it over.
-                    entries, deleted = await reclaimer.claim()
-                    self.counters.claimed += len(entries)
-                    self.counters.deleted += len(deleted)  # gone from the stream: no result
-                    await self._redelivered(part, [self._item(e) for e in entries])
-                else:
-                    await self._handle(part, await self._read(part, ">", self.s.block_ms))
-                outage.ok()
-            except Exception as exc:
-                # Redis away, or the sink's own write failed: nothing was acked, so re-read our
-                # pending entries after a pause.
-                if not isinstance(exc, REDIS_ERRORS):
-                    log.exception("sink_write_failed")
-                cursor = "0"
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), outage.failed(exc))
 
 
 def vars_of(counters: SinkCounters) -> dict[str, int]:

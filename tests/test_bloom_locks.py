@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from facestream.common.contract.keys import Keys
 from facestream.common.settings import Settings
+from facestream.common.streams.acked import Emit
 from facestream.common.streams.bloom import BloomFilter, BloomShape, server_has_native_bloom
 from facestream.common.streams.connection import async_client
 from facestream.common.streams.locks import ConsumerNameInUse, LockKeeper, claim_consumer_name
@@ -175,15 +176,14 @@ def test_emit_publishes_only_after_a_successful_ack(
     second = r.xadd(keys.images, {"event": b"2"}).decode()
     r.xreadgroup("detectors", "a", {keys.images: ">"})
     r.xack(keys.images, "detectors", first)  # someone else answered it already
-    scripts = Scripts(r)
-    acked = scripts.emit(
-        r,
+    emit = Emit(
         keys.images,
         keys.results,
         "detectors",
         True,
         [(first, b"late duplicate"), (second, b"answer")],
     )
+    acked = emit.queue(Scripts(r), r)
     assert acked == [0, 1]
     assert [f[b"result"] for _, f in r.xrange(keys.results)] == [b"answer"]
     # The acked entry left the images stream; the one acked elsewhere was not ours to delete.

@@ -264,6 +264,7 @@ def test_a_sink_dead_letter_is_one_step_with_its_ack(
 ) -> None:
     """Acknowledge and dead-letter together, only if the acknowledgement counted: an entry
     another member settled meanwhile is not dead-lettered a second time."""
+    from facestream.common.streams.acked import SinkDeadLetter
     from facestream.common.streams.scripts import Scripts
 
     settings = make_settings()
@@ -274,15 +275,10 @@ def test_a_sink_dead_letter_is_one_step_with_its_ack(
     second = r.xadd(part.results, {"result": b"2"}).decode()
     r.xreadgroup("g", "m1", {part.results: ">"})
     r.xack(part.results, "g", first)  # settled by someone else already
-    answers = Scripts(r).sink_dead_letter(
-        r,
-        part.results,
-        part.dlq,
-        "g",
-        "jsonl",
-        "m1",
-        [(first, b"1", "late"), (second, b"2", "bad")],
+    letters = SinkDeadLetter(
+        part.results, part.dlq, "g", "jsonl", "m1", [(first, b"1", "late"), (second, b"2", "bad")]
     )
+    answers = letters.queue(Scripts(r), r)
     assert answers == [0, 1]
     [(_, letter)] = r.xrange(part.dlq)
     assert letter[b"entry"].decode() == second and letter[b"reason"] == b"bad"

@@ -15,12 +15,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import redis.exceptions
 
 from facestream.common.contract.keys import Keys
 from facestream.common.streams.scripts import Scripts
+from facestream.common.streams.types import AsyncClient, AsyncPipeline
 
 Mode = Literal["native", "lua", "off"]
 
@@ -46,7 +47,7 @@ class BloomShape:
         return [(h1 + i * h2) % self.bits for i in range(self.hashes)]
 
 
-async def server_has_native_bloom(client: Any, probe_key: str) -> bool:
+async def server_has_native_bloom(client: AsyncClient, probe_key: str) -> bool:
     """Probe with a read-only BF.MEXISTS (redis-py cannot parse COMMAND INFO's nil entries)."""
     try:
         await client.execute_command("BF.MEXISTS", probe_key, "probe")
@@ -64,7 +65,7 @@ async def server_has_native_bloom(client: Any, probe_key: str) -> bool:
     return True
 
 
-async def resolve_bloom_mode(client: Any, wanted: str, probe_key: str) -> Mode:
+async def resolve_bloom_mode(client: AsyncClient, wanted: str, probe_key: str) -> Mode:
     if wanted == "lua":
         return "lua"
     if wanted == "off":
@@ -102,7 +103,7 @@ class BloomFilter:
     def _key(self, generation: int) -> str:
         return f"{self._keys.bloom(self._model)}:{generation}"
 
-    async def check(self, client: Any, shas: list[str]) -> list[bool]:
+    async def check(self, client: AsyncClient, shas: list[str]) -> list[bool]:
         """One round trip; True = maybe cached (read the cache), False = never cached."""
         if not shas:
             return []
@@ -111,7 +112,7 @@ class BloomFilter:
         gen = self._generation()
         offsets = [] if self.mode == "native" else [o for s in shas for o in self._shape.offsets(s)]
 
-        def build(pipe: Any) -> None:
+        def build(pipe: AsyncPipeline) -> None:
             for g in (gen, gen - 1):
                 if self.mode == "native":
                     pipe.execute_command("BF.MEXISTS", self._key(g), *shas)
@@ -121,11 +122,11 @@ class BloomFilter:
         current, previous = await self._scripts.run(client, build)
         return [bool(a) or bool(b) for a, b in zip(current, previous, strict=True)]
 
-    async def add(self, client: Any, shas: list[str]) -> None:
+    async def add(self, client: AsyncClient, shas: list[str]) -> None:
         """Add in a round trip of their own (the detector queues its adds on its write)."""
         await self._scripts.run(client, lambda pipe: self.queue_add(pipe, shas))
 
-    def queue_add(self, pipe: Any, shas: list[str]) -> None:
+    def queue_add(self, pipe: AsyncPipeline, shas: list[str]) -> None:
         """Queue the adds on the caller's pipeline (after the cache writes they vouch for)."""
         if not shas or self.mode == "off":
             return

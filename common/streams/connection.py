@@ -15,6 +15,7 @@ import redis.asyncio.cluster as aiocluster
 import redis.cluster
 
 from facestream.common.settings import Settings
+from facestream.common.streams.types import AsyncClient, SyncClient
 
 
 def _options(settings: Settings) -> dict[str, Any]:
@@ -78,7 +79,7 @@ def _cluster_options(settings: Settings) -> tuple[list[tuple[str, int]], dict[st
     return seeds, options
 
 
-def async_client(settings: Settings) -> Any:
+def async_client(settings: Settings) -> AsyncClient:
     """An asyncio client: `redis.asyncio.Redis`, or `RedisCluster` on a cluster."""
     if settings.cluster:
         seeds, options = _cluster_options(settings)
@@ -96,7 +97,7 @@ def async_client(settings: Settings) -> Any:
     return aioredis.Redis(connection_pool=pool)
 
 
-def sync_client(settings: Settings) -> Any:
+def sync_client(settings: Settings) -> SyncClient:
     """A blocking client: `redis.Redis`, or `redis.cluster.RedisCluster` on a cluster."""
     if settings.cluster:
         seeds, options = _cluster_options(settings)

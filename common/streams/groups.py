@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import redis.exceptions
+
+from facestream.common.streams.types import AsyncClient, SyncClient
 
 
 def _unless_exists(exc: redis.exceptions.ResponseError) -> bool:
@@ -13,7 +13,7 @@ def _unless_exists(exc: redis.exceptions.ResponseError) -> bool:
     return False
 
 
-async def ensure_group(client: Any, stream: str, group: str, start: str = "0") -> bool:
+async def ensure_group(client: AsyncClient, stream: str, group: str, start: str = "0") -> bool:
     """Create `group` on `stream` (and the stream), unless it exists. From "0" by default:
     entries published before the first member ran are still read. True when created."""
     try:
@@ -23,7 +23,7 @@ async def ensure_group(client: Any, stream: str, group: str, start: str = "0") -
     return True
 
 
-def ensure_group_sync(client: Any, stream: str, group: str, start: str = "0") -> bool:
+def ensure_group_sync(client: SyncClient, stream: str, group: str, start: str = "0") -> bool:
     try:
         client.xgroup_create(stream, group, id=start, mkstream=True)
     except redis.exceptions.ResponseError as exc:

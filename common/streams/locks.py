@@ -11,11 +11,11 @@ import asyncio
 import contextlib
 import secrets
 import time
-from typing import Any
 
 from facestream.common.log import get_logger
 from facestream.common.streams.outage import Outage
 from facestream.common.streams.scripts import Scripts
+from facestream.common.streams.types import AsyncClient, AsyncPipeline
 
 log = get_logger(__name__)
 
@@ -48,13 +48,13 @@ class LockKeeper:
     def __len__(self) -> int:
         return len(self._held)
 
-    async def extend_all(self, client: Any) -> list[str]:
+    async def extend_all(self, client: AsyncClient) -> list[str]:
         """Extend every held lock in one round trip; returns the keys no longer ours."""
         held = list(self._held.items())
         if not held:
             return []
 
-        def build(pipe: Any) -> None:
+        def build(pipe: AsyncPipeline) -> None:
             for key, token in held:
                 self.scripts.lock_extend(pipe, key, token, self.ttl_ms)
 
@@ -67,7 +67,7 @@ class LockKeeper:
             log.warning("lock_lost", key=key)
         return lost
 
-    async def run(self, client: Any, stop: asyncio.Event) -> None:
+    async def run(self, client: AsyncClient, stop: asyncio.Event) -> None:
         interval = self.ttl_ms / 3000
         outage = Outage(log, "lock_extension")
         while not stop.is_set():
@@ -85,7 +85,7 @@ class ConsumerNameInUse(RuntimeError):
 
 
 async def claim_consumer_name(
-    client: Any, key: str, ttl_ms: int, wait_s: float | None = None
+    client: AsyncClient, key: str, ttl_ms: int, wait_s: float | None = None
 ) -> str:
     """Take the liveness claim of a consumer name, waiting out a crashed predecessor's claim."""
     token = new_token()

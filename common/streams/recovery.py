@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from facestream.common.log import get_logger
+from facestream.common.streams.types import AsyncClient
 
 log = get_logger(__name__)
 
@@ -16,7 +17,7 @@ Entry = tuple[bytes, Any]
 class Reclaimer:
     def __init__(
         self,
-        client: Any,
+        client: AsyncClient,
         stream: str,
         group: str,
         consumer: str,

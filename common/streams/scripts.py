@@ -13,13 +13,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import cache
 from importlib.resources import files
-from typing import Any
+from typing import Any, TypeAlias
 
 import redis.asyncio.client
 import redis.asyncio.cluster
 import redis.client
 import redis.cluster
+from redis.commands.core import AsyncScript, Script
 from redis.exceptions import NoScriptError
+
+from facestream.common.streams.types import (
+    AsyncClient,
+    AsyncPipeline,
+    CommandQueue,
+    SyncClient,
+)
+
+# Where a script call goes: queued on a pipeline, or run at once on a client.
+ScriptTarget: TypeAlias = CommandQueue | AsyncClient | SyncClient
 
 _PIPELINES = (
     redis.asyncio.client.Pipeline,
@@ -27,6 +38,9 @@ _PIPELINES = (
     redis.client.Pipeline,
     redis.cluster.ClusterPipeline,
 )
+
+_ASYNC_CLIENTS = (redis.asyncio.client.Redis, redis.asyncio.cluster.RedisCluster)
+_SYNC_CLIENTS = (redis.client.Redis, redis.cluster.RedisCluster)
 
 _NAMES = (
     "lookup_or_lock",
@@ -41,6 +55,10 @@ _NAMES = (
 )
 
 
+# One step of a write: queues commands onto a pipeline (run by `Scripts.run` / `run_steps`).
+Step: TypeAlias = Callable[[AsyncPipeline], None]
+
+
 @cache
 def script_source(name: str) -> str:
     return (files("facestream.common.streams") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
@@ -49,10 +67,12 @@ def script_source(name: str) -> str:
 class Scripts:
     """The registered scripts of one client (sync or asyncio redis-py client)."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: AsyncClient | SyncClient) -> None:
         self._s = {name: client.register_script(script_source(name)) for name in _NAMES}
 
-    def _call(self, name: str, pipe: Any, keys: list[str], args: list[Any]) -> Any:
+    def call(self, name: str, pipe: ScriptTarget, keys: list[str], args: list[Any]) -> Any:
+        """Run (or queue, on a pipeline) script `name` with its KEYS and ARGV; the wrappers below
+        and common/streams/acked.py say what each script's arguments are."""
         script = self._s[name]
         if isinstance(pipe, _PIPELINES):
             # A pipeline (plain or cluster): queue EVALSHA; `run` recovers from NOSCRIPT.
@@ -62,20 +82,24 @@ class Scripts:
             return pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         # A plain client: a result (sync) or an awaitable (asyncio); redis-py's Script loads
         # itself on NOSCRIPT.
-        return script(keys=keys, args=args, client=pipe)
+        if isinstance(script, AsyncScript) and isinstance(pipe, _ASYNC_CLIENTS):
+            return script(keys=keys, args=args, client=pipe)
+        if isinstance(script, Script) and isinstance(pipe, _SYNC_CLIENTS):
+            return script(keys=keys, args=args, client=pipe)
+        raise TypeError(f"{type(pipe).__name__} is neither a pipeline nor this script's client")
 
-    def load_blocking(self, client: Any) -> None:
+    def load_blocking(self, client: SyncClient) -> None:
         """`load` for a synchronous client (benchmarks and tools that pipeline scripts)."""
         for name in _NAMES:
             client.script_load(script_source(name))
 
-    async def load(self, client: Any) -> None:
+    async def load(self, client: AsyncClient) -> None:
         """SCRIPT LOAD every script (redis-py sends it to every primary of a cluster)."""
         for name in _NAMES:
             await client.script_load(script_source(name))
 
     async def run(
-        self, client: Any, build: Callable[[Any], None], *, raise_on_error: bool = True
+        self, client: AsyncClient, build: Step, *, raise_on_error: bool = True
     ) -> list[Any]:
         """Build a non-transactional pipeline with `build(pipe)` and run it. On NOSCRIPT the
         scripts are loaded and the pipeline is built and run again, so every pipeline given
@@ -98,7 +122,7 @@ class Scripts:
         raise AssertionError("unreachable")
 
     async def run_steps(
-        self, client: Any, steps: list[Callable[[Any], None]], *, together: bool
+        self, client: AsyncClient, steps: list[Step], *, together: bool
     ) -> list[list[Any]]:
         """Run steps whose order matters; the answers of each step (errors as values).
 
@@ -109,7 +133,7 @@ class Scripts:
         if together:
             bounds: list[int] = []
 
-            def build(pipe: Any) -> None:
+            def build(pipe: AsyncPipeline) -> None:
                 bounds.clear()
                 for step in steps:
                     step(pipe)
@@ -127,7 +151,7 @@ class Scripts:
 
     def lookup_or_lock(
         self,
-        pipe: Any,
+        pipe: ScriptTarget,
         cache_key: str,
         lock_key: str,
         token: str,
@@ -135,7 +159,7 @@ class Scripts:
         check_cache: bool,
         owner: str,
     ) -> Any:
-        return self._call(
+        return self.call(
             "lookup_or_lock",
             pipe,
             [cache_key, lock_key],
@@ -144,7 +168,7 @@ class Scripts:
 
     def cache_put(
         self,
-        pipe: Any,
+        pipe: ScriptTarget,
         cache_key: str,
         lock_key: str,
         token: str,
@@ -155,66 +179,23 @@ class Scripts:
         model: str,
         created_ms: int,
     ) -> Any:
-        return self._call(
+        return self.call(
             "cache_put",
             pipe,
             [cache_key, lock_key],
             [token, ttl_ms, faces, width, height, model, created_ms],
         )
 
-    def lock_release(self, pipe: Any, lock_key: str, token: str) -> Any:
-        return self._call("lock_release", pipe, [lock_key], [token])
+    def lock_release(self, pipe: ScriptTarget, lock_key: str, token: str) -> Any:
+        return self.call("lock_release", pipe, [lock_key], [token])
 
-    def lock_extend(self, pipe: Any, lock_key: str, token: str, ttl_ms: int) -> Any:
-        return self._call("lock_extend", pipe, [lock_key], [token, ttl_ms])
+    def lock_extend(self, pipe: ScriptTarget, lock_key: str, token: str, ttl_ms: int) -> Any:
+        return self.call("lock_extend", pipe, [lock_key], [token, ttl_ms])
 
-    def emit(
-        self,
-        pipe: Any,
-        images: str,
-        results: str,
-        group: str,
-        delete_acked: bool,
-        pairs: list[tuple[str, bytes]],
+    def bloom_check(self, pipe: ScriptTarget, key: str, k: int, offsets: list[int]) -> Any:
+        return self.call("bloom_check", pipe, [key], [k, *offsets])
+
+    def bloom_add(
+        self, pipe: ScriptTarget, key: str, k: int, ttl_ms: int, offsets: list[int]
     ) -> Any:
-        args: list[Any] = [group, "1" if delete_acked else "0"]
-        for entry_id, payload in pairs:
-            args += [entry_id, payload]
-        return self._call("emit", pipe, [images, results], args)
-
-    def dead_letter(
-        self,
-        pipe: Any,
-        images: str,
-        results: str,
-        dlq: str,
-        group: str,
-        delete_acked: bool,
-        consumer: str,
-        quads: list[tuple[str, bytes, bytes, int]],
-    ) -> Any:
-        args: list[Any] = [group, "1" if delete_acked else "0", consumer]
-        for quad in quads:
-            args += list(quad)
-        return self._call("dead_letter", pipe, [images, results, dlq], args)
-
-    def bloom_check(self, pipe: Any, key: str, k: int, offsets: list[int]) -> Any:
-        return self._call("bloom_check", pipe, [key], [k, *offsets])
-
-    def bloom_add(self, pipe: Any, key: str, k: int, ttl_ms: int, offsets: list[int]) -> Any:
-        return self._call("bloom_add", pipe, [key], [k, ttl_ms, *offsets])
-
-    def sink_dead_letter(
-        self,
-        pipe: Any,
-        results: str,
-        dlq: str,
-        group: str,
-        sink: str,
-        consumer: str,
-        triples: list[tuple[str, bytes, str]],
-    ) -> Any:
-        args: list[Any] = [group, sink, consumer]
-        for triple in triples:
-            args += list(triple)
-        return self._call("sink_dead_letter", pipe, [results, dlq], args)
+        return self.call("bloom_add", pipe, [key], [k, ttl_ms, *offsets])

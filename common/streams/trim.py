@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from facestream.common.streams.types import AsyncClient
+
 
 def _id(value: Any) -> tuple[int, int]:
     text = value.decode() if isinstance(value, bytes) else str(value)
@@ -21,7 +23,7 @@ def _text(point: tuple[int, int]) -> str:
     return f"{point[0]}-{point[1]}"
 
 
-async def trim_point(client: Any, stream: str) -> str | None:
+async def trim_point(client: AsyncClient, stream: str) -> str | None:
     try:
         groups = await client.xinfo_groups(stream)
     except Exception:
@@ -41,7 +43,7 @@ async def trim_point(client: Any, stream: str) -> str | None:
     return _text(floor) if floor is not None else None
 
 
-async def trim_acked(client: Any, stream: str) -> int:
+async def trim_acked(client: AsyncClient, stream: str) -> int:
     """Remove the entries every group is done with; returns how many were removed."""
     point = await trim_point(client, stream)
     if point is None:

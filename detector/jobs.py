@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from facestream.common.contract.keys import Partition
 from facestream.common.contract.schema import ErrorCode, Face, ImageEvent, Result, SchemaError
+from facestream.common.streams.member import MemberCounters
 
 
 def now_ms() -> int:
@@ -33,7 +34,7 @@ class Deferred:
 
 
 @dataclass(slots=True)
-class Counters:
+class Counters(MemberCounters):
     read: int = 0
     results: int = 0
     errors: int = 0
@@ -41,13 +42,8 @@ class Counters:
     inferences: int = 0
     images_inferred: int = 0
     not_emitted: int = 0  # answered, but another consumer had acked the entry already
-    deleted_entries: int = 0
     deferred: int = 0
     dead_lettered: int = 0
-    claimed: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
 
 
 @dataclass(slots=True)

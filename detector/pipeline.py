@@ -96,7 +96,7 @@ class BatchProcessor:
             if not fields:
                 # Deleted from the stream while pending: nothing left to answer; just ack.
                 out.ack_only.append((part, entry))
-                self.counters.deleted_entries += 1
+                self.counters.deleted += 1
                 continue
             count = deliveries.get(entry, 1) if deliveries else 1
             if count >= self.s.max_deliveries:

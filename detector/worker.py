@@ -52,6 +52,7 @@ def subscription(settings: Settings, keys: Keys) -> Subscription:
 
 class Detector(Handler):
     retry_on = OUTAGE_ERRORS
+    counters: Counters
 
     def __init__(self, settings: Settings, client: AsyncClient, model: FaceModel) -> None:
         self.s = settings
@@ -143,10 +144,6 @@ class Detector(Handler):
             return False
         self._lost_seen = self.p.lost_writes
         return True
-
-    def claimed(self, entries: int, deleted: int) -> None:
-        self.counters.claimed += entries
-        self.counters.deleted_entries += deleted
 
     async def finish(self) -> None:
         """On stop: finish inference in hand, and give images deferred on another worker's lock

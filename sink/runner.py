@@ -11,7 +11,6 @@ they come from.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,7 +22,7 @@ from facestream.common.contract.schema import RESULT_FIELD, decode_result
 from facestream.common.log import get_logger
 from facestream.common.settings import Settings
 from facestream.common.streams.acked import SinkDeadLetter
-from facestream.common.streams.member import Batch, Handler, Member, Subscription
+from facestream.common.streams.member import Batch, Handler, Member, MemberCounters, Subscription
 from facestream.common.streams.scripts import Scripts, Step
 from facestream.common.streams.types import AsyncClient, AsyncPipeline, Entry
 
@@ -56,19 +55,18 @@ class Sink(Protocol):
 
 
 @dataclass(slots=True)
-class SinkCounters:
+class SinkCounters(MemberCounters):
     read: int = 0
     written: int = 0
     dead: int = 0
     skipped: int = 0
-    claimed: int = 0
-    deleted: int = 0
 
 
 class SinkRunner(Handler):
     # Redis away, or the sink's own write failed: nothing was acked, so the member re-reads
     # its pending entries after a pause.
     retry_on = (Exception,)
+    counters: SinkCounters
 
     def __init__(self, settings: Settings, client: AsyncClient, sink: Sink) -> None:
         self.s = settings
@@ -107,13 +105,6 @@ class SinkRunner(Handler):
     async def close(self) -> None:
         if self._opened:
             await self.sink.close()
-
-    def claimed(self, entries: int, deleted: int) -> None:
-        self.counters.claimed += entries
-        self.counters.deleted += deleted  # gone from the stream: no result to write
-
-    def summary(self) -> Mapping[str, object]:
-        return vars_of(self.counters)
 
     @staticmethod
     def _item(entry: Entry) -> Item:
@@ -185,7 +176,3 @@ class SinkRunner(Handler):
         handled = {i.entry for i in outcome.written} | {i.entry for i, _ in outcome.dead}
         self.counters.skipped += sum(1 for i in good if i.entry not in handled)
         await self._settle(part, items, outcome)
-
-
-def vars_of(counters: SinkCounters) -> dict[str, int]:
-    return {name: getattr(counters, name) for name in counters.__slots__}

@@ -95,6 +95,8 @@ def test_every_other_detector_module_is_forbidden_to_the_model_code() -> None:
 
 @pytest.mark.slow
 def test_the_wheel_installs_one_top_level_package(tmp_path: Path) -> None:
+    tree = tree_copy(tmp_path / "tree")  # setuptools builds in the tree: not in the checkout
+    shutil.copy(ROOT / "README.md", tree / "README.md")
     subprocess.run(
         [
             sys.executable,
@@ -106,7 +108,7 @@ def test_the_wheel_installs_one_top_level_package(tmp_path: Path) -> None:
             "--no-build-isolation",
             "--wheel-dir",
             str(tmp_path),
-            str(ROOT),
+            str(tree),
         ],
         check=True,
         capture_output=True,

@@ -17,7 +17,13 @@ from redis.asyncio import Redis
 from facestream.common.contract.keys import Keys
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client
-from facestream.common.streams.member import Batch, Handler, Member, Subscription
+from facestream.common.streams.member import (
+    Batch,
+    Handler,
+    Member,
+    MemberCounters,
+    Subscription,
+)
 from facestream.detector.worker import Detector
 from facestream.ingest.publisher import make_event
 from tests.helpers import publish, wait_results, with_detector
@@ -51,6 +57,7 @@ class Recording(Handler):
     def __init__(self, client: Redis, stream: str, group: str, fail: int = 0) -> None:
         self.client, self.stream, self.group = client, stream, group
         self.fail = fail
+        self.counters = MemberCounters()
         self.seen: list[str] = []
         self.redelivered: list[str] = []
 

@@ -104,10 +104,10 @@ def test_entries_deleted_while_pending_are_cleared(
     async def scenario(det: Detector, client: Redis, keys: Keys) -> Any:
         got = await wait_results(client, keys, 1, wait_s=15)
         for _ in range(100):
-            if det.counters.deleted_entries:
+            if det.counters.deleted:
                 break
             await asyncio.sleep(0.05)
-        return got, det.counters.deleted_entries
+        return got, det.counters.deleted
 
     got, deleted = with_detector(settings, builtin_model, scenario)
     assert [g["id"] for g in got] == ["gone-1"]

@@ -20,7 +20,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import redis.exceptions
@@ -62,8 +62,22 @@ class Batch:
     deliveries: dict[str, int] | None = None
 
 
+@dataclass(slots=True)
+class MemberCounters:
+    """What every member counts; a handler's counters add their own fields."""
+
+    claimed: int = 0  # entries taken over from other members (XAUTOCLAIM)
+    deleted: int = 0  # entries deleted from the stream while pending: nothing to answer
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 class Handler:
-    """What a member runs. Every method but `handle` has a default that does nothing."""
+    """What a member runs. Every method but `handle` has a default that does nothing; a
+    handler sets `counters` (a MemberCounters, or its own subclass of it)."""
+
+    counters: MemberCounters
 
     # Errors that mean "back off, then re-read the pending list": Redis away, a lost write.
     retry_on: tuple[type[Exception], ...] = REDIS_ERRORS
@@ -100,6 +114,8 @@ class Handler:
 
     def claimed(self, entries: int, deleted: int) -> None:
         """Counts of an XAUTOCLAIM step: entries taken over, entries deleted while pending."""
+        self.counters.claimed += entries
+        self.counters.deleted += deleted
 
     async def finish(self) -> None:
         """On stop, after the readers ended: finish the work in hand."""
@@ -108,7 +124,7 @@ class Handler:
         """Release what `start` took; runs whether or not `start` ran."""
 
     def summary(self) -> Mapping[str, object]:
-        return {}
+        return self.counters.as_dict()
 
 
 @dataclass(slots=True)

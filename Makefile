@@ -43,7 +43,8 @@ test-valkey: setup
 # CLI, ops and the migration tool.
 CLUSTER_TESTS := tests/test_detector_redis.py tests/test_single_flight.py tests/test_recovery.py \
 	tests/test_bloom_locks.py tests/test_publisher.py tests/test_sinks.py tests/test_gateway.py \
-	tests/test_partitions.py tests/test_ops.py tests/test_migration.py tests/test_metrics.py
+	tests/test_partitions.py tests/test_ops.py tests/test_migration.py tests/test_metrics.py \
+	tests/test_gateway_hits.py tests/test_member.py
 test-cluster: setup
 	FACESTREAM_TEST_CLUSTER=1 $(BIN)/python -m pytest -q $(CLUSTER_TESTS)
 

@@ -29,6 +29,11 @@ END_TO_END = Histogram(
 LAG = Gauge("facestream_stream_lag", "Entries not yet delivered to a group", ["stream", "group"])
 PENDING = Gauge("facestream_stream_pending", "Entries delivered, not acked", ["stream", "group"])
 DLQ_SIZE = Gauge("facestream_dlq_size", "Entries in the dead-letter stream")
+GATEWAY_CACHE = Counter(
+    "facestream_gateway_cache_lookups", "Waiting requests the gateway looked up", ["result"]
+)
+GATEWAY_HITS = GATEWAY_CACHE.labels("hit")
+GATEWAY_MISSES = GATEWAY_CACHE.labels("miss")
 HTTP = Counter("facestream_http_requests", "Gateway requests", ["path", "status"])
 HTTP_LATENCY = Histogram(
     "facestream_http_request_seconds",

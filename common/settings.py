@@ -128,6 +128,8 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     http_workers: int = Field(default=1, ge=1)
     wait_timeout_ms: int = Field(default=10_000, ge=1)
+    # A waiting request whose image is cached is answered by the gateway (ingest/hits.py).
+    gateway_hits: bool = True
     max_wait_timeout_ms: int = Field(default=120_000, ge=1)
     # A reply stream outlives its gateway by at most this long (refreshed while it runs).
     reply_ttl_s: int = Field(default=300, ge=10)

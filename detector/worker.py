@@ -25,6 +25,7 @@ from facestream.common.streams.locks import LockKeeper
 from facestream.common.streams.member import Batch, Handler, Member, Subscription
 from facestream.common.streams.outage import Outage
 from facestream.common.streams.scripts import Scripts
+from facestream.common.streams.serving import advertise, withdraw
 from facestream.common.streams.trim import trim_acked
 from facestream.common.streams.types import AsyncClient
 from facestream.detector.jobs import Counters, ResultFactory
@@ -97,6 +98,7 @@ class Detector(Handler):
         self.processor = BatchProcessor(
             s, self.client, self.keys, self.model, bloom, self.locks, writer, results
         )
+        await self._advertise()
         self._background = [
             asyncio.create_task(self.locks.run(self.client, self._background_stop)),
             asyncio.create_task(self._housekeeping(self._background_stop)),
@@ -160,7 +162,17 @@ class Detector(Handler):
                 break  # Redis is away: leave the rest pending
             await p.drain()
 
+    async def _advertise(self) -> None:
+        """Tell the gateways which model's cache entries answer for this detector."""
+        ttl_ms = max(3 * self.s.trim_every_ms, 30_000)
+        key = self.keys.serving(self.s.detector_group)
+        await advertise(self.client, key, self.s.consumer, self.model.tag, ttl_ms)
+
     async def close(self) -> None:
+        if self.processor is not None:
+            with contextlib.suppress(*REDIS_ERRORS):  # else it expires
+                key = self.keys.serving(self.s.detector_group)
+                await withdraw(self.client, key, self.s.consumer)
         self._background_stop.set()
         for task in self._background[2:]:
             task.cancel()  # the batcher waits for work forever
@@ -193,6 +205,7 @@ class Detector(Handler):
                     if removed:
                         log.debug("trimmed", stream=stream, entries=removed)
                 await self.refresh_gauges()
+                await self._advertise()
                 outage.ok()
             except REDIS_ERRORS as exc:
                 outage.failed(exc)

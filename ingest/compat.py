@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from facestream.common.settings import Settings
 from facestream.common.streams.errors import REDIS_ERRORS
+from facestream.ingest.hits import answer_or_wait
 from facestream.ingest.http_input import read_request
 from facestream.ingest.publisher import Overloaded, PublishError, make_event
 
@@ -98,8 +99,9 @@ def add_compat_routes(app: FastAPI, settings: Settings) -> None:
         try:
             image, _ = await read_request(request, settings)
             event = make_event(image, reply_to=app.state.replies.stream, limits=settings.limits())
-            result = await app.state.replies.publish_and_wait(
-                app.state.publisher, event, settings.wait_timeout_ms / 1000
+            state = app.state
+            result = await answer_or_wait(
+                state.hits, state.replies, state.publisher, event, settings.wait_timeout_ms / 1000
             )
         except Overloaded as exc:
             return old_error(503, exc.message, exc.retry_after_s)

@@ -19,6 +19,7 @@ from facestream.common import metrics
 from facestream.common.contract.schema import MAX_ID_CHARS
 from facestream.common.settings import Settings
 from facestream.common.streams.errors import REDIS_ERRORS
+from facestream.ingest.hits import answer_or_wait
 from facestream.ingest.http_input import b64_default, parse_meta, read_body
 from facestream.ingest.publisher import BadRequest, PublishError, make_event
 
@@ -90,7 +91,9 @@ class FastDetect:
         if not wait:
             entry = await state.publisher.publish(event)
             return 202, orjson.dumps({"id": event.id, "sha256": event.sha256, "entry": entry}), []
-        result = await state.replies.publish_and_wait(state.publisher, event, timeout_ms / 1000)
+        result = await answer_or_wait(
+            state.hits, state.replies, state.publisher, event, timeout_ms / 1000
+        )
         if result is None:
             body = orjson.dumps(
                 {

@@ -28,6 +28,7 @@ from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client
 from facestream.common.streams.errors import REDIS_ERRORS
 from facestream.ingest.compat import add_compat_routes
+from facestream.ingest.hits import CacheAnswers, answer_or_wait
 from facestream.ingest.http_input import b64_default, parse_meta, read_request
 from facestream.ingest.publisher import (
     AsyncPublisher,
@@ -118,7 +119,15 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.publisher = AsyncPublisher(settings, client)
         app.state.replies = ReplyRouter(client, keys, settings.reply_ttl_s)
         await app.state.replies.start()
-        log.info("gateway_ready", reply_stream=app.state.replies.stream)
+        # Results the gateway answers from the cache name it as their producer.
+        app.state.hits = CacheAnswers(
+            settings, client, "gateway:" + app.state.replies.stream.rsplit(":", 1)[-1]
+        )
+        log.info(
+            "gateway_ready",
+            reply_stream=app.state.replies.stream,
+            cache_answers=settings.gateway_hits,
+        )
         try:
             yield
         finally:
@@ -195,7 +204,7 @@ def create_app(settings: Settings) -> FastAPI:
             return JSONResponse({"id": event.id, "sha256": event.sha256, "entry": entry}, 202)
         router: ReplyRouter = app.state.replies
         timeout_s = (timeout_ms or settings.wait_timeout_ms) / 1000
-        result = await router.publish_and_wait(publisher, event, timeout_s)
+        result = await answer_or_wait(app.state.hits, router, publisher, event, timeout_s)
         if result is None:
             return error(
                 504, "timeout", "no result in time; it will still be published", id=event.id

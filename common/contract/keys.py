@@ -111,5 +111,10 @@ class Keys:
         """Liveness claim on a consumer name, so two processes never share one PEL."""
         return f"{self.prefix}:consumer:{group}:{consumer}"
 
+    def serving(self, group: str) -> str:
+        """Hash: each live detector of `group` -> the model tag it serves (and until when), so
+        a gateway knows which cache entries answer for the detectors."""
+        return f"{self.prefix}:serving:{group}"
+
     def reply_stream(self, name: str) -> str:
         return f"{self.prefix}:reply:{name}"

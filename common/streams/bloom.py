@@ -103,6 +103,15 @@ class BloomFilter:
     def _key(self, generation: int) -> str:
         return f"{self._keys.bloom(self._model)}:{generation}"
 
+    def generation_keys(self) -> tuple[str, str]:
+        """The keys a look-up consults now: the current generation and the previous one."""
+        gen = self._generation()
+        return self._key(gen), self._key(gen - 1)
+
+    def script_offsets(self, sha256: str) -> list[int]:
+        """The bitmap offsets of an item, as the Lua scripts take them ("lua" mode only)."""
+        return self._shape.offsets(sha256) if self.mode == "lua" else []
+
     async def check(self, client: AsyncClient, shas: list[str]) -> list[bool]:
         """One round trip; True = maybe cached (read the cache), False = never cached."""
         if not shas:

@@ -52,6 +52,7 @@ _NAMES = (
     "sink_dead_letter",
     "bloom_check",
     "bloom_add",
+    "cached_answers",
 )
 
 

@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from facestream.common.contract.imagetypes import ALLOWED_FORMATS, sniff_format
 from facestream.common.contract.schema import ErrorCode, SchemaError
-from facestream.detector.model.resize import bilinear_float
+from facestream.detector.model.resize import ResizeRule, bilinear_float, fit_size
 from facestream.detector.model.types import DecodedImage
 
 _EXIF_SWAPS_AXES = {5, 6, 7, 8}
-# "pillow": Pillow's antialiased bilinear on uint8, JPEG draft decoding (fast, the built-in
-# model's reference). "mmcv": what mmcv's Resize (ModelScope's SCRFD / DamoFD pre-processing)
-# does: sizes int(x * s + 0.5), a full decode, OpenCV-style bilinear on float32 pixels.
-ResizeRule = Literal["pillow", "mmcv"]
+__all__ = ["ResizeRule", "decode_image", "fit_size", "image_size"]
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
@@ -38,29 +34,6 @@ def image_size(data: bytes) -> tuple[int, int] | None:
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
         return None
     return (h, w) if turned else (w, h)
-
-
-def fit_size(
-    width: int,
-    height: int,
-    max_side: int | tuple[int, int] | None,
-    upscale: bool,
-    rule: ResizeRule = "pillow",
-) -> tuple[int, int]:
-    """The size an image is scaled to: fit `max_side` on the long side, or inside a
-    (max width, max height) box for a graph with a fixed non-square input."""
-    if max_side is None:
-        return width, height
-    if isinstance(max_side, tuple):
-        scale = min(max_side[0] / width, max_side[1] / height)
-    else:
-        scale = max_side / max(width, height)
-    if scale >= 1 and not upscale:
-        return width, height
-    if rule == "mmcv":
-        # mmcv's rescale_size rounds halves up; Python's round() would round them to even.
-        return max(1, int(width * scale + 0.5)), max(1, int(height * scale + 0.5))
-    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def decode_image(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
@@ -12,6 +11,7 @@ from facestream.common.contract.schema import Face
 from facestream.detector.model.backend import InferenceBackend
 from facestream.detector.model.nms import nms
 from facestream.detector.model.preprocess import Normalisation, to_tensor
+from facestream.detector.model.resize import ResizeRule
 from facestream.detector.model.types import Candidates, DecodedImage, Decoder
 
 
@@ -37,7 +37,7 @@ class ModelSpec:
     # padded to exactly it.
     fixed_shape: tuple[int, int] | None = None
     max_batch: int | None = None  # a graph with a fixed batch (1) takes no more per run
-    resize: Literal["pillow", "mmcv"] = "pillow"  # detector/imaging.py's ResizeRule
+    resize: ResizeRule = "pillow"  # how decoding scales images (detector/model/resize.py)
 
     @property
     def fit(self) -> int | tuple[int, int] | None:

@@ -161,3 +161,14 @@ def test_no_face_cap_unless_set(tmp_path: Path) -> None:
     blank = encode(np.zeros((64, 64, 3), np.uint8))
     assert len(detect(load_model(Settings(model=str(path))), blank)) == 64
     assert len(detect(load_model(Settings(model=str(path), max_faces=5)), blank)) == 5
+
+
+def test_scores_at_the_threshold_are_not_faces() -> None:
+    from facestream.detector.model.scrfd import SCRFDDecoder
+
+    cells = [(64 // s) ** 2 * 2 for s in (8, 16, 32)]
+    scores = [np.zeros((1, n, 1), np.float32) for n in cells]
+    scores[0][0, :3, 0] = [0.3, 0.30001, 0.29999]
+    boxes = [np.ones((1, n, 4), np.float32) for n in cells]
+    [cand] = SCRFDDecoder(apply_sigmoid=False).decode(scores + boxes, 64, 64, 0.3)
+    assert cand.scores.tolist() == [pytest.approx(0.30001)]

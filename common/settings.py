@@ -105,7 +105,9 @@ class Settings(BaseSettings):
     input_size: int | None = Field(default=None, ge=32, le=4096)
     score_threshold: float | None = Field(default=None, ge=0, le=1)
     nms_iou: float | None = Field(default=None, gt=0, le=1)
-    max_faces: int = Field(default=1000, ge=1)
+    # At most this many faces per image; unset: the model family's default (RetinaFace 1000,
+    # SCRFD / DamoFD none, as ModelScope's pipeline keeps every face NMS leaves).
+    max_faces: int | None = Field(default=None, ge=1)
     # Pad every image to one input_size square: images of any shape share a batch (faster on a
     # GPU), at the cost of pixels of padding for non-square images.
     letterbox: bool = False

@@ -28,10 +28,13 @@ def add_parser(sub: Any) -> None:
         "--from-dir",
         help="export from this already downloaded copy of the model instead of downloading",
     )
+    fetch.add_argument("--revision", help="the hub revision to download (default: the pinned one)")
     listing = actions.add_parser("list", help="installed models; * marks FACESTREAM_MODEL")
     listing.add_argument("--json", action="store_true")
-    info = actions.add_parser("info", help="one model's entry and the tag a detector would use")
-    info.add_argument("name", nargs="?", help="default: FACESTREAM_MODEL")
+    info = actions.add_parser(
+        "info", help="what a detector would serve: tag, settings, and what the graph holds"
+    )
+    info.add_argument("name", nargs="?", help="a name, a path to an .onnx; FACESTREAM_MODEL")
     info.add_argument("--json", action="store_true")
 
 
@@ -56,7 +59,7 @@ def fetch(args: argparse.Namespace, settings: Settings) -> int:
     from facestream.detector.model.registry import model_dir
 
     root = model_dir(settings)
-    steps = ("download", "build", "export", "check", "install")
+    steps = ("download", "build", "export", "check", "install")  # damofd.fetch's steps
     progress = Progress(len(steps), f"fetch {args.name}")
 
     def step(name: str) -> None:
@@ -64,17 +67,20 @@ def fetch(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         entry = damofd.fetch(
+            settings,
             root,
             Path(args.cache_dir).expanduser() if args.cache_dir else None,
             Path(args.from_dir).expanduser() if args.from_dir else None,
             step,
+            revision=args.revision or damofd.REVISION,
         )
     finally:
         progress.advance(1, note="done")
         progress.close()
     print(
         f"installed {entry.name} in {root / entry.name} (weights sha256 "
-        f"{entry.weights_sha256[:12]}, export max |diff| {entry.check['max_abs_diff']:.2g}); "
+        f"{entry.weights_sha256[:12]}, export max |diff| {entry.check['max_abs_diff']:.2g}, "
+        f"face found on the sample photo, IoU {entry.check['iou']:.2f}); "
         f"serve it with FACESTREAM_MODEL={entry.name} FACESTREAM_MODEL_DIR={root}"
     )
     return 0
@@ -130,7 +136,10 @@ def info(args: argparse.Namespace, settings: Settings) -> int:
         "score_threshold": model.spec.score_threshold,
         "nms_iou": model.spec.nms_iou,
         "letterbox": model.spec.letterbox,
+        "max_faces": model.spec.max_faces,
+        "resize": model.spec.resize,
         "provider": model.backend.provider,
+        "graph": model.layout,
     }
     if name != "builtin" and is_registry_name(name) and not Path(name).is_file():
         root = model_dir(settings)
@@ -140,5 +149,10 @@ def info(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(out))
     else:
         for key, value in out.items():
+            if key == "graph" and isinstance(value, dict):
+                for part, found in value.items():
+                    shown = found if isinstance(found, str) else json.dumps(found)
+                    print(f"graph.{part}: {shown}")
+                continue
             print(f"{key}: {json.dumps(value) if isinstance(value, dict) else value}")
     return 0

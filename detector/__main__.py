@@ -1,4 +1,4 @@
-"""`python -m detector` / `facestream detector`: run one detector process."""
+"""`python -m facestream.detector` / `facestream detector`: run one detector process."""
 
 from __future__ import annotations
 
@@ -10,11 +10,29 @@ from facestream.common.log import configure, get_logger
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client, redact
 from facestream.common.streams.member import stop_on_signals
-from facestream.detector.model.backend import installed_runtime_builds
-from facestream.detector.model.loader import load_model
+from facestream.detector.model.backend import ProviderError, installed_runtime_builds
+from facestream.detector.model.face_model import FaceModel
+from facestream.detector.model.loader import ModelLoadError, load_model
 from facestream.detector.worker import Detector
 
 log = get_logger("detector")
+
+
+def ready_model(settings: Settings) -> FaceModel | None:
+    """The model loaded and run once, or None after one log line saying why it cannot serve:
+    a supervisor restarting a detector that can never start gains nothing from a traceback."""
+    try:
+        model = load_model(settings)
+    except (ModelLoadError, ProviderError) as exc:
+        log.error("model_refused", model=settings.model, reason=str(exc))
+        return None
+    try:
+        model.warm_up()
+    except Exception as exc:  # the first run of a graph the load checks let through
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.error("model_refused", model=settings.model, reason=f"warm-up run failed: {reason}")
+        return None
+    return model
 
 
 async def serve(settings: Settings) -> int:
@@ -25,8 +43,9 @@ async def serve(settings: Settings) -> int:
             installed=builds,
             hint="both builds share one module; see README 'GPU' to keep only onnxruntime-gpu",
         )
-    model = load_model(settings)
-    model.warm_up()
+    model = ready_model(settings)
+    if model is None:
+        return 2
     metrics.serve(settings.metrics_port)
     client = async_client(settings)
     detector = Detector(settings, client, model)

@@ -16,9 +16,11 @@ from PIL import Image, ImageOps
 
 from facestream.common.contract.imagetypes import ALLOWED_FORMATS, sniff_format
 from facestream.common.contract.schema import ErrorCode, SchemaError
+from facestream.detector.model.resize import ResizeRule, bilinear_float, fit_size
 from facestream.detector.model.types import DecodedImage
 
 _EXIF_SWAPS_AXES = {5, 6, 7, 8}
+__all__ = ["ResizeRule", "decode_image", "fit_size", "image_size"]
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
@@ -34,17 +36,14 @@ def image_size(data: bytes) -> tuple[int, int] | None:
     return (h, w) if turned else (w, h)
 
 
-def fit_size(width: int, height: int, max_side: int | None, upscale: bool) -> tuple[int, int]:
-    if max_side is None:
-        return width, height
-    scale = max_side / max(width, height)
-    if scale >= 1 and not upscale:
-        return width, height
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
 def decode_image(
-    data: bytes, *, max_bytes: int, max_pixels: int, max_side: int | None, upscale: bool
+    data: bytes,
+    *,
+    max_bytes: int,
+    max_pixels: int,
+    max_side: int | tuple[int, int] | None,
+    upscale: bool,
+    resize: ResizeRule = "pillow",
 ) -> DecodedImage:
     if len(data) > max_bytes:
         raise SchemaError(ErrorCode.TOO_LARGE, f"image is {len(data)} bytes, limit {max_bytes}")
@@ -66,8 +65,8 @@ def decode_image(
                 )
             orientation = img.getexif().get(0x0112, 1) if fmt == "JPEG" else 1
             width, height = (raw_h, raw_w) if orientation in _EXIF_SWAPS_AXES else (raw_w, raw_h)
-            target = fit_size(width, height, max_side, upscale)
-            if fmt == "JPEG" and target != (width, height):
+            target = fit_size(width, height, max_side, upscale, resize)
+            if fmt == "JPEG" and target != (width, height) and resize == "pillow":
                 draft_target = target if orientation not in _EXIF_SWAPS_AXES else target[::-1]
                 img.draft("RGB", draft_target)
             img.load()
@@ -75,9 +74,12 @@ def decode_image(
                 img = ImageOps.exif_transpose(img)
             if img.mode != "RGB":
                 img = img.convert("RGB")
-            if img.size != target:
-                img = img.resize(target, Image.Resampling.BILINEAR)
-            pixels = np.asarray(img)
+            if img.size == target:
+                pixels = np.asarray(img)
+            elif resize == "mmcv":
+                pixels = bilinear_float(np.asarray(img), target[0], target[1])
+            else:
+                pixels = np.asarray(img.resize(target, Image.Resampling.BILINEAR))
     except SchemaError:
         raise
     except Image.DecompressionBombError as exc:

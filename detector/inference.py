@@ -23,6 +23,8 @@ class Inference:
         self.decode_pool = ThreadPoolExecutor(settings.decode_threads, "decode")
         on_gpu = model.backend.provider.startswith("CUDA")
         self.max_batch = settings.max_batch or (16 if on_gpu else 1)
+        if model.spec.max_batch is not None:  # a graph exported with a fixed batch
+            self.max_batch = min(self.max_batch, model.spec.max_batch)
         self.batcher = DynamicBatcher(model, self.max_batch, settings.max_batch_wait_ms)
 
     def _decode(self, data: bytes) -> Prepared | SchemaError:
@@ -32,8 +34,9 @@ class Inference:
                 data,
                 max_bytes=self.s.max_image_bytes,
                 max_pixels=self.s.max_pixels,
-                max_side=spec.input_size,
+                max_side=spec.fit,
                 upscale=spec.norm.upscale,
+                resize=spec.resize,
             )
         except SchemaError as err:
             return err

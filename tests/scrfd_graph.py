@@ -41,7 +41,12 @@ def build(
     batched: bool = True,
     sigmoid_in_graph: bool = True,
     with_kps: bool = True,
+    fixed: bool = False,
+    names: list[str] | None = None,
 ) -> Path:
+    """`fixed`: input exactly 1 x 3 x size x size (onnxruntime refuses any other shape) and
+    outputs (1, n, c), as many SCRFD exports in the wild are; `names`: the outputs' names, in
+    the graph's output order (score, bbox, kps per stride unless given)."""
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
     outputs: list[onnx.ValueInfoProto] = []
@@ -73,15 +78,15 @@ def build(
                     table[0, idx] = h.dist
                 else:
                     table[0, idx] = h.kps
-            name = f"{head}_{stride}"
+            name = names[len(outputs)] if names else f"{head}_{stride}"
             inits.append(numpy_helper.from_array(table, f"{name}_table"))
             raw = f"{name}_raw" if head == "score" and sigmoid_in_graph else f"{name}_b"
             nodes.append(helper.make_node("Add", ["zero_b", f"{name}_table"], [raw]))
             if head == "score" and sigmoid_in_graph:
                 nodes.append(helper.make_node("Sigmoid", [raw], [f"{name}_b"]))
-            if batched:
+            if batched or fixed:
                 nodes.append(helper.make_node("Identity", [f"{name}_b"], [name]))
-                shape: list[int | str] = ["batch", cells * 2, width]
+                shape: list[int | str] = [1 if fixed else "batch", cells * 2, width]
             else:
                 inits.append(numpy_helper.from_array(np.array([-1, width], np.int64), f"{name}_2d"))
                 nodes.append(helper.make_node("Reshape", [f"{name}_b", f"{name}_2d"], [name]))
@@ -92,7 +97,7 @@ def build(
         "scrfd_test",
         [
             helper.make_tensor_value_info(
-                "input", TensorProto.FLOAT, ["batch" if batched else 1, 3, size, size]
+                "input", TensorProto.FLOAT, ["batch" if batched and not fixed else 1, 3, size, size]
             )
         ],
         outputs,

@@ -110,3 +110,38 @@ def test_fit_size() -> None:
     assert fit_size(320, 240, 640, upscale=False) == (320, 240)
     assert fit_size(320, 240, 640, upscale=True) == (640, 480)
     assert fit_size(320, 240, None, upscale=True) == (320, 240)
+
+
+def test_mmcv_resize_rule_rounds_halves_up() -> None:
+    # 1280 x 641 to fit 640: 320.5 rows, which mmcv makes 321 and round() would make 320.
+    assert fit_size(1280, 641, 640, upscale=True, rule="mmcv") == (640, 321)
+    assert fit_size(1280, 641, 640, upscale=True) == (640, 320)
+    assert fit_size(320, 240, (640, 640), upscale=True, rule="mmcv") == (640, 480)
+
+
+def test_mmcv_resize_equals_opencv_on_float32(photos: dict[str, np.ndarray]) -> None:
+    """ModelScope's Resize is cv2.resize(INTER_LINEAR) on the float32 image; ours is numpy."""
+    cv2 = pytest.importorskip("cv2", reason="OpenCV is the reference here only")
+    big = np.asarray(Image.fromarray(photos["astronaut"]).resize((3072, 2304)))
+    img = decode_image(
+        encode(big, "JPEG", quality=95),
+        max_bytes=BIG,
+        max_pixels=BIG,
+        max_side=640,
+        upscale=True,
+        resize="mmcv",
+    )
+    assert img.pixels.shape == (480, 640, 3) and img.pixels.dtype == np.float32
+    full = np.asarray(Image.open(io.BytesIO(encode(big, "JPEG", quality=95))).convert("RGB"))
+    ref = cv2.resize(full.astype(np.float32), (640, 480), interpolation=cv2.INTER_LINEAR)
+    assert float(np.max(np.abs(img.pixels - ref))) < 1e-3
+    small = decode_image(
+        encode(photos["coffee"]),
+        max_bytes=BIG,
+        max_pixels=BIG,
+        max_side=640,
+        upscale=True,
+        resize="mmcv",
+    )
+    up = cv2.resize(photos["coffee"].astype(np.float32), (640, 427), interpolation=cv2.INTER_LINEAR)
+    assert small.pixels.shape == (427, 640, 3) and float(np.max(np.abs(small.pixels - up))) < 1e-3

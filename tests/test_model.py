@@ -12,7 +12,8 @@ import pytest
 from facestream.common.contract.schema import Face
 from facestream.common.settings import Settings
 from facestream.detector.imaging import decode_image
-from facestream.detector.model.loader import ModelLoadError, load_model, scores_already_sigmoid
+from facestream.detector.model.graph import scores_already_sigmoid, static_score_outputs
+from facestream.detector.model.loader import ModelLoadError, load_model
 from facestream.detector.model.nms import nms
 from tests.conftest import encode
 from tests.scrfd_graph import Hot, build
@@ -31,7 +32,12 @@ def iou(a: list[float], b: list[float]) -> float:
 def detect(model: Any, data: bytes) -> list[Face]:
     spec = model.spec
     image = decode_image(
-        data, max_bytes=BIG, max_pixels=BIG, max_side=spec.input_size, upscale=spec.norm.upscale
+        data,
+        max_bytes=BIG,
+        max_pixels=BIG,
+        max_side=spec.fit,
+        upscale=spec.norm.upscale,
+        resize=spec.resize,
     )
     faces: list[Face] = model.detect([image])[0]
     return faces
@@ -150,8 +156,8 @@ def test_sigmoid_detection(tmp_path: Path) -> None:
 
     with_sig = onnx.load(build(tmp_path / "a.onnx", HOTS, sigmoid_in_graph=True))
     without = onnx.load(build(tmp_path / "b.onnx", HOTS, sigmoid_in_graph=False))
-    assert scores_already_sigmoid(with_sig.graph)
-    assert not scores_already_sigmoid(without.graph)
+    assert scores_already_sigmoid(with_sig, static_score_outputs(with_sig.graph))
+    assert not scores_already_sigmoid(without, static_score_outputs(without.graph))
 
 
 def test_model_tag_tracks_weights_and_settings(tmp_path: Path) -> None:

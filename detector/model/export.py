@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
@@ -59,8 +60,14 @@ def output_names(strides: Sequence[int]) -> list[str]:
     return [f"{head}_{s}" for head in HEAD_NAMES for s in strides]
 
 
-def export_onnx(net: nn.Module, strides: Sequence[int], size: int = 640) -> bytes:
-    """The ONNX bytes of `net` (an SCRFDOutputs) with batch, height and width left dynamic."""
+def export_onnx(
+    net: nn.Module,
+    strides: Sequence[int],
+    size: int = 640,
+    metadata: dict[str, str] | None = None,
+) -> bytes:
+    """The ONNX bytes of `net` (an SCRFDOutputs) with batch, height and width left dynamic,
+    `metadata` written into the model's metadata_props (the loader reads facestream.* keys)."""
     names = output_names(strides)
     dynamic: dict[str, dict[int, str]] = {"input": {0: "batch", 2: "height", 3: "width"}}
     dynamic.update({n: {0: "batch", 1: "anchors"} for n in names})
@@ -80,7 +87,12 @@ def export_onnx(net: nn.Module, strides: Sequence[int], size: int = 640) -> byte
             dynamic_axes=dynamic,
             do_constant_folding=True,
         )
-        return (Path(tmp) / "model.onnx").read_bytes()
+        model = onnx.load(Path(tmp) / "model.onnx")
+    for key, value in (metadata or {}).items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
+    graph: bytes = model.SerializeToString()
+    return graph
 
 
 @dataclass(frozen=True)

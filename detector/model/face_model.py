@@ -11,6 +11,7 @@ from facestream.common.contract.schema import Face
 from facestream.detector.model.backend import InferenceBackend
 from facestream.detector.model.nms import nms
 from facestream.detector.model.preprocess import Normalisation, to_tensor
+from facestream.detector.model.resize import ResizeRule
 from facestream.detector.model.types import Candidates, DecodedImage, Decoder
 
 
@@ -29,21 +30,42 @@ class ModelSpec:
     norm: Normalisation
     score_threshold: float
     nms_iou: float
-    max_faces: int
+    max_faces: int | None  # None: every face NMS keeps
     # Letterbox: pad every image to one input_size square, so any images batch together.
     letterbox: bool = False
+    # A graph with a fixed input (height, width): images are scaled to fit inside it and
+    # padded to exactly it.
+    fixed_shape: tuple[int, int] | None = None
+    max_batch: int | None = None  # a graph with a fixed batch (1) takes no more per run
+    resize: ResizeRule = "pillow"  # how decoding scales images (detector/model/resize.py)
+
+    @property
+    def fit(self) -> int | tuple[int, int] | None:
+        """What decoding scales an image to fit: a long side, or a (width, height) box."""
+        if self.fixed_shape is not None:
+            return (self.fixed_shape[1], self.fixed_shape[0])
+        return self.input_size
 
     def padded(self, height: int, width: int) -> tuple[int, int]:
+        if self.fixed_shape is not None:
+            return self.fixed_shape
         if self.letterbox and self.input_size is not None:
             return self.norm.padded(self.input_size, self.input_size)
         return self.norm.padded(height, width)
 
 
 class FaceModel:
-    def __init__(self, spec: ModelSpec, backend: InferenceBackend, decoder: Decoder) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        backend: InferenceBackend,
+        decoder: Decoder,
+        layout: dict[str, object] | None = None,
+    ) -> None:
         self.spec = spec
         self.backend = backend
         self.decoder = decoder
+        self.layout = layout or {}  # what the loader found in the graph (`model info`)
 
     @property
     def tag(self) -> str:
@@ -53,8 +75,9 @@ class FaceModel:
         """One run on a blank image: onnxruntime's first run allocates and plans, so the first
         real request is not the slow one."""
         size = self.spec.input_size or 640
-        blank = np.zeros((size * 3 // 4, size, 3), np.uint8)
-        self.detect([DecodedImage(blank, size, size * 3 // 4, 1.0, 1.0)])
+        h, w = self.spec.fixed_shape or (size * 3 // 4, size)
+        blank = np.zeros((h, w, 3), np.uint8)
+        self.detect([DecodedImage(blank, w, h, 1.0, 1.0)])
 
     def prepare(self, image: DecodedImage) -> Prepared:
         """The network input for one image (normalised, padded): CPU work that decoding threads
@@ -74,12 +97,15 @@ class FaceModel:
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i, item in enumerate(items):
             groups[item.tensor.shape].append(i)
-        for (_, ph, pw), members in groups.items():
-            tensor = np.stack([items[i].tensor for i in members])
-            outputs = self.backend.run(tensor)
-            candidates = self.decoder.decode(outputs, ph, pw, self.spec.score_threshold)
-            for i, cand in zip(members, candidates, strict=True):
-                results[i] = self._finish(cand, items[i].image)
+        step = self.spec.max_batch or len(items) or 1
+        for (_, ph, pw), group in groups.items():
+            for start in range(0, len(group), step):
+                members = group[start : start + step]
+                tensor = np.stack([items[i].tensor for i in members])
+                outputs = self.backend.run(tensor)
+                candidates = self.decoder.decode(outputs, ph, pw, self.spec.score_threshold)
+                for i, cand in zip(members, candidates, strict=True):
+                    results[i] = self._finish(cand, items[i].image)
         return results
 
     def _finish(self, cand: Candidates, image: DecodedImage) -> list[Face]:
@@ -92,7 +118,9 @@ class FaceModel:
             h, w = image.pixels.shape[:2]
             boxes_in = np.clip(cand.boxes, 0, np.array([w, h, w, h], dtype=cand.boxes.dtype))
             cand = Candidates(boxes_in, cand.scores, cand.kps)
-        keep = nms(boxes_in, cand.scores, self.spec.nms_iou)[: self.spec.max_faces]
+        keep = nms(boxes_in, cand.scores, self.spec.nms_iou)
+        if self.spec.max_faces is not None:
+            keep = keep[: self.spec.max_faces]
         scale = np.array([image.scale_x, image.scale_y], dtype=np.float64)
         boxes = cand.boxes[keep].astype(np.float64).reshape(-1, 2, 2) / scale
         kps = cand.kps[keep].astype(np.float64) / scale

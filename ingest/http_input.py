@@ -12,6 +12,7 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.types import Receive, Scope
 
+from facestream.common.contract.schema import MAX_META_DEPTH
 from facestream.common.settings import Settings
 from facestream.ingest.publisher import BadRequest, ImageTooLarge
 
@@ -79,8 +80,8 @@ def parse_meta(raw: str | None) -> dict[str, Any] | None:
         return None
     try:
         meta = json.loads(raw)
-    except ValueError:
-        raise BadRequest("meta must be a JSON object") from None
+    except (ValueError, RecursionError):  # RecursionError: nested ~1000 deep
+        raise BadRequest(f"meta must be a JSON object (at most {MAX_META_DEPTH} deep)") from None
     if not isinstance(meta, dict):
         raise BadRequest("meta must be a JSON object")
     return meta

@@ -12,12 +12,14 @@ import hashlib
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.cluster
+import redis.cluster
 
 from facestream.common.contract.imagetypes import sniff_format
 from facestream.common.contract.keys import Keys
@@ -27,10 +29,11 @@ from facestream.common.contract.schema import (
     MAX_SOURCE_CHARS,
     ImageEvent,
     Limits,
+    meta_problem,
 )
 from facestream.common.settings import Settings
 from facestream.common.streams.errors import TRANSIENT
-from facestream.common.streams.server import has_idempotent_xadd
+from facestream.common.streams.server import idempotent_xadd_from_hello
 
 DEFAULT_LIMITS = Limits()
 
@@ -89,8 +92,9 @@ def make_event(
     if source is not None and len(source) > MAX_SOURCE_CHARS:
         raise BadRequest(f"source must be at most {MAX_SOURCE_CHARS} characters")
     if meta is not None:
-        if not isinstance(meta, Mapping):
-            raise BadRequest("meta must be a JSON object / map")
+        problem = meta_problem(meta)  # before packing: msgpack itself fails on such values
+        if problem is not None:
+            raise BadRequest(problem)
         max_meta = limits.max_meta_bytes
         if len(msgpack.packb(meta, use_bin_type=True)) > max_meta:
             raise BadRequest(f"meta packs to over {max_meta} bytes")
@@ -203,7 +207,9 @@ class Publisher(_Producer):
 
     def _check(self, adding: int) -> None:
         if self.idmp is None:
-            self.idmp = has_idempotent_xadd(self.client.info("server"))
+            self.idmp = idempotent_xadd_from_hello(
+                self.client.execute_command("HELLO", **_any_node(self.client))
+            )
         if self.backpressure.due():
             pipe = self.client.pipeline(transaction=False)
             self.queue_lag(pipe)
@@ -250,7 +256,11 @@ class AsyncPublisher(_Producer):
         await asyncio.shield(running)
 
     async def _learn_idmp(self) -> None:
-        self.idmp = has_idempotent_xadd(await self.client.info("server"))
+        if isinstance(self.client, aioredis.cluster.RedisCluster):
+            await self.client.initialize()  # its node list, for _any_node
+        self.idmp = idempotent_xadd_from_hello(
+            await self.client.execute_command("HELLO", **_any_node(self.client))
+        )
 
     async def _read_lag(self) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -309,6 +319,15 @@ class AsyncPublisher(_Producer):
                     raise
                 await asyncio.sleep(0.05 * 2**attempt)
         raise AssertionError("unreachable")
+
+
+def _any_node(client: Any) -> dict[str, Any]:
+    """A keyless command on a cluster client must name its node; any one will do."""
+    if isinstance(client, redis.cluster.RedisCluster | aioredis.cluster.RedisCluster):
+        # A node, not the RANDOM flag: redis-py's cluster client ignores flags for commands
+        # it has no routing policy for.
+        return {"target_nodes": client.get_random_node()}
+    return {}
 
 
 def _entry_id(entry: Any) -> str:

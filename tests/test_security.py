@@ -15,7 +15,7 @@ import redis
 from facestream.common.contract.keys import Keys
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client, sync_client
-from facestream.control.acl import acl_lines, user_name
+from facestream.control.acl import acl_lines, setuser_args, user_name
 from facestream.control.embedded import EmbeddedRedis
 from facestream.control.embedded_cluster import EmbeddedCluster
 from facestream.detector.worker import Detector
@@ -48,13 +48,12 @@ def acl_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     formed, as an operator would roll out `facestream acl`'s lines), the default user off."""
     work = tmp_path_factory.mktemp("acl-cluster")
     secrets_dir = work / "secrets"
-    lines = acl_lines(Settings(prefix=PREFIX, partitions=CLUSTER_PARTS), secrets_dir)
+    users = setuser_args(Settings(prefix=PREFIX, partitions=CLUSTER_PARTS), secrets_dir)
     with EmbeddedCluster(work / "cluster") as cluster:
         for i in range(len(cluster.nodes)):
             node = cluster.client(i)
-            for line in lines[1:]:  # after "user default off", which goes last
-                _, name, *rules = line.split()
-                node.execute_command("ACL", "SETUSER", name, *rules)
+            for args in users:  # before "default off", which goes last
+                node.execute_command("ACL", "SETUSER", *args)
             node.execute_command("ACL", "SETUSER", "default", "off")
             node.close()
         yield cluster.url, secrets_dir

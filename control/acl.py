@@ -118,7 +118,9 @@ def roles(settings: Settings, native_bloom: bool = False) -> dict[str, list[str]
             _selector(results, _GROUP_MEMBER),
             _selector([f"%W{d}" for d in dlqs], ["xadd"]),  # dead letters in, nothing out
             _selector([claim], _CLAIMS),  # its own group's names only
-            _selector([*results, *(f"%W{d}" for d in dlqs), claim], _SCRIPTS),
+            # EVALSHA's keys count as read and written; what the script does with them is
+            # checked command by command against the selectors above.
+            _selector([*results, *dlqs, claim], _SCRIPTS),
         ]
     return out
 

@@ -116,7 +116,9 @@ def _lag_from(groups: list[dict[Any, Any]], group: str, xlen: int) -> int:
             lag = g.get("lag")
             # Redis reports no lag when it cannot compute it; every entry still in the stream
             # is then the upper bound (answered entries are deleted on ack).
-            return int(lag) if lag is not None else xlen
+            # Capped by the length: entries erased by an external XTRIM or DEL still count in
+            # Redis's lag, but no detector will ever be handed them.
+            return min(int(lag), xlen) if lag is not None else xlen
     return xlen  # no detector group yet: everything published so far is waiting
 
 

@@ -165,14 +165,12 @@ def decode_event(payload: bytes | None, limits: Limits) -> ImageEvent:
             max_map_len=max(64, limits.max_meta_bytes),
             max_ext_len=0,
         )
-    except ValueError as exc:
+    except Exception as exc:  # msgpack raises several unrelated types on corrupt input
         # msgpack reports an over-limit bin as ValueError too; name the likely cause.
         code = ErrorCode.TOO_LARGE if "exceeds max_bin_len" in str(exc) else ErrorCode.BAD_EVENT
-        raise SchemaError(code, f"not a valid msgpack event: {exc}") from None
-    except Exception as exc:  # msgpack raises several unrelated types on corrupt input
         # Some (FormatError on a reserved byte) carry no message: the type is the reason.
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        raise SchemaError(ErrorCode.BAD_EVENT, f"not a valid msgpack event: {reason}") from None
+        raise SchemaError(code, f"not a valid msgpack event: {reason}") from None
     if isinstance(body, _BadKeys):
         raise SchemaError(ErrorCode.BAD_EVENT, "event keys must be strings")
     if not isinstance(body, dict):

@@ -235,9 +235,7 @@ class Publisher(_Producer):
 
     def _check(self, events: list[ImageEvent]) -> None:
         if self.idmp is None:
-            self.idmp = idempotent_xadd_from_hello(
-                self.client.execute_command("HELLO", **_any_node(self.client))
-            )
+            self.idmp = idempotent_xadd_from_hello(_hello(self.client))
         if self.backpressure.due():
             pipe = self.client.pipeline(transaction=False)
             self.queue_lag(pipe)
@@ -286,9 +284,7 @@ class AsyncPublisher(_Producer):
     async def _learn_idmp(self) -> None:
         if isinstance(self.client, aioredis.cluster.RedisCluster):
             await self.client.initialize()  # its node list, for _any_node
-        self.idmp = idempotent_xadd_from_hello(
-            await self.client.execute_command("HELLO", **_any_node(self.client))
-        )
+        self.idmp = idempotent_xadd_from_hello(await _hello(self.client))
 
     async def _read_lag(self) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -347,6 +343,11 @@ class AsyncPublisher(_Producer):
                     raise
                 await asyncio.sleep(0.05 * 2**attempt)
         raise AssertionError("unreachable")
+
+
+def _hello(client: Any) -> Any:
+    """HELLO (the server's name and version): a reply (sync) or an awaitable (asyncio)."""
+    return client.execute_command("HELLO", **_any_node(client))
 
 
 def _any_node(client: Any) -> dict[str, Any]:

@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test test-valkey test-cluster test-chaos-long lint clean
+.PHONY: setup run test test-valkey test-cluster test-chaos-long test-acl lint clean
 
 $(BIN)/.installed: pyproject.toml scripts/install.sh
 	sh scripts/install.sh $(VENV) dev
@@ -47,6 +47,14 @@ CLUSTER_TESTS := tests/test_detector_redis.py tests/test_single_flight.py tests/
 	tests/test_gateway_hits.py tests/test_member.py
 test-cluster: setup
 	FACESTREAM_TEST_CLUSTER=1 $(BIN)/python -m pytest -q $(CLUSTER_TESTS)
+
+# Each service as its own generated ACL user (facestream acl) on a redis-server and a cluster
+# started with those users: the detector, publisher, gateway and jsonl sink at work, and the
+# matrix of what each role must not do (NOPERM) and what it needs. The other Redis-facing
+# tests still run as the default user (see docs/reliability.md, "What each role can do").
+ACL_TESTS := tests/test_security.py
+test-acl: setup
+	$(BIN)/python -m pytest -q $(ACL_TESTS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -124,11 +124,20 @@ class Settings(BaseSettings):
     # Refuse new work while the detectors' group has more than this many entries not yet
     # delivered (0: never refuse). Checked at most every backpressure_check_ms.
     max_lag: int = Field(default=10_000, ge=0)
+    # ... and while the images streams hold more than this many bytes in Redis (0: never):
+    # the lag counts events, whatever their size.
+    max_queue_bytes: int = Field(default=1024**3, ge=0)
     backpressure_check_ms: int = Field(default=100, ge=0)
     retry_after_s: int = Field(default=1, ge=1)
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
     http_workers: int = Field(default=1, ge=1)
+    # A request's headers must arrive within this (from its connection or first byte) and its
+    # body within this after them, or the connection is closed (0: no limit). Open
+    # connections past http_max_connections are answered 503 at once (uvicorn's limit).
+    http_header_timeout_s: float = Field(default=10.0, ge=0)
+    http_body_timeout_s: float = Field(default=60.0, ge=0)
+    http_max_connections: int = Field(default=1000, ge=1)
     wait_timeout_ms: int = Field(default=10_000, ge=1)
     # A waiting request whose image is cached is answered by the gateway (ingest/hits.py).
     gateway_hits: bool = True

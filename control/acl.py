@@ -1,9 +1,12 @@
 """Least-privilege Redis users, one per role: the ACL lines `facestream acl` prints or writes.
 
-Each role gets the commands its code sends and the key patterns it touches, nothing more.
-Commands that Lua scripts call are checked against the calling user too, so a role that runs a
-script also needs what the script does. Passwords live in files (one per user, as Docker and
-Kubernetes secrets are) and only their SHA-256 goes into the ACL file.
+Each role gets the commands its code sends on the keys it sends them to, nothing more (Redis 7
+selectors tie each command set to its key set). Commands that Lua scripts call are checked
+against the calling user too, so a role that runs a script also needs what the script does.
+tests/test_security.py checks every role against docs/reliability.md's table.
+
+Passwords live in files (one per user, as Docker and Kubernetes secrets are) and only their
+SHA-256 goes into the ACL file.
 """
 
 from __future__ import annotations
@@ -16,12 +19,16 @@ from facestream.common.contract.keys import Keys
 from facestream.common.settings import Settings
 
 SINK_KINDS = ("jsonl", "webhook", "stdout")
-# A cluster client also reads the slot map (CLUSTER SLOTS) at start and after a MOVED, and
-# the command table (COMMAND) to find each command's keys.
-_CONNECT = ["ping", "client|setname", "client|id", "info", "select", "cluster|slots", "command"]
-# Running the scripts of common/lua (redis-py loads a script the server lacks).
-_SCRIPTS = ["evalsha", "eval", "script|load", "script|exists"]
-# What common/lua/lock_*.lua and the consumer-name claim do.
+# What every service's client sends that touches no key: PING (health), HELLO (the server's
+# version, for IDMP), the connection's name and id; a cluster client also reads the slot map
+# (CLUSTER SLOTS) at start and after a MOVED, and the command table (COMMAND) to find each
+# command's keys. Not INFO (server internals) nor SELECT: the services use database 0.
+_CONNECT = ["ping", "hello", "client|setname", "client|id", "cluster|slots", "command"]
+# Calling the scripts of common/streams/lua by their SHA1 (redis-py loads one the server lacks).
+# Never EVAL: an arbitrary script that writes and then loops cannot be killed (docs/reliability.md,
+# "What each role can do", for what SCRIPT LOAD still allows).
+_SCRIPTS = ["evalsha", "script|load", "script|exists"]
+# The consumer-name claim and the single-flight locks: a token key (common/streams/locks.py).
 _CLAIMS = ["set", "get", "del", "pexpire", "pttl"]
 _GROUP_MEMBER = [
     "xreadgroup",
@@ -33,66 +40,64 @@ _GROUP_MEMBER = [
     "xinfo|groups",
     "xinfo|consumers",
 ]
+# Whole-server operations an operator does not need and must not do by mistake: emptying the
+# script or function cache breaks every service's next call; EVAL can freeze the server.
+_OPS_DENIED = [
+    "eval",
+    "eval_ro",
+    "script|flush",
+    "function|flush",
+    "function|delete",
+    "function|restore",
+]
 
 
 def user_name(role: str) -> str:
     return f"facestream-{role}"
 
 
+def _selector(keys: list[str], commands: list[str]) -> str:
+    """One ACL selector (Redis >= 7): these commands on these keys only. A user's root rules
+    grant commands on all of its keys; selectors tie each command set to its own key set."""
+    return "(" + " ".join([*keys, *(f"+{c}" for c in commands)]) + ")"
+
+
 def roles(settings: Settings, native_bloom: bool = False) -> dict[str, list[str]]:
-    """user -> ACL rules (without the password)."""
+    """user -> ACL rules (without the password). Key permissions: `~` read and write, `%R~`
+    read only, `%W~` write only. Commands inside scripts are checked against the caller's
+    rules too, so each selector also covers what the role's scripts do with those keys."""
     k = Keys(settings.prefix, settings.partitions)
     images = [f"~{part.images}" for part in k.parts]
     results = [f"~{part.results}" for part in k.parts]
     dlqs = [f"~{part.dlq}" for part in k.parts]
     p = settings.prefix
+    connect = [f"+{c}" for c in _CONNECT]
     bloom = ["bf.mexists", "bf.insert"] if native_bloom else []
+    detector_claim = f"~{k.consumer_claim(settings.detector_group, '*')}"
+    cache = [f"~{p}:face:*", f"~{p}:lock:*"]
     out = {
-        # Publishers and the gateway: add images, read what backpressure needs (the group's
-        # lag, the stream length) and their own reply streams; never results or the cache.
+        # Publishers and the gateway: add to the images stream (write only: they cannot read
+        # other publishers' images, nor trim, delete or expire queued work), read the lag and
+        # the stream's size (backpressure), read reply streams (names carry 128 random bits).
         user_name("ingest"): [
-            *images,
-            f"~{p}:reply:*",
-            *(
-                f"+{c}"
-                for c in [
-                    *_CONNECT,
-                    "xadd",
-                    "xinfo|groups",
-                    "xlen",
-                    "xread",
-                    "pexpire",
-                    "xtrim",
-                    "del",
-                ]
-            ),
+            *connect,
+            _selector([f"%W{i}" for i in images], ["xadd"]),
+            _selector([f"%R{i}" for i in images], ["xinfo|groups", "xlen", "memory|usage"]),
+            _selector([f"%R~{p}:reply:gw-*"], ["xread"]),
         ],
         user_name("detector"): [
-            *images,
-            *results,
-            *dlqs,
-            f"~{p}:face:*",
-            f"~{p}:lock:*",
-            f"~{p}:bloom:*",
-            f"~{p}:consumer:*",
-            f"~{p}:reply:*",
-            *(
-                f"+{c}"
-                for c in [
-                    *_CONNECT,
-                    *_SCRIPTS,
-                    *_CLAIMS,
-                    *_GROUP_MEMBER,
-                    "xadd",
-                    "xdel",
-                    "xtrim",
-                    "hmget",
-                    "hset",
-                    "exists",
-                    "getbit",
-                    "setbit",
-                    *bloom,
-                ]
+            *connect,
+            _selector(
+                images, [*_GROUP_MEMBER, "xdel", "xlen"]
+            ),  # read, answer, delete once answered
+            _selector(results, ["xadd", "xtrim", "xinfo|groups", "xpending", "xlen"]),
+            _selector(dlqs, ["xadd", "xlen"]),
+            _selector(cache, ["hmget", "hset", "exists", *_CLAIMS]),
+            _selector([f"~{p}:bloom:*"], ["getbit", "setbit", "pexpire", "pttl", *bloom]),
+            _selector([detector_claim], _CLAIMS),
+            _selector([f"%W~{p}:reply:*"], ["xadd", "pexpire"]),  # replies, never reads
+            _selector(
+                [*images, *results, *dlqs, *cache, f"~{p}:bloom:*", detector_claim], _SCRIPTS
             ),
         ],
         # Operators see everything under the prefix and repair it; no server administration.
@@ -104,14 +109,20 @@ def roles(settings: Settings, native_bloom: bool = False) -> dict[str, list[str]
             "+memory|usage",
             "+scan",
             "+type",
+            *(f"-{c}" for c in _OPS_DENIED),
         ],
     }
     for kind in SINK_KINDS:
+        claim = f"~{k.consumer_claim(f'sink-{kind}', '*')}"
         out[user_name(f"sink-{kind}")] = [
-            *results,
-            *dlqs,
-            f"~{p}:consumer:*",
-            *(f"+{c}" for c in [*_CONNECT, *_SCRIPTS, *_CLAIMS, *_GROUP_MEMBER, "xadd"]),
+            *connect,
+            # Read and acknowledge results; never add one (every other group would read it).
+            _selector(results, _GROUP_MEMBER),
+            _selector([f"%W{d}" for d in dlqs], ["xadd"]),  # dead letters in, nothing out
+            _selector([claim], _CLAIMS),  # its own group's names only
+            # EVALSHA's keys count as read and written; what the script does with them is
+            # checked command by command against the selectors above.
+            _selector([*results, *dlqs, claim], _SCRIPTS),
         ]
     return out
 
@@ -129,14 +140,25 @@ def passwords(users: list[str], secrets_dir: Path) -> dict[str, str]:
     return out
 
 
-def acl_lines(
+def setuser_args(
     settings: Settings, secrets_dir: Path | None, native_bloom: bool = False
-) -> list[str]:
+) -> list[list[str]]:
+    """Each user's `ACL SETUSER` arguments (a selector is one argument), for rolling the users
+    out on a running server or every node of a cluster; the default user is not among them."""
     rules = roles(settings, native_bloom)
     pw = passwords(list(rules), secrets_dir) if secrets_dir else {}
-    lines = ["user default off"]
+    out = []
     for user, user_rules in rules.items():
         # Without secrets, no password works (resetpass): the lines document the rules.
         auth = f"#{hashlib.sha256(pw[user].encode()).hexdigest()}" if user in pw else "resetpass"
-        lines.append(" ".join(["user", user, "on", auth, "resetchannels", "-@all", *user_rules]))
+        out.append([user, "reset", "on", auth, "resetchannels", "-@all", *user_rules])
+    return out
+
+
+def acl_lines(
+    settings: Settings, secrets_dir: Path | None, native_bloom: bool = False
+) -> list[str]:
+    lines = ["user default off"]
+    for name, *rules in setuser_args(settings, secrets_dir, native_bloom):
+        lines.append(" ".join(["user", name, *(r for r in rules if r != "reset")]))
     return lines

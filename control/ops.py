@@ -73,6 +73,7 @@ def status(settings: Settings, r: SyncClient) -> dict[str, Any]:
     ]
     for name, stream in named:
         groups = []
+        length = r.xlen(stream)
         for g in _groups(r, stream):
             consumers = [
                 {
@@ -86,13 +87,15 @@ def status(settings: Settings, r: SyncClient) -> dict[str, Any]:
             groups.append(
                 {
                     "name": g["name"],
-                    "lag": g.get("lag"),
+                    # Capped by the length: after an external XTRIM or DEL Redis still
+                    # counts the erased entries as lag, but they will never be delivered.
+                    "lag": None if g.get("lag") is None else min(int(g["lag"]), length),
                     "pending": int(g["pending"]),
                     "last_delivered": g.get("last-delivered-id"),
                     "consumers": consumers,
                 }
             )
-        out["streams"][name] = {"key": stream, "length": r.xlen(stream), "groups": groups}
+        out["streams"][name] = {"key": stream, "length": length, "groups": groups}
     cached, cut = _count_keys(r, f"{settings.prefix}:face:*")
     out["cache"] = {"entries": cached, "at_least": cut}
     bloom = []

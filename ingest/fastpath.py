@@ -32,6 +32,8 @@ class FastDetect:
     def __init__(self, app: Any, settings: Settings) -> None:
         self.app = app  # the FastAPI app: its state holds the publisher and the reply router
         self.s = settings
+        # Read by the server's protocol (ingest/timeouts.py), which sees only the app.
+        self.http_timeouts = (settings.http_header_timeout_s, settings.http_body_timeout_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not (

@@ -10,10 +10,11 @@ from typing import Any
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
-from starlette.types import Receive, Scope
+from starlette.types import Message, Receive, Scope
 
+from facestream.common.contract.schema import MAX_META_DEPTH
 from facestream.common.settings import Settings
-from facestream.ingest.publisher import BadRequest, ImageTooLarge
+from facestream.ingest.publisher import BadRequest, ImageTooLarge, PublishError
 
 MULTIPART_OVERHEAD = 64 * 1024  # field headers and small fields around the image part
 
@@ -46,6 +47,21 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
+def limited(receive: Receive, limit: int) -> Receive:
+    """`receive` that refuses (ImageTooLarge) once more than `limit` body bytes came in."""
+    seen = 0
+
+    async def counting() -> Message:
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if seen > limit:
+            raise ImageTooLarge(f"the body is over the limit of {limit} bytes")
+        return message
+
+    return counting
+
+
 async def read_request(request: Request, settings: Settings) -> tuple[bytes, dict[str, str | None]]:
     """The image bytes and the optional fields, from a raw body or a multipart form."""
     limit = settings.max_image_bytes
@@ -54,8 +70,13 @@ async def read_request(request: Request, settings: Settings) -> tuple[bytes, dic
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit + MULTIPART_OVERHEAD:
             raise ImageTooLarge(f"the body is {length} bytes; the limit is {limit}")
+        # A chunked upload has no length to check first: the parser would spool all of it to a
+        # temporary file before the image's size is known, so count the bytes as they come.
+        counted = Request(request.scope, limited(request.receive, limit + MULTIPART_OVERHEAD))
         try:
-            form = await request.form(max_files=1, max_fields=8, max_part_size=64 * 1024)
+            form = await counted.form(max_files=1, max_fields=8, max_part_size=64 * 1024)
+        except PublishError:
+            raise
         except Exception as exc:  # the multipart parser raises several types on bad input
             raise BadRequest(f"bad multipart body: {exc}") from None
         upload = form.get("image")
@@ -79,8 +100,8 @@ def parse_meta(raw: str | None) -> dict[str, Any] | None:
         return None
     try:
         meta = json.loads(raw)
-    except ValueError:
-        raise BadRequest("meta must be a JSON object") from None
+    except (ValueError, RecursionError):  # RecursionError: nested ~1000 deep
+        raise BadRequest(f"meta must be a JSON object (at most {MAX_META_DEPTH} deep)") from None
     if not isinstance(meta, dict):
         raise BadRequest("meta must be a JSON object")
     return meta

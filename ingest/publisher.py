@@ -12,10 +12,14 @@ import hashlib
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
+import redis
+import redis.asyncio as aioredis
+import redis.asyncio.cluster
+import redis.cluster
 
 from facestream.common.contract.imagetypes import sniff_format
 from facestream.common.contract.keys import Keys
@@ -25,10 +29,11 @@ from facestream.common.contract.schema import (
     MAX_SOURCE_CHARS,
     ImageEvent,
     Limits,
+    meta_problem,
 )
 from facestream.common.settings import Settings
 from facestream.common.streams.errors import TRANSIENT
-from facestream.common.streams.server import has_idempotent_xadd
+from facestream.common.streams.server import idempotent_xadd_from_hello
 from facestream.common.streams.types import AsyncClient, AsyncPipeline, SyncClient, SyncPipeline
 
 DEFAULT_LIMITS = Limits()
@@ -88,8 +93,9 @@ def make_event(
     if source is not None and len(source) > MAX_SOURCE_CHARS:
         raise BadRequest(f"source must be at most {MAX_SOURCE_CHARS} characters")
     if meta is not None:
-        if not isinstance(meta, Mapping):
-            raise BadRequest("meta must be a JSON object / map")
+        problem = meta_problem(meta)  # before packing: msgpack itself fails on such values
+        if problem is not None:
+            raise BadRequest(problem)
         max_meta = limits.max_meta_bytes
         if len(msgpack.packb(meta, use_bin_type=True)) > max_meta:
             raise BadRequest(f"meta packs to over {max_meta} bytes")
@@ -111,39 +117,63 @@ def _lag_from(groups: list[dict[Any, Any]], group: str, xlen: int) -> int:
             lag = g.get("lag")
             # Redis reports no lag when it cannot compute it; every entry still in the stream
             # is then the upper bound (answered entries are deleted on ack).
-            return int(lag) if lag is not None else xlen
+            # Capped by the length: entries erased by an external XTRIM or DEL still count in
+            # Redis's lag, but no detector will ever be handed them.
+            return min(int(lag), xlen) if lag is not None else xlen
     return xlen  # no detector group yet: everything published so far is waiting
 
 
 class Backpressure:
-    """The detectors' lag, read at most every `check_ms`, and the refusal it implies."""
+    """The detectors' lag and the images streams' memory, read at most every `check_ms`, and
+    the refusal they imply. Between reads the publisher adds what it sent itself, so a burst
+    cannot overshoot by more than one check's worth of other publishers' work."""
 
     def __init__(self, settings: Settings) -> None:
         self.max_lag = settings.max_lag
+        # A count of events says nothing about memory (10,000 x 20 MiB is 200 GB): the
+        # images streams' own size in Redis is bounded too.
+        self.max_bytes = settings.max_queue_bytes
         self.check_s = settings.backpressure_check_ms / 1000
         self.retry_after_s = settings.retry_after_s
         self.group = settings.detector_group
         self.lag = 0
+        self.bytes = 0
         self.checked = float("-inf")
 
     def due(self) -> bool:
-        return self.max_lag > 0 and time.monotonic() - self.checked >= self.check_s
+        limited = self.max_lag > 0 or self.max_bytes > 0
+        return limited and time.monotonic() - self.checked >= self.check_s
 
     def update(self, replies: list[Any]) -> None:
-        """From (XINFO GROUPS, XLEN) reply pairs, one per partition: the sum of the lags."""
-        lag = 0
-        for groups, xlen in zip(replies[::2], replies[1::2], strict=True):
+        """From (XINFO GROUPS, XLEN, MEMORY USAGE) replies, one triple per partition: the sum
+        of the lags and of the streams' bytes."""
+        lag = size = 0
+        for groups, xlen, memory in zip(replies[::3], replies[1::3], replies[2::3], strict=True):
             groups = groups if isinstance(groups, list) else []  # no stream yet: an error
             lag += _lag_from(groups, self.group, int(xlen) if isinstance(xlen, int) else 0)
-        self.lag = lag
+            size += int(memory) if isinstance(memory, int) else 0  # None: no stream yet
+        self.lag, self.bytes = lag, size
         self.checked = time.monotonic()
 
-    def check(self, adding: int = 1) -> None:
+    def check(self, adding: int = 1, adding_bytes: int = 0) -> None:
         if self.max_lag and self.lag + adding > self.max_lag:
             raise Overloaded(
                 f"detectors are {self.lag} events behind (limit {self.max_lag}); retry later",
                 self.retry_after_s,
             )
+        if self.max_bytes and self.bytes + adding_bytes > self.max_bytes:
+            raise Overloaded(
+                f"the images queue holds {self.bytes} bytes (limit {self.max_bytes}); retry later",
+                self.retry_after_s,
+            )
+
+    def added(self, events: list[ImageEvent]) -> None:
+        self.lag += len(events)
+        self.bytes += _size(events)
+
+
+def _size(events: list[ImageEvent]) -> int:
+    return sum(len(e.image) for e in events)
 
 
 RETRIES = 3
@@ -191,6 +221,10 @@ class _Producer:
         for part in self.keys.parts:
             pipe.xinfo_groups(part.images)
             pipe.xlen(part.images)
+            # SAMPLES 0: every node of the stream, exact (a sample extrapolates one large
+            # entry to the whole stream, or misses it). Its cost grows with the stream's
+            # nodes, which the byte budget itself bounds; once per check_ms per publisher.
+            pipe.memory_usage(part.images, samples=0)
 
 
 class Publisher(_Producer):
@@ -200,21 +234,21 @@ class Publisher(_Producer):
         super().__init__(settings)
         self.client = client
 
-    def _check(self, adding: int) -> None:
+    def _check(self, events: list[ImageEvent]) -> None:
         if self.idmp is None:
-            self.idmp = has_idempotent_xadd(self.client.info("server"))
+            self.idmp = idempotent_xadd_from_hello(_hello(self.client))
         if self.backpressure.due():
             pipe = self.client.pipeline(transaction=False)
             self.queue_lag(pipe)
             self.backpressure.update(pipe.execute(raise_on_error=False))
-        self.backpressure.check(adding)
-        self.backpressure.lag += adding
+        self.backpressure.check(len(events), _size(events))
+        self.backpressure.added(events)
 
     def publish(self, event: ImageEvent) -> str:
         return self.publish_many([event])[0]
 
     def publish_many(self, events: list[ImageEvent]) -> list[str]:
-        self._check(len(events))
+        self._check(events)
         streams = self.route(events)
         for attempt in range(RETRIES + 1):
             pipe = self.client.pipeline(transaction=False)
@@ -249,23 +283,25 @@ class AsyncPublisher(_Producer):
         await asyncio.shield(running)
 
     async def _learn_idmp(self) -> None:
-        self.idmp = has_idempotent_xadd(await self.client.info("server"))
+        if isinstance(self.client, aioredis.cluster.RedisCluster):
+            await self.client.initialize()  # its node list, for _any_node
+        self.idmp = idempotent_xadd_from_hello(await _hello(self.client))
 
     async def _read_lag(self) -> None:
         pipe = self.client.pipeline(transaction=False)
         self.queue_lag(pipe)
         self.backpressure.update(await pipe.execute(raise_on_error=False))
 
-    async def _check(self, adding: int) -> None:
+    async def _check(self, events: list[ImageEvent]) -> None:
         if self.idmp is None:
             await self._shared("info", self._learn_idmp)
         if self.backpressure.due():
             await self._shared("lag", self._read_lag)
-        self.backpressure.check(adding)
-        self.backpressure.lag += adding
+        self.backpressure.check(len(events), _size(events))
+        self.backpressure.added(events)
 
     async def publish(self, event: ImageEvent) -> str:
-        await self._check(1)
+        await self._check([event])
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[str] = loop.create_future()
         if not self._pending:
@@ -292,7 +328,7 @@ class AsyncPublisher(_Producer):
                 fut.set_result(entry)
 
     async def publish_many(self, events: list[ImageEvent]) -> list[str]:
-        await self._check(len(events))
+        await self._check(events)
         return await self._xadd(events)
 
     async def _xadd(self, events: list[ImageEvent]) -> list[str]:
@@ -308,6 +344,20 @@ class AsyncPublisher(_Producer):
                     raise
                 await asyncio.sleep(0.05 * 2**attempt)
         raise AssertionError("unreachable")
+
+
+def _hello(client: Any) -> Any:
+    """HELLO (the server's name and version): a reply (sync) or an awaitable (asyncio)."""
+    return client.execute_command("HELLO", **_any_node(client))
+
+
+def _any_node(client: Any) -> dict[str, Any]:
+    """A keyless command on a cluster client must name its node; any one will do."""
+    if isinstance(client, redis.cluster.RedisCluster | aioredis.cluster.RedisCluster):
+        # A node, not the RANDOM flag: redis-py's cluster client ignores flags for commands
+        # it has no routing policy for.
+        return {"target_nodes": client.get_random_node()}
+    return {}
 
 
 def _entry_id(entry: Any) -> str:

@@ -1,10 +1,21 @@
 """One reply stream per gateway process and one blocking reader that hands results to the
 requests waiting for them: no polling per request.
 
-Waiters are keyed by (event id, sha256), so two requests that reuse an id for different images
-never get each other's answer; a repeated reply (allowed by the contract) finds no waiter and
-is dropped. The reader keeps the stream's TTL fresh while the gateway lives and trims what it
-has read; when the gateway goes away the stream expires.
+Each waiting request gets its own event's result: waiters are found by (event id, sha256) and
+then told apart by the images-stream entry their publish returned, which the result carries
+(`entry`). Two clients that send the same id and the same image thus never get each other's
+answer (each carries its own `meta` and `source`). A reply can beat its publish's answer back
+(the reader runs on the same loop), so a reply with no waiter for its entry yet is held a
+moment for it. A repeated reply (allowed by the contract) finds no waiter and is dropped.
+
+The reply stream is written only by detectors: each reply bounds it (MAXLEN) and sets its TTL,
+so it expires once its gateway stops getting answers. The gateway only reads it (its Redis
+user may not trim, expire or delete anything). The name carries 128 random bits: the ingest
+user may read `reply:gw-*`, so an unguessable name is what keeps one gateway's answers from
+another (the names are only in events, which the ingest user cannot read).
+
+The reader survives any entry (a malformed one is logged, counted and skipped) and any error;
+`healthy` is false while it cannot read or once it has stopped, and /readyz says so.
 """
 
 from __future__ import annotations
@@ -13,9 +24,12 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+from prometheus_client import Counter
 
 from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import RESULT_FIELD
@@ -26,54 +40,102 @@ from facestream.common.streams.types import AsyncClient
 
 log = get_logger(__name__)
 
-Waiter = asyncio.Future[dict[str, Any]]
+BAD_REPLIES = Counter("facestream_bad_replies", "Reply-stream entries the gateway skipped")
+# How long, and how many, replies that arrived before their publish returned are kept.
+EARLY_KEEP_S = 30.0
+EARLY_MAX = 10_000
+
+
+@dataclass(eq=False, slots=True)
+class Waiter:
+    fut: asyncio.Future[dict[str, Any]]
+    entry: str | None = None  # known once the publish returned
+    key: tuple[str, str] = field(default=("", ""))
 
 
 class ReplyRouter:
     def __init__(self, client: AsyncClient, keys: Keys, ttl_s: int, block_ms: int = 1000) -> None:
         self.client = client
-        self.stream = keys.reply_stream(f"gw-{uuid.uuid4().hex[:12]}")
+        self.stream = keys.reply_stream(f"gw-{uuid.uuid4().hex}")
         self.ttl_ms = ttl_s * 1000
         self.block_ms = block_ms
         self._waiters: dict[tuple[str, str], list[Waiter]] = {}
+        self._early: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
-        self.healthy = False
+        self._reading = False
+        self.bad = 0
+
+    @property
+    def healthy(self) -> bool:
+        """The reader runs and its last read worked."""
+        return self._reading and self._task is not None and not self._task.done()
 
     def expect(self, event_id: str, sha256: str) -> Waiter:
         """Register before publishing, so a fast answer cannot arrive unheard."""
-        fut: Waiter = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault((event_id, sha256), []).append(fut)
-        return fut
+        waiter = Waiter(asyncio.get_running_loop().create_future(), key=(event_id, sha256))
+        self._waiters.setdefault(waiter.key, []).append(waiter)
+        return waiter
 
-    def forget(self, event_id: str, sha256: str, fut: Waiter) -> None:
-        waiters = self._waiters.get((event_id, sha256))
-        if waiters and fut in waiters:
-            waiters.remove(fut)
+    def published(self, waiter: Waiter, entry: str) -> None:
+        waiter.entry = entry
+        early = self._early.pop(entry, None)
+        if early is not None and early[1].get("id") == waiter.key[0]:
+            self._resolve(waiter, early[1])
+
+    def forget(self, waiter: Waiter) -> None:
+        waiters = self._waiters.get(waiter.key)
+        if waiters and waiter in waiters:
+            waiters.remove(waiter)
             if not waiters:
-                del self._waiters[(event_id, sha256)]
+                del self._waiters[waiter.key]
 
     async def publish_and_wait(
         self, publisher: Any, event: Any, timeout_s: float
     ) -> dict[str, Any] | None:
         """Publish an event whose reply_to is this stream and wait for its result; None when
         `timeout_s` passes first (the result still goes to the results stream)."""
-        fut = self.expect(event.id, event.sha256)
+        waiter = self.expect(event.id, event.sha256)
         try:
-            await publisher.publish(event)
-            return await asyncio.wait_for(fut, timeout_s)
+            self.published(waiter, await publisher.publish(event))
+            return await asyncio.wait_for(waiter.fut, timeout_s)
         except TimeoutError:
             return None
         finally:
-            self.forget(event.id, event.sha256, fut)
+            self.forget(waiter)
 
     @property
     def waiting(self) -> int:
         return sum(len(w) for w in self._waiters.values())
 
-    def _deliver(self, result: dict[str, Any]) -> None:
-        for fut in self._waiters.pop((result.get("id", ""), result.get("sha256") or ""), []):
-            if not fut.done():
-                fut.set_result(result)
+    def _resolve(self, waiter: Waiter, result: dict[str, Any]) -> None:
+        self.forget(waiter)
+        if not waiter.fut.done():
+            waiter.fut.set_result(result)
+
+    def _deliver(self, result: Any) -> None:
+        if not isinstance(result, dict):
+            raise TypeError(f"a reply must be a map, not {type(result).__name__}")
+        event_id, sha, entry = result.get("id"), result.get("sha256") or "", result.get("entry")
+        if not (isinstance(event_id, str) and isinstance(sha, str) and isinstance(entry, str)):
+            raise TypeError("a reply needs str id, sha256 and entry")
+        waiters = self._waiters.get((event_id, sha), [])
+        for waiter in waiters:
+            if waiter.entry == entry:
+                self._resolve(waiter, result)
+                return
+        if any(w.entry is None for w in waiters):  # its publish has not returned yet
+            now = time.monotonic()
+            self._early[entry] = (now, result)
+            while self._early and (
+                len(self._early) > EARLY_MAX
+                or next(iter(self._early.values()))[0] < now - EARLY_KEEP_S
+            ):
+                self._early.popitem(last=False)
+
+    def _skip(self, entry: str, why: str) -> None:
+        self.bad += 1
+        BAD_REPLIES.inc()
+        log.warning("bad_reply", entry=entry, error=why)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -83,25 +145,23 @@ class ReplyRouter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        with contextlib.suppress(*REDIS_ERRORS):
-            await self.client.delete(self.stream)
 
     async def _run(self) -> None:
         last = "0-0"
-        refreshed = 0.0
         outage = Outage(log, "reply_reader")
         while True:
             try:
-                if time.monotonic() - refreshed > self.ttl_ms / 3000:
-                    await self.client.pexpire(self.stream, self.ttl_ms)
-                    refreshed = time.monotonic()
                 reply: Any = await self.client.xread(
                     {self.stream: last}, count=500, block=self.block_ms
                 )
-                self.healthy = True
+                self._reading = True
                 outage.ok()
-            except REDIS_ERRORS as exc:
-                self.healthy = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away, or anything else: never end the reader
+                self._reading = False
+                if not isinstance(exc, REDIS_ERRORS):
+                    log.exception("reply_reader_failed")
                 await asyncio.sleep(outage.failed(exc))
                 continue
             for _, entries in reply or []:
@@ -109,9 +169,5 @@ class ReplyRouter:
                     last = entry_id.decode()
                     try:
                         self._deliver(msgpack.unpackb(fields[RESULT_FIELD], raw=False))
-                    except (KeyError, ValueError, TypeError) as exc:
-                        log.warning("bad_reply", entry=last, error=str(exc))
-            if reply:
-                # What is read is delivered; keep the stream short.
-                with contextlib.suppress(*REDIS_ERRORS):
-                    await self.client.xtrim(self.stream, minid=last, approximate=False)
+                    except Exception as exc:  # anyone who may XADD here may write anything
+                        self._skip(last, f"{type(exc).__name__}: {exc}")

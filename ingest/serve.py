@@ -13,6 +13,7 @@ from typing import Any
 import uvicorn
 
 from facestream.common.settings import Settings
+from facestream.ingest.timeouts import DeadlineProtocol
 
 
 class GracefulServer(uvicorn.Server):
@@ -66,6 +67,9 @@ def serve(settings: Settings) -> int:
         "access_log": False,
         "proxy_headers": False,
         "timeout_graceful_shutdown": 10,
+        # Half-sent requests are cut (ingest/timeouts.py) and connections are capped.
+        "http": DeadlineProtocol,
+        "limit_concurrency": settings.http_max_connections,
     }
     if settings.http_workers > 1:
         # Several processes: uvicorn's supervisor owns the signals.

@@ -41,8 +41,31 @@ class Recent:
             self._keys.popitem(last=False)
 
 
+# What serialising a hostile result can raise: RecursionError for deep nesting, ValueError
+# for NaN-like or circular values, TypeError/OverflowError for values JSON has no form for.
+UNSERIALISABLE = (RecursionError, ValueError, TypeError, OverflowError)
+
+
+def to_json(result: dict[str, Any]) -> bytes:
+    return json.dumps(jsonable(result), separators=(",", ":"), allow_nan=False).encode()
+
+
 def line(result: dict[str, Any]) -> bytes:
-    return json.dumps(jsonable(result), separators=(",", ":")).encode() + b"\n"
+    return to_json(result) + b"\n"
+
+
+def serialised(items: list[Item]) -> tuple[list[tuple[Item, bytes]], list[tuple[Item, str]]]:
+    """Each result serialised on its own: one that cannot be costs only itself (given up,
+    with the reason) and never the batch around it, nor looks like an outage."""
+    good: list[tuple[Item, bytes]] = []
+    dead: list[tuple[Item, str]] = []
+    for item in items:
+        assert item.result is not None
+        try:
+            good.append((item, line(item.result)))
+        except UNSERIALISABLE as exc:
+            dead.append((item, f"unserialisable result: {type(exc).__name__}: {exc}"[:300]))
+    return good, dead
 
 
 class JsonlSink:
@@ -91,18 +114,19 @@ class JsonlSink:
     async def write(self, items: list[Item]) -> Outcome:
         assert self._file is not None
         written = []
-        for item in items:
+        good, dead = serialised(items)
+        for item, data in good:
             assert item.result is not None
             key = dedupe_key(item.result)
             if key in self.seen:
                 continue
-            self._file.write(line(item.result))
+            self._file.write(data)
             self.seen.add(key)
             written.append(item)
         self._file.flush()
         if self.fsync and written:
             os.fsync(self._file.fileno())
-        return Outcome(written, [])
+        return Outcome(written, dead)
 
     async def close(self) -> None:
         if self._file is not None:
@@ -121,11 +145,11 @@ class StdoutSink:
         return None
 
     async def write(self, items: list[Item]) -> Outcome:
-        for item in items:
-            assert item.result is not None
-            self.out.write(line(item.result))
+        good, dead = serialised(items)
+        for _, data in good:
+            self.out.write(data)
         self.out.flush()
-        return Outcome(list(items), [])
+        return Outcome([item for item, _ in good], dead)
 
     async def close(self) -> None:
         self.out.flush()

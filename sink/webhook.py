@@ -12,8 +12,8 @@ import random
 
 import httpx
 
-from facestream.common.contract.schema import jsonable
 from facestream.common.settings import Settings
+from facestream.sink.files import UNSERIALISABLE, to_json
 from facestream.sink.runner import Item, Outcome
 
 RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
@@ -38,13 +38,18 @@ class WebhookSink:
     async def _post(self, item: Item) -> str | None:
         """None when delivered, else why it never will be."""
         assert self.client is not None and item.result is not None
-        body = jsonable(item.result)
+        try:
+            body = to_json(item.result)
+        except UNSERIALISABLE as exc:  # costs only this result, and is no reason to retry
+            return f"unserialisable result: {type(exc).__name__}: {exc}"[:300]
         last = ""
         for attempt in range(self.retries + 1):
             delay = self.backoff_s * 2**attempt * (0.5 + random.random())
             try:
                 async with self.concurrency:
-                    resp = await self.client.post(self.url, json=body)
+                    resp = await self.client.post(
+                        self.url, content=body, headers={"content-type": "application/json"}
+                    )
                 if resp.status_code < 300:
                     return None
                 last = f"HTTP {resp.status_code}: {resp.text[:200]}"

@@ -188,3 +188,63 @@ def test_error_codes_are_the_contracts() -> None:
 def test_settings_refuse_socket_timeout_below_block() -> None:
     with pytest.raises(ValueError, match="socket_timeout_s"):
         Settings(block_ms=10_000, socket_timeout_s=5)
+
+
+def _nested_list(levels: int) -> list[object]:
+    out: list[object] = [1]
+    for _ in range(levels):
+        out = [out]
+    return out
+
+
+def _event_bytes(**body: object) -> bytes:
+    full = {"v": 1, "id": "e-1", "image": b"\x89PNG....", **body}
+    return msgpack.packb(full, use_bin_type=True)
+
+
+@pytest.mark.parametrize(
+    ("meta", "why"),
+    [
+        ({"a": {1: "x"}}, "keys must be strings"),  # used to make the whole event unreadable
+        ({"a": {(1, 2): "x"}}, "keys must be strings"),
+        ({"a": _nested_list(40)}, "deeper"),
+    ],
+)
+def test_a_bad_meta_is_a_bad_event_that_keeps_its_id(meta: object, why: str) -> None:
+    with pytest.raises(SchemaError) as err:
+        decode_event(_event_bytes(meta=meta), Limits())
+    assert err.value.code == "bad_event" and err.value.event_id == "e-1"
+    assert why in err.value.message
+
+
+def test_corrupt_msgpack_says_why() -> None:
+    with pytest.raises(SchemaError) as err:
+        decode_event(b"\xc1", Limits())
+    assert err.value.message.rstrip() != "not a valid msgpack event:"
+    assert "FormatError" in err.value.message
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"n": 2**64},
+        {"n": -(2**63) - 1},
+        {"f": float("nan")},
+        {"f": float("inf")},
+        {1: "non-str key"},
+        {"o": object()},
+        {"s": {"x"}},
+    ],
+)
+def test_make_event_refuses_meta_that_cannot_travel(meta: dict[object, object]) -> None:
+    from facestream.common.contract.schema import MAX_META_DEPTH
+    from facestream.ingest.publisher import BadRequest, make_event
+
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
+    with pytest.raises(BadRequest):
+        make_event(png, "x", meta=meta)  # type: ignore[arg-type]
+    deep: dict[str, object] = {}
+    for _ in range(MAX_META_DEPTH * 30):
+        deep = {"a": deep}
+    with pytest.raises(BadRequest, match="deeper"):
+        make_event(png, "x", meta=deep)

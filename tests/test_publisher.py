@@ -139,3 +139,31 @@ def test_concurrent_async_publishes_share_round_trips(
     assert len(event_at) == 100
     assert [event_at[entry] for entry in ids] == [f"c{i}" for i in range(100)]  # own entry each
     assert calls < 10  # one pipeline per event-loop cycle, not one per publish
+
+
+def test_backpressure_counts_bytes_not_only_events(
+    make_settings: MakeSettings, r: redis.Redis
+) -> None:
+    """10,000 events of 20 MiB would be 200 GB: the images stream's bytes are bounded too."""
+    settings = make_settings(max_lag=0, max_queue_bytes=1_000_000, backpressure_check_ms=0)
+    publisher = Publisher(settings, r)
+    big = JPEG + b"\0" * 300_000
+    accepted = 0
+    with pytest.raises(Overloaded) as info:
+        for _ in range(10):
+            publisher.publish(make_event(big))
+            accepted += 1
+    assert 2 <= accepted <= 4 and "bytes" in info.value.message
+    assert int(r.xlen(Keys(settings.prefix).images)) == accepted
+
+
+def test_lag_forgets_entries_erased_by_an_external_trim(
+    make_settings: MakeSettings, r: redis.Redis
+) -> None:
+    settings = make_settings(max_lag=5, backpressure_check_ms=0)
+    images = Keys(settings.prefix).images
+    r.xgroup_create(images, settings.detector_group, id="0", mkstream=True)
+    publisher = Publisher(settings, r)
+    publisher.publish_many([make_event(JPEG) for _ in range(5)])
+    r.xtrim(images, maxlen=0, approximate=False)  # what an operator (not ingest) may do
+    assert publisher.publish(make_event(JPEG))

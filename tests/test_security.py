@@ -4,6 +4,7 @@ service does its work as its own user, and what a role must not do is refused.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import redis
 from facestream.common.contract.keys import Keys
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client, sync_client
-from facestream.control.acl import acl_lines, user_name
+from facestream.control.acl import acl_lines, setuser_args, user_name
 from facestream.control.embedded import EmbeddedRedis
 from facestream.control.embedded_cluster import EmbeddedCluster
 from facestream.detector.worker import Detector
@@ -48,13 +49,12 @@ def acl_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     formed, as an operator would roll out `facestream acl`'s lines), the default user off."""
     work = tmp_path_factory.mktemp("acl-cluster")
     secrets_dir = work / "secrets"
-    lines = acl_lines(Settings(prefix=PREFIX, partitions=CLUSTER_PARTS), secrets_dir)
+    users = setuser_args(Settings(prefix=PREFIX, partitions=CLUSTER_PARTS), secrets_dir)
     with EmbeddedCluster(work / "cluster") as cluster:
         for i in range(len(cluster.nodes)):
             node = cluster.client(i)
-            for line in lines[1:]:  # after "user default off", which goes last
-                _, name, *rules = line.split()
-                node.execute_command("ACL", "SETUSER", name, *rules)
+            for args in users:  # before "default off", which goes last
+                node.execute_command("ACL", "SETUSER", *args)
             node.execute_command("ACL", "SETUSER", "default", "off")
             node.close()
         yield cluster.url, secrets_dir
@@ -205,3 +205,172 @@ def test_gateway_and_detector_processes_as_their_users(
     assert resp.status_code == 200 and resp.json()["id"] == "acl", resp.text
     assert compat.status_code == 200 and len(compat.json()["boxes"]) == 1
     assert codes == [0, 0], procs.logs()
+
+
+# --- the ACL matrix: per role, what it must not reach (NOPERM) and what its service needs ----
+# docs/reliability.md ("What each role can do") states the same table in words.
+IMAGES, RESULTS, DLQ = f"{PREFIX}:images", f"{PREFIX}:results", f"{PREFIX}:dlq"
+REPLY = f"{PREFIX}:reply:gw-0123456789abcdef0123456789abcdef"
+CACHE = f"{PREFIX}:face:{{{'a' * 64}}}:m"
+LOOP = "redis.call('SET', KEYS[1], '1') while true do end"
+SERVER_ADMIN: list[tuple[str, ...]] = [
+    ("FLUSHALL",),
+    ("CONFIG", "GET", "*"),
+    ("SCRIPT", "FLUSH"),
+    ("FUNCTION", "FLUSH"),
+    ("SHUTDOWN", "NOSAVE"),
+    ("ACL", "LIST"),
+    ("KEYS", "*"),
+    ("GET", "other-app:secret"),  # keys outside the prefix
+]
+SERVICE_DENIED: list[tuple[str, ...]] = [
+    ("EVAL", LOOP, "1", IMAGES),  # an unkillable script
+    ("EVAL", "return 1", "0"),
+    ("INFO",),
+    ("SELECT", "1"),
+    *SERVER_ADMIN,
+]
+DENIED: dict[str, list[tuple[str, ...]]] = {
+    "ingest": [
+        *SERVICE_DENIED,
+        ("XRANGE", IMAGES, "-", "+"),  # other publishers' images, meta and reply_to
+        ("XREAD", "STREAMS", IMAGES, "0"),
+        ("XREADGROUP", "GROUP", "detectors", "x", "STREAMS", IMAGES, ">"),
+        ("XTRIM", IMAGES, "MAXLEN", "0"),  # erase queued work
+        ("XDEL", IMAGES, "0-1"),
+        ("DEL", IMAGES),
+        ("PEXPIRE", IMAGES, "1"),
+        ("XADD", REPLY, "*", "result", "forged"),  # answer a waiting client
+        ("XTRIM", REPLY, "MAXLEN", "0"),
+        ("DEL", REPLY),
+        ("XADD", RESULTS, "*", "result", "forged"),
+        ("XRANGE", RESULTS, "-", "+"),
+        ("HGETALL", CACHE),
+        ("SET", f"{PREFIX}:consumer:detectors:d1", "x"),
+        ("EVALSHA", "0" * 40, "0"),
+        ("SCRIPT", "LOAD", "return 1"),
+    ],
+    "detector": [
+        *SERVICE_DENIED,
+        ("DEL", IMAGES),
+        ("XTRIM", IMAGES, "MAXLEN", "0"),
+        ("PEXPIRE", IMAGES, "1"),
+        ("DEL", RESULTS),
+        ("DEL", DLQ),
+        ("XRANGE", DLQ, "-", "+"),
+        ("XREAD", "STREAMS", REPLY, "0"),  # writes replies, never reads them
+        ("SET", f"{PREFIX}:consumer:sink-jsonl:s1", "x"),
+    ],
+    "ops": [
+        *SERVER_ADMIN,
+        ("EVAL", LOOP, "1", IMAGES),
+    ],
+}
+for _kind in ("jsonl", "webhook", "stdout"):
+    DENIED[f"sink-{_kind}"] = [
+        *SERVICE_DENIED,
+        ("XADD", RESULTS, "*", "result", "forged"),  # every other sink group would read it
+        ("DEL", RESULTS),
+        ("XTRIM", RESULTS, "MAXLEN", "0"),
+        ("DEL", DLQ),
+        ("XTRIM", DLQ, "MAXLEN", "0"),
+        ("XRANGE", IMAGES, "-", "+"),
+        ("SET", CACHE, "poison"),
+        ("SET", f"{PREFIX}:consumer:detectors:d1", "x"),  # block a detector's start
+        ("SET", f"{PREFIX}:consumer:sink-other:s1", "x"),
+        ("XADD", REPLY, "*", "result", "forged"),
+    ]
+# What each service sends, as its role, beyond what the process tests above exercise.
+ALLOWED: dict[str, list[tuple[str, ...]]] = {
+    "ingest": [
+        ("PING",),
+        ("HELLO",),
+        ("XADD", IMAGES, "*", "event", "x"),
+        ("XLEN", IMAGES),
+        ("XINFO", "GROUPS", IMAGES),
+        ("MEMORY", "USAGE", IMAGES, "SAMPLES", "0"),
+        ("XREAD", "STREAMS", REPLY, "0"),
+    ],
+    "detector": [
+        ("XLEN", DLQ),  # the DLQ-size metric
+        ("XLEN", IMAGES),
+        ("XINFO", "GROUPS", RESULTS),
+        ("XADD", REPLY, "*", "result", "x"),
+        ("PEXPIRE", REPLY, "60000"),
+        ("SET", f"{PREFIX}:consumer:detectors:d1", "x"),
+        ("DEL", f"{PREFIX}:consumer:detectors:d1"),
+        ("SET", f"{PREFIX}:lock:{{{'a' * 64}}}:m", "t"),
+    ],
+    "sink-jsonl": [
+        ("XINFO", "GROUPS", RESULTS),
+        ("SET", f"{PREFIX}:consumer:sink-jsonl:s1", "x"),
+        ("DEL", f"{PREFIX}:consumer:sink-jsonl:s1"),
+    ],
+    "ops": [("XLEN", IMAGES), ("INFO",), ("SCRIPT", "KILL")],
+}
+
+
+@pytest.mark.parametrize(
+    ("role", "command"), [(role, cmd) for role, cmds in DENIED.items() for cmd in cmds]
+)
+def test_acl_matrix_denied(
+    acl_server: tuple[str, Path], r_admin: redis.Redis, role: str, command: tuple[str, ...]
+) -> None:
+    url, secrets_dir = acl_server
+    client = sync_client(as_user(url, secrets_dir, role))
+    try:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.execute_command(*command)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("role", "command"), [(role, cmd) for role, cmds in ALLOWED.items() for cmd in cmds]
+)
+def test_acl_matrix_allowed(
+    acl_server: tuple[str, Path], r_admin: redis.Redis, role: str, command: tuple[str, ...]
+) -> None:
+    url, secrets_dir = acl_server
+    client = sync_client(as_user(url, secrets_dir, role))
+    try:
+        client.execute_command(*command)
+    except redis.exceptions.NoPermissionError:
+        raise
+    except redis.exceptions.ResponseError:
+        pass  # e.g. NOTBUSY for SCRIPT KILL, no group yet: refused by Redis, not by the ACL
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def r_admin(acl_server: tuple[str, Path]) -> Iterator[redis.Redis]:
+    """The images stream and its group exist, as they do once a detector ran."""
+    url, secrets_dir = acl_server
+    client = sync_client(as_user(url, secrets_dir, "detector"))
+    with contextlib.suppress(redis.exceptions.ResponseError):
+        client.xgroup_create(IMAGES, "detectors", id="0", mkstream=True)
+    yield client
+    client.close()
+
+
+def test_a_sink_cannot_forge_or_erase_but_its_scripts_work(acl_server: tuple[str, Path]) -> None:
+    """The sink's dead-letter script (XACK results + XADD dlq) runs under the sink's role,
+    while the same XADD to the results stream outside it is refused."""
+    from facestream.common.streams.scripts import Scripts
+
+    url, secrets_dir = acl_server
+    client = sync_client(as_user(url, secrets_dir, "sink-jsonl"))
+    with contextlib.suppress(redis.exceptions.ResponseError):
+        client.xgroup_create(RESULTS, "sink-jsonl", id="0", mkstream=True)
+    det = sync_client(as_user(url, secrets_dir, "detector"))
+    entry = det.xadd(RESULTS, {"result": b"r"}).decode()
+    client.xreadgroup("sink-jsonl", "s1", {RESULTS: ">"})
+    scripts = Scripts(client)
+    answer = scripts.sink_dead_letter(
+        client, RESULTS, DLQ, "sink-jsonl", "jsonl", "s1", [(entry, b"r", "why")]
+    )
+    assert answer == [1]
+    assert det.xlen(DLQ) >= 1
+    client.close()
+    det.close()

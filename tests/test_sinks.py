@@ -284,3 +284,58 @@ def test_a_sink_dead_letter_is_one_step_with_its_ack(
     assert letter[b"entry"].decode() == second and letter[b"reason"] == b"bad"
     assert letter[b"sink"] == b"jsonl" and letter[b"consumer"] == b"m1"
     assert r.xpending(part.results, "g")["pending"] == 0
+
+
+def _deep(levels: int) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for _ in range(levels):
+        meta = {"a": meta}
+    return meta
+
+
+def _items(n: int, bad: int) -> list[Any]:
+    from facestream.sink.runner import Item
+
+    out = []
+    for i in range(n):
+        result = Result(f"r{i}", "m", "c", f"1-{i}", 1, sha256="0" * 64, faces=[]).to_dict()
+        if i == bad:
+            result["meta"] = _deep(5000)  # past json's recursion limit
+        out.append(Item(f"1-{i}", b"", result))
+    return out
+
+
+def test_one_unserialisable_result_costs_only_itself(tmp_path: Path) -> None:
+    import io
+
+    from facestream.sink.files import StdoutSink
+
+    async def main() -> tuple[Any, Any]:
+        sink = JsonlSink(str(tmp_path / "out.jsonl"), "fsync", 100)
+        await sink.open()
+        jsonl = await sink.write(_items(7, bad=3))
+        await sink.close()
+        out = StdoutSink(io.BytesIO())
+        return jsonl, await out.write(_items(7, bad=3))
+
+    for outcome in asyncio.run(main()):
+        assert [i.entry for i in outcome.written] == [f"1-{i}" for i in (0, 1, 2, 4, 5, 6)]
+        assert [(i.entry, r.split(":")[0]) for i, r in outcome.dead] == [
+            ("1-3", "unserialisable result")
+        ]
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["r0", "r1", "r2", "r4", "r5", "r6"]
+
+
+def test_webhook_gives_up_an_unserialisable_result_without_retrying() -> None:
+    sink = WebhookSink(Settings(webhook_url="http://127.0.0.1:9/never", webhook_retries=3))
+
+    async def main() -> Any:
+        await sink.open()
+        try:
+            return await sink.write(_items(1, bad=0))
+        finally:
+            await sink.close()
+
+    outcome = asyncio.run(main())
+    assert not outcome.written and outcome.dead[0][1].startswith("unserialisable result")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,11 @@ RESULT_FIELD = b"result"
 MAX_ID_CHARS = 128
 MAX_SOURCE_CHARS = 256
 MAX_REPLY_TO_CHARS = 512
+# Deep enough for any real metadata, shallow enough that every JSON encoder on the way out
+# (orjson stops at 255, json's recursion at ~1000) and every recursive walk handles it.
+MAX_META_DEPTH = 32
+# What msgpack can carry: an int outside it cannot be packed at all.
+META_INT_RANGE = (-(2**63), 2**64 - 1)
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
@@ -82,6 +88,54 @@ class ImageEvent:
         return actual
 
 
+class _BadKeys:
+    """Stands in for a msgpack map with a key that is not a string: decoding goes on, so the
+    event's id is still known and the error result can carry it."""
+
+    __slots__ = ()
+
+
+def _map(pairs: list[tuple[Any, Any]]) -> dict[str, Any] | _BadKeys:
+    if all(type(k) is str for k, _ in pairs):
+        return dict(pairs)
+    return _BadKeys()
+
+
+def meta_problem(meta: Any) -> str | None:
+    """Why `meta` cannot travel (None when it can): a map with string keys, at most
+    MAX_META_DEPTH containers deep, of JSON-like values (bin allowed), ints that msgpack
+    packs and finite floats. Walked without recursion, so any depth is refused, not crashed on.
+    """
+    if not isinstance(meta, Mapping):
+        return "meta must be a JSON object / map"
+    stack: list[tuple[Any, int]] = [(meta, 1)]
+    lo, hi = META_INT_RANGE
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, Mapping | list | tuple):
+            if depth > MAX_META_DEPTH:
+                return f"meta is nested deeper than {MAX_META_DEPTH} levels"
+            if isinstance(value, Mapping):
+                if not all(type(k) is str for k in value):
+                    return "meta keys must be strings"
+                stack.extend((v, depth + 1) for v in value.values())
+            else:
+                stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, _BadKeys):
+            return "meta keys must be strings"
+        elif value is None or isinstance(value, bool | str | bytes):
+            continue
+        elif isinstance(value, int):
+            if not lo <= value <= hi:
+                return f"meta holds an integer outside {lo}..{hi}"
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                return "meta holds a non-finite number"
+        else:
+            return f"meta holds a {type(value).__name__}, not a JSON value"
+    return None
+
+
 def _opt(body: Mapping[str, Any], name: str, kind: type, event_id: str) -> Any:
     value = body.get(name)
     # bool is an int subclass; a True timestamp is not a timestamp.
@@ -102,19 +156,23 @@ def decode_event(payload: bytes | None, limits: Limits) -> ImageEvent:
         body = msgpack.unpackb(
             payload,
             raw=False,
-            strict_map_key=True,
+            # Maps with non-string keys become _BadKeys instead of failing the whole event.
+            strict_map_key=False,
+            object_pairs_hook=_map,
             max_bin_len=limits.max_image_bytes,
             max_str_len=max(limits.max_meta_bytes, MAX_REPLY_TO_CHARS * 4),
             max_array_len=max(64, limits.max_meta_bytes),
             max_map_len=max(64, limits.max_meta_bytes),
             max_ext_len=0,
         )
-    except ValueError as exc:
+    except Exception as exc:  # msgpack raises several unrelated types on corrupt input
         # msgpack reports an over-limit bin as ValueError too; name the likely cause.
         code = ErrorCode.TOO_LARGE if "exceeds max_bin_len" in str(exc) else ErrorCode.BAD_EVENT
-        raise SchemaError(code, f"not a valid msgpack event: {exc}") from None
-    except Exception as exc:  # msgpack raises several unrelated types on corrupt input
-        raise SchemaError(ErrorCode.BAD_EVENT, f"not a valid msgpack event: {exc}") from None
+        # Some (FormatError on a reserved byte) carry no message: the type is the reason.
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise SchemaError(code, f"not a valid msgpack event: {reason}") from None
+    if isinstance(body, _BadKeys):
+        raise SchemaError(ErrorCode.BAD_EVENT, "event keys must be strings")
     if not isinstance(body, dict):
         raise SchemaError(ErrorCode.BAD_EVENT, "event must be a msgpack map")
 
@@ -137,7 +195,12 @@ def decode_event(payload: bytes | None, limits: Limits) -> ImageEvent:
     if source is not None and len(source) > MAX_SOURCE_CHARS:
         raise SchemaError(ErrorCode.BAD_EVENT, "field 'source' is too long", event_id)
     ts_ms = _opt(body, "ts_ms", int, event_id)
+    if isinstance(body.get("meta"), _BadKeys):
+        raise SchemaError(ErrorCode.BAD_EVENT, "meta keys must be strings", event_id)
     meta = _opt(body, "meta", dict, event_id)
+    problem = meta_problem(meta) if meta is not None else None
+    if problem is not None:
+        raise SchemaError(ErrorCode.BAD_EVENT, problem, event_id)
     if meta is not None and len(msgpack.packb(meta, use_bin_type=True)) > limits.max_meta_bytes:
         raise SchemaError(
             ErrorCode.BAD_EVENT,

@@ -75,15 +75,27 @@ def roles(settings: Settings, native_bloom: bool = False) -> dict[str, list[str]
     bloom = ["bf.mexists", "bf.insert"] if native_bloom else []
     detector_claim = f"~{k.consumer_claim(settings.detector_group, '*')}"
     cache = [f"~{p}:face:*", f"~{p}:lock:*"]
+    gateway_bloom = ["bf.exists", "bf.mexists"] if native_bloom else []
+    # Publishers: add to the images stream (write only: they cannot read other publishers'
+    # images, nor trim, delete or expire queued work), read the lag and the stream's size
+    # (backpressure), read reply streams (names carry 128 random bits).
+    ingest = [
+        *connect,
+        _selector([f"%W{i}" for i in images], ["xadd"]),
+        _selector([f"%R{i}" for i in images], ["xinfo|groups", "xlen", "memory|usage"]),
+        _selector([f"%R~{p}:reply:gw-*"], ["xread"]),
+    ]
     out = {
-        # Publishers and the gateway: add to the images stream (write only: they cannot read
-        # other publishers' images, nor trim, delete or expire queued work), read the lag and
-        # the stream's size (backpressure), read reply streams (names carry 128 random bits).
-        user_name("ingest"): [
-            *connect,
-            _selector([f"%W{i}" for i in images], ["xadd"]),
-            _selector([f"%R{i}" for i in images], ["xinfo|groups", "xlen", "memory|usage"]),
-            _selector([f"%R~{p}:reply:gw-*"], ["xread"]),
+        user_name("ingest"): ingest,
+        # The gateway: a publisher that also answers cache hits itself (ingest/hits.py). It
+        # reads the cache, the Bloom filter and which model the detectors serve, and adds the
+        # results of its hits; it writes no cache entry, lock or filter bit.
+        user_name("gateway"): [
+            *ingest,
+            _selector([f"%W{r}" for r in results], ["xadd"]),
+            _selector([f"%R~{p}:serving:*"], ["hgetall"]),
+            _selector([f"~{p}:face:*", f"~{p}:bloom:*"], ["hmget", "getbit", *gateway_bloom]),
+            _selector([f"~{p}:face:*", f"~{p}:bloom:*"], _SCRIPTS),
         ],
         user_name("detector"): [
             *connect,
@@ -95,6 +107,8 @@ def roles(settings: Settings, native_bloom: bool = False) -> dict[str, list[str]
             _selector(cache, ["hmget", "hset", "exists", *_CLAIMS]),
             _selector([f"~{p}:bloom:*"], ["getbit", "setbit", "pexpire", "pttl", *bloom]),
             _selector([detector_claim], _CLAIMS),
+            # The model it serves, told to the gateways (common/streams/serving.py).
+            _selector([f"~{p}:serving:{settings.detector_group}"], ["hgetall", "hset", "hdel"]),
             _selector([f"%W~{p}:reply:*"], ["xadd", "pexpire"]),  # replies, never reads
             _selector(
                 [*images, *results, *dlqs, *cache, f"~{p}:bloom:*", detector_claim], _SCRIPTS

@@ -89,7 +89,7 @@ def test_compose_config_accepts_the_file(rendered: dict[str, object]) -> None:
     assert "--appendonly yes" in redis_cmd and "--maxmemory-policy volatile-lru" in redis_cmd
     assert "--aclfile" in redis_cmd  # least-privilege users, default user off
     roles = {
-        "gateway": "ingest",
+        "gateway": "gateway",
         "detector": "detector",
         "detector-gpu": "detector",
         "sink-jsonl": "sink-jsonl",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -188,7 +189,7 @@ def test_gateway_and_detector_processes_as_their_users(
         **login("detector"),
     )
     procs.start(
-        "gateway", ["-m", "facestream.ingest"], FACESTREAM_HTTP_PORT=str(port), **login("ingest")
+        "gateway", ["-m", "facestream.ingest"], FACESTREAM_HTTP_PORT=str(port), **login("gateway")
     )
     gateway = f"http://127.0.0.1:{port}"
     try:
@@ -199,11 +200,22 @@ def test_gateway_and_detector_processes_as_their_users(
             content=photo_png["camera"],
             timeout=30,
         )
+        # The same image again: a cache hit, answered by the gateway itself under its role
+        # once it has read which model the detector serves.
         compat = httpx.post(f"{gateway}/face-detection", content=photo_png["camera"], timeout=30)
+        time.sleep(2.1)  # past the gateway's re-read of the served model
+        again = httpx.post(
+            f"{gateway}/v1/detect",
+            params={"wait": "true", "id": "acl-2"},
+            content=photo_png["camera"],
+            timeout=30,
+        )
     finally:
         codes = procs.stop()
     assert resp.status_code == 200 and resp.json()["id"] == "acl", resp.text
     assert compat.status_code == 200 and len(compat.json()["boxes"]) == 1
+    assert again.status_code == 200, again.text
+    assert again.json()["cached"] is True and again.json()["consumer"].startswith("gateway:")
     assert codes == [0, 0], procs.logs()
 
 
@@ -250,6 +262,20 @@ DENIED: dict[str, list[tuple[str, ...]]] = {
         ("EVALSHA", "0" * 40, "0"),
         ("SCRIPT", "LOAD", "return 1"),
     ],
+    "gateway": [
+        *SERVICE_DENIED,
+        ("XRANGE", IMAGES, "-", "+"),
+        ("XTRIM", IMAGES, "MAXLEN", "0"),
+        ("DEL", IMAGES),
+        ("XADD", REPLY, "*", "result", "forged"),
+        ("XRANGE", RESULTS, "-", "+"),  # adds its hits' results, reads none
+        ("DEL", RESULTS),
+        ("HSET", CACHE, "faces", "poison"),  # reads the cache, never writes it
+        ("DEL", CACHE),
+        ("SETBIT", f"{PREFIX}:bloom:m:1", "7", "1"),
+        ("SET", f"{PREFIX}:lock:{{{'a' * 64}}}:m", "t"),
+        ("HSET", f"{PREFIX}:serving:detectors", "d", "forged"),
+    ],
     "detector": [
         *SERVICE_DENIED,
         ("DEL", IMAGES),
@@ -291,8 +317,18 @@ ALLOWED: dict[str, list[tuple[str, ...]]] = {
         ("MEMORY", "USAGE", IMAGES, "SAMPLES", "0"),
         ("XREAD", "STREAMS", REPLY, "0"),
     ],
+    "gateway": [
+        ("XADD", IMAGES, "*", "event", "x"),
+        ("XINFO", "GROUPS", IMAGES),
+        ("XREAD", "STREAMS", REPLY, "0"),
+        ("XADD", RESULTS, "*", "result", "x"),
+        ("HMGET", CACHE, "faces", "width"),
+        ("GETBIT", f"{PREFIX}:bloom:m:1", "7"),
+        ("HGETALL", f"{PREFIX}:serving:detectors"),
+    ],
     "detector": [
         ("XLEN", DLQ),  # the DLQ-size metric
+        ("HSET", f"{PREFIX}:serving:detectors", "d", "1:m"),
         ("XLEN", IMAGES),
         ("XINFO", "GROUPS", RESULTS),
         ("XADD", REPLY, "*", "result", "x"),
@@ -357,6 +393,7 @@ def r_admin(acl_server: tuple[str, Path]) -> Iterator[redis.Redis]:
 def test_a_sink_cannot_forge_or_erase_but_its_scripts_work(acl_server: tuple[str, Path]) -> None:
     """The sink's dead-letter script (XACK results + XADD dlq) runs under the sink's role,
     while the same XADD to the results stream outside it is refused."""
+    from facestream.common.streams.acked import SinkDeadLetter
     from facestream.common.streams.scripts import Scripts
 
     url, secrets_dir = acl_server
@@ -366,10 +403,8 @@ def test_a_sink_cannot_forge_or_erase_but_its_scripts_work(acl_server: tuple[str
     det = sync_client(as_user(url, secrets_dir, "detector"))
     entry = det.xadd(RESULTS, {"result": b"r"}).decode()
     client.xreadgroup("sink-jsonl", "s1", {RESULTS: ">"})
-    scripts = Scripts(client)
-    answer = scripts.sink_dead_letter(
-        client, RESULTS, DLQ, "sink-jsonl", "jsonl", "s1", [(entry, b"r", "why")]
-    )
+    letters = SinkDeadLetter(RESULTS, DLQ, "sink-jsonl", "jsonl", "s1", [(entry, b"r", "why")])
+    answer = letters.queue(Scripts(client), client)
     assert answer == [1]
     assert det.xlen(DLQ) >= 1
     client.close()

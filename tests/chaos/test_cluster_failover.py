@@ -28,7 +28,7 @@ from facestream.common.streams.connection import sync_client
 from facestream.control.embedded_cluster import EmbeddedCluster
 from facestream.ingest.publisher import Publisher
 from tests.chaos.harness import distinct_images, events
-from tests.procs import Procs, base_env
+from tests.support.procs import Procs, base_env
 
 pytestmark = pytest.mark.chaos
 PARTS = 3

@@ -1,0 +1,175 @@
+"""The consumer-group member runtime (common/streams/member.py) that detectors and sinks share,
+on real Redis: a group deleted from under a running member is created again, and a handler's
+own failure is told apart from a Redis outage."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+import structlog
+from redis.asyncio import Redis
+
+from facestream.common.contract.keys import Keys
+from facestream.common.settings import Settings
+from facestream.common.streams.connection import async_client
+from facestream.common.streams.member import (
+    Batch,
+    Handler,
+    Member,
+    MemberCounters,
+    Subscription,
+)
+from facestream.detector.worker import Detector
+from facestream.ingest.publisher import make_event
+from tests.support.helpers import publish, wait_results, with_detector
+
+MakeSettings = Callable[..., Settings]
+
+
+def test_a_detector_recreates_its_group_after_the_stream_is_deleted(
+    make_settings: MakeSettings, builtin_model: Any, photo_png: dict[str, bytes]
+) -> None:
+    settings = make_settings()
+
+    async def scenario(det: Detector, client: Redis, keys: Keys) -> list[dict[str, Any]]:
+        await publish(client, keys, make_event(photo_png["camera"], "before"))
+        assert len(await wait_results(client, keys, 1)) == 1
+        await client.delete(keys.images)  # the group goes with the stream
+        await asyncio.sleep(0.3)  # the readers hit NOGROUP now
+        await publish(client, keys, make_event(photo_png["camera"], "after"))
+        return await wait_results(client, keys, 2, wait_s=10)
+
+    got = with_detector(settings, builtin_model, scenario)
+    assert [g["id"] for g in got] == ["before", "after"]
+
+
+class Recording(Handler):
+    """A handler that records what it was handed and fails on demand (a stand-in for a sink
+    whose write fails: the failure under test is the handler's own)."""
+
+    retry_on = (Exception,)  # as a sink: its own failures are retried, not fatal
+
+    def __init__(self, client: Redis, stream: str, group: str, fail: int = 0) -> None:
+        self.client, self.stream, self.group = client, stream, group
+        self.fail = fail
+        self.counters = MemberCounters()
+        self.seen: list[str] = []
+        self.redelivered: list[str] = []
+
+    async def handle(self, batch: Batch) -> None:
+        ids = [e[0].decode() for e in batch.entries]
+        if batch.deliveries is not None:
+            self.redelivered += ids
+        if self.fail and ids:
+            self.fail -= 1
+            raise ValueError("the sink's write failed")
+        self.seen += ids
+        if ids:
+            await self.client.xack(self.stream, self.group, *ids)
+
+
+def run_member(
+    settings: Settings,
+    handler_of: Callable[[Redis, str], Recording],
+    n: int,
+    wait_for: int | None = None,
+) -> tuple[Recording, list[dict[str, Any]]]:
+    """Publish `n` entries and run a member until its handler has seen `wait_for` (n)."""
+    wanted = n if wait_for is None else wait_for
+    keys = Keys(settings.prefix)
+
+    async def main() -> tuple[Recording, list[dict[str, Any]]]:
+        client = async_client(settings)
+        handler = handler_of(client, keys.results)
+        sub = Subscription(
+            streams=(keys.results,),
+            group="g",
+            consumer=settings.consumer,
+            claim_key=keys.consumer_claim("g", settings.consumer),
+            claim_ttl_ms=settings.consumer_claim_ttl_ms,
+            count=10,
+            block_ms=50,
+        )
+        member = Member(client, sub, handler, "sink")
+        with structlog.testing.capture_logs() as logs:
+            task = asyncio.create_task(member.run())
+            for i in range(n):
+                await client.xadd(keys.results, {"result": str(i).encode()})
+            deadline = time.monotonic() + 10
+            while len(handler.seen) < wanted and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            member.stop.set()
+            await asyncio.wait_for(task, 10)
+        await client.aclose()
+        return handler, logs
+
+    return asyncio.run(main())
+
+
+def test_a_handler_failure_is_not_an_outage_and_its_entries_are_read_again(
+    make_settings: MakeSettings,
+) -> None:
+    handler, logs = run_member(
+        make_settings(), lambda c, stream: Recording(c, stream, "g", fail=1), n=3
+    )
+    assert len(handler.seen) == 3  # nothing lost: the pending list was read again
+    assert handler.redelivered  # and it came back as a redelivery, with counts
+    events = [entry["event"] for entry in logs]
+    assert "sink_step_failed" in events
+    assert "sink_work_unavailable" in events
+    assert "redis_unavailable" not in events
+    assert "sink_stopped" in events
+
+
+def test_a_sink_member_recreates_its_group(make_settings: MakeSettings, r: redis.Redis) -> None:
+    settings = make_settings()
+    keys = Keys(settings.prefix)
+    deleted = False
+
+    class Deleting(Recording):
+        async def handle(self, batch: Batch) -> None:
+            nonlocal deleted
+            await super().handle(batch)
+            if not deleted and self.seen:
+                deleted = True
+                await self.client.delete(keys.results)  # the group goes with the stream
+                await self.client.xadd(keys.results, {"result": b"after"})
+
+    handler, logs = run_member(settings, lambda c, stream: Deleting(c, stream, "g"), 1, 2)
+    assert deleted
+    assert len(handler.seen) == 2  # the entry added after the deletion was read
+    assert "group_recreated" in [entry["event"] for entry in logs]
+    groups = r.xinfo_groups(keys.results)
+    assert [g["name"] for g in groups] == [b"g"]
+
+
+@pytest.mark.parametrize("readers", [1, 3])
+def test_only_a_streams_first_reader_reads_the_pending_list(
+    make_settings: MakeSettings, readers: int
+) -> None:
+    settings = make_settings()
+    keys = Keys(settings.prefix)
+
+    async def main() -> int:
+        client = async_client(settings)
+        sub = Subscription(
+            streams=(keys.results,),
+            group="g",
+            consumer="m",
+            claim_key=keys.consumer_claim("g", "m"),
+            claim_ttl_ms=1000,
+            count=10,
+            block_ms=50,
+            readers=readers,
+        )
+        member = Member(client, sub, Recording(client, keys.results, "g"), "sink")
+        cursors = [reader.cursor for reader in member.readers]
+        await client.aclose()
+        return sum(1 for c in cursors if c == "0")
+
+    assert asyncio.run(main()) == 1

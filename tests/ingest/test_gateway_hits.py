@@ -1,0 +1,162 @@
+"""Cache hits answered by the gateway itself (ingest/hits.py), with a real gateway and detector:
+one result per request on the results stream, the detector's cached answer, counted."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import msgpack
+import numpy as np
+import pytest
+import redis
+
+from facestream.common.contract.keys import Keys
+from facestream.control.embedded import free_port
+from tests.support.procs import Procs, base_env, gateway_ready
+
+Stack = tuple[str, str, Procs]
+
+
+def stack(redis_url: str, tmp: Any, hits: bool) -> Iterator[Stack]:
+    prefix = f"gh{np.random.randint(1 << 30)}"
+    port = free_port()
+    procs = Procs(tmp, base_env(redis_url, prefix))
+    procs.start("detector", ["-m", "facestream.detector"], FACESTREAM_CONSUMER="gh-det")
+    procs.start(
+        "gateway",
+        ["-m", "facestream.ingest"],
+        FACESTREAM_HTTP_PORT=str(port),
+        FACESTREAM_CONSUMER="gh-gw",
+        FACESTREAM_GATEWAY_HITS="true" if hits else "false",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        procs.wait_for(gateway_ready(url), "gateway ready")
+        yield url, prefix, procs
+    finally:
+        codes = procs.stop()
+        assert codes == [0, 0], procs.logs()
+
+
+@pytest.fixture(scope="module")
+def with_hits(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from stack(redis_url, tmp_path_factory.mktemp("gh"), hits=True)
+
+
+@pytest.fixture(scope="module")
+def without_hits(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from stack(redis_url, tmp_path_factory.mktemp("gh-off"), hits=False)
+
+
+def detect(url: str, image: bytes, event_id: str) -> dict[str, Any]:
+    resp = httpx.post(
+        f"{url}/v1/detect",
+        params={"wait": "true", "id": event_id},
+        content=image,
+        headers={"content-type": "image/png"},
+        timeout=30,
+    )
+    assert resp.status_code == 200, resp.text
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+def results(r: redis.Redis, prefix: str) -> list[dict[str, Any]]:
+    return [msgpack.unpackb(f[b"result"]) for _, f in r.xrange(Keys(prefix).results)]
+
+
+def wait_served(r: redis.Redis, prefix: str, procs: Procs) -> None:
+    """The detector tells the gateways its model at start: wait for that."""
+    procs.wait_for(lambda: bool(r.hlen(Keys(prefix).serving("detectors"))), "model served")
+
+
+def lookups(url: str) -> dict[str, float]:
+    """The gateway's cache look-ups by result, from /metrics."""
+    name = "facestream_gateway_cache_lookups_total{"
+    out = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name):
+            label = line[len(name) :].split('"')[1]
+            out[label] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_a_cached_image_is_answered_by_the_gateway_once_per_request(
+    with_hits: Stack, photo_png: dict[str, bytes], r: redis.Redis
+) -> None:
+    url, prefix, procs = with_hits
+    wait_served(r, prefix, procs)
+    image = photo_png["astronaut"]
+    first = detect(url, image, "a-1")  # a miss: the detector infers it
+    assert first["cached"] is False and first["consumer"] == "gh-det"
+    again = [detect(url, image, f"a-{i}") for i in range(2, 5)]
+    for body in again:
+        assert body["cached"] is True
+        assert body["consumer"].startswith("gateway:")
+        assert body["faces"] == first["faces"]
+        assert (body["width"], body["height"], body["model"]) == (
+            first["width"],
+            first["height"],
+            first["model"],
+        )
+        assert body["sha256"] == hashlib.sha256(image).hexdigest()
+        assert body["entry"] == ""
+    # Exactly one result per request on the results stream: sinks see hits and misses alike.
+    published = results(r, prefix)
+    assert sorted(p["id"] for p in published) == ["a-1", "a-2", "a-3", "a-4"]
+    by_id = {p["id"]: p for p in published}
+    assert by_id["a-3"]["faces"] == again[1]["faces"] and by_id["a-3"]["cached"] is True
+    # No event went to the images stream for the hits: the detectors read only the first.
+    (group,) = r.xinfo_groups(Keys(prefix).images)
+    assert group["entries-read"] == 1
+    assert lookups(url) == {"hit": 3.0, "miss": 1.0}
+
+
+def test_a_sink_group_sees_gateway_hits_and_detector_results_once_each(
+    with_hits: Stack, photo_png: dict[str, bytes], r: redis.Redis
+) -> None:
+    url, prefix, procs = with_hits
+    wait_served(r, prefix, procs)
+    results_stream = Keys(prefix).results
+    r.xgroup_create(results_stream, "audit", id="$", mkstream=True)
+    image = photo_png["camera"]
+    ids = [f"s-{i}" for i in range(4)]
+    bodies = [detect(url, image, event_id) for event_id in ids]
+    assert [b["cached"] for b in bodies] == [False, True, True, True]
+    read = r.xreadgroup("audit", "a", {results_stream: ">"}, count=100)
+    seen = [msgpack.unpackb(f[b"result"])["id"] for _, f in read[0][1]]
+    assert sorted(seen) == ids
+
+
+def test_with_the_setting_off_the_detector_answers_hits(
+    without_hits: Stack, photo_png: dict[str, bytes], r: redis.Redis
+) -> None:
+    url, prefix, procs = without_hits
+    wait_served(r, prefix, procs)
+    image = photo_png["astronaut"]
+    detect(url, image, "o-1")
+    body = detect(url, image, "o-2")
+    assert body["cached"] is True and body["consumer"] == "gh-det"
+    assert body["entry"] != ""
+
+
+def test_the_drop_in_route_takes_the_same_path(
+    with_hits: Stack, photo_png: dict[str, bytes], r: redis.Redis
+) -> None:
+    url, prefix, procs = with_hits
+    wait_served(r, prefix, procs)
+    image = photo_png["lfw_mosaic"]
+    shapes = []
+    for _ in range(2):
+        resp = httpx.post(
+            f"{url}/face-detection", files={"image": ("x.png", image, "image/png")}, timeout=30
+        )
+        assert resp.status_code == 200, resp.text
+        shapes.append(resp.json())
+    assert shapes[0] == shapes[1] and len(shapes[0]["boxes"]) == 20
+    mine = [p for p in results(r, prefix) if p["sha256"] == hashlib.sha256(image).hexdigest()]
+    assert [p["cached"] for p in mine] == [False, True]
+    assert mine[1]["consumer"].startswith("gateway:")

@@ -1,0 +1,64 @@
+"""Schemathesis against the running gateway's own OpenAPI schema (bounded examples): whatever
+it generates, the gateway never answers 500 and always answers JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+
+from facestream.control.embedded import free_port
+from tests.support.procs import Procs, base_env, gateway_ready
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def gateway_schema(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    prefix = f"sf{np.random.randint(1 << 30)}"
+    port = free_port()
+    procs = Procs(tmp_path_factory.mktemp("schema"), base_env(redis_url, prefix))
+    procs.start("detector", ["-m", "facestream.detector"], FACESTREAM_CONSUMER="sf-det")
+    procs.start(
+        "gateway",
+        ["-m", "facestream.ingest"],
+        FACESTREAM_HTTP_PORT=str(port),
+        FACESTREAM_MAX_IMAGE_BYTES="200000",
+        FACESTREAM_WAIT_TIMEOUT_MS="3000",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        procs.wait_for(gateway_ready(url), "gateway ready")
+        yield schemathesis.openapi.from_url(f"{url}/openapi.json")
+    finally:
+        codes = procs.stop()
+        assert codes == [0, 0], procs.logs()
+
+
+def test_no_500_and_always_json(gateway_schema: Any) -> None:
+    checked = 0
+    for result in gateway_schema.get_all_operations():
+        operation = result.ok()
+
+        @given(operation.as_strategy())
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+        def run(case: Any) -> None:
+            if case.query and "timeout_ms" in case.query:
+                case.query["timeout_ms"] = 1000  # bounded: a wait must not outlast the example
+            response = case.call(timeout=30)
+            assert response.status_code < 500 or response.status_code in (503, 504), (
+                case.path,
+                response.status_code,
+                response.text[:500],
+            )
+            kind = response.headers.get("content-type") or [""]
+            kind = kind[0] if isinstance(kind, list) else kind  # a list per header in v4
+            assert kind.startswith("application/json"), (case.path, kind, response.text[:200])
+
+        run()
+        checked += 1
+    assert checked >= 4  # /v1/detect, /face-detection, /healthz, /readyz

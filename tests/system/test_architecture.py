@@ -1,0 +1,124 @@
+"""The layering rule (docs/architecture.md) holds, and breaking it fails: import-linter run on a
+copy of the tree with a deliberate violation added; and the wheel installs one package."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.support.procs import ROOT
+
+PACKAGES = ("common", "ingest", "detector", "sink", "control")
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def tree_copy(dest: Path) -> Path:
+    """The packages, the facestream/ links and pyproject.toml, as in a checkout."""
+    for name in PACKAGES:
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "facestream", dest / "facestream", symlinks=True)
+    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
+    return dest
+
+
+def lint(tree: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache"],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_tree_keeps_the_contracts() -> None:
+    done = lint(ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 broken" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "source", "broken"),
+    [
+        # Inside a function, where a reader would not see it at the top of the file.
+        (
+            "common/violation.py",
+            "def f() -> None:\n    import facestream.detector.worker  # noqa: F401\n",
+            "control above the services",
+        ),
+        ("ingest/violation.py", "import facestream.sink.runner  # noqa: F401\n", "services apart"),
+        ("detector/model/violation.py", "import redis  # noqa: F401\n", "model code stands alone"),
+        (
+            "detector/model/violation.py",
+            "from facestream.detector import pipeline  # noqa: F401\n",
+            "model code stands alone",
+        ),
+        (
+            "ingest/violation.py",
+            "from facestream.ingest import gateway  # noqa: F401\n",
+            "no import cycles",
+        ),
+    ],
+)
+def test_a_violation_fails_the_check(tmp_path: Path, module: str, source: str, broken: str) -> None:
+    tree = tree_copy(tmp_path)
+    (tree / module).write_text(source)
+    if module == "ingest/violation.py" and "gateway" in source:
+        # A cycle needs the way back too: the gateway importing the new module.
+        gateway = tree / "ingest" / "gateway.py"
+        gateway.write_text(gateway.read_text() + "\nfrom facestream.ingest import violation\n")
+    done = lint(tree)
+    assert done.returncode != 0
+    assert "BROKEN" in done.stdout
+    assert broken in done.stdout.split("Broken contracts")[1]
+
+
+def test_every_other_detector_module_is_forbidden_to_the_model_code() -> None:
+    """The contract lists the detector's modules by name: a new one must be added there."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    contracts = config["tool"]["importlinter"]["contracts"]
+    (model,) = [c for c in contracts if c.get("source_modules") == ["facestream.detector.model"]]
+    listed = {m for m in model["forbidden_modules"] if m.startswith("facestream.detector.")}
+    present = {
+        f"facestream.detector.{p.stem}"
+        for p in (ROOT / "detector").glob("*.py")
+        if p.stem != "__init__"
+    }
+    assert listed == present
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_one_top_level_package(tmp_path: Path) -> None:
+    tree = tree_copy(tmp_path / "tree")  # setuptools builds in the tree: not in the checkout
+    shutil.copy(ROOT / "README.md", tree / "README.md")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(tmp_path),
+            str(tree),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("facestream-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"facestream"}
+    for name in PACKAGES:
+        assert f"facestream/{name}/__init__.py" in names
+    assert "facestream/common/streams/lua/emit.lua" in names
+    assert "facestream/detector/model/loader.py" in names

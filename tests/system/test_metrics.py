@@ -1,0 +1,182 @@
+"""Prometheus metrics after a real run: the counters add up (events in = results out)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from prometheus_client import REGISTRY
+from redis.asyncio import Redis
+
+from facestream.common.contract.keys import Keys
+from facestream.common.settings import Settings
+from facestream.detector.worker import Detector
+from facestream.ingest.publisher import make_event
+from tests.support.helpers import publish, wait_results, with_detector
+
+MakeSettings = Callable[..., Settings]
+
+
+def value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def snapshot() -> dict[str, float]:
+    return {
+        "read": value("facestream_events_read_total"),
+        "inferred": value("facestream_results_total", outcome="inferred"),
+        "cached": value("facestream_results_total", outcome="cached"),
+        "error": value("facestream_results_total", outcome="error"),
+        "hit": value("facestream_cache_lookups_total", result="hit"),
+        "miss": value("facestream_cache_lookups_total", result="miss"),
+        "calls": value("facestream_inference_seconds_count"),
+        "images": value("facestream_batch_size_sum"),
+        "e2e": value("facestream_end_to_end_seconds_count"),
+    }
+
+
+def test_detector_counters_add_up(
+    make_settings: MakeSettings, builtin_model: Any, photo_png: dict[str, bytes]
+) -> None:
+    settings = make_settings()
+    before = snapshot()
+    events = [
+        make_event(photo_png[n], f"{n}-{i}") for i in range(3) for n in ("astronaut", "camera")
+    ]
+
+    async def scenario(det: Detector, client: Redis, keys: Keys) -> Any:
+        await publish(client, keys, *events, b"\xc1 not an event")
+        await wait_results(client, keys, 7)
+        await det.refresh_gauges()
+        return det.counters
+
+    counters = with_detector(settings, builtin_model, scenario)
+    after = snapshot()
+    d = {k: after[k] - before[k] for k in before}
+    assert d["read"] == 7 == counters.read  # events in
+    assert d["inferred"] + d["cached"] + d["error"] == 7  # = results out
+    assert (d["inferred"], d["error"]) == (2, 1)
+    # Per event: a hit was answered from the cache; a miss needed an inference (copies in one
+    # batch share theirs, so misses can exceed inferences).
+    assert d["hit"] + d["miss"] == 6 and d["miss"] >= d["inferred"]
+    assert d["images"] == d["inferred"] and d["calls"] >= 1
+    assert d["e2e"] == 6  # every answered event that carried ts_ms
+    pending = value(
+        "facestream_stream_pending", stream=f"{settings.prefix}:images", group="detectors"
+    )
+    assert pending == 0
+
+
+def scrape(url: str) -> dict[str, float]:
+    """name{labels} -> value, from a Prometheus text page."""
+    out = {}
+    for line in httpx.get(url, timeout=10).text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, val = line.rpartition(" ")
+            out[key] = float(val)
+    return out
+
+
+def test_scraped_metrics_of_a_run_add_up(
+    redis_url: str, tmp_path: Any, photo_png: dict[str, bytes]
+) -> None:
+    """The gateway and a detector as processes, scraped over HTTP after a run."""
+    from facestream.control.embedded import free_port
+    from tests.support.procs import Procs, base_env, gateway_ready
+
+    port, det_port = free_port(), free_port()
+    procs = Procs(tmp_path, base_env(redis_url, "scrape"))
+    procs.start(
+        "detector",
+        ["-m", "facestream.detector"],
+        FACESTREAM_METRICS_PORT=str(det_port),
+        FACESTREAM_CONSUMER="scrape-det",
+        FACESTREAM_TRIM_EVERY_MS="200",
+    )
+    procs.start("gateway", ["-m", "facestream.ingest"], FACESTREAM_HTTP_PORT=str(port))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        procs.wait_for(gateway_ready(url), "gateway ready")
+        for i, name in enumerate(["astronaut", "camera", "astronaut", "camera", "coffee"]):
+            resp = httpx.post(
+                f"{url}/v1/detect",
+                params={"wait": "true", "id": f"m{i}"},
+                content=photo_png[name],
+                timeout=30,
+            )
+            assert resp.status_code == 200
+        httpx.post(f"{url}/v1/detect", content=b"not an image")  # refused at the door
+        time.sleep(0.5)  # a housekeeping pass refreshes the gauges
+        gateway = scrape(f"{url}/metrics")
+        detector = scrape(f"http://127.0.0.1:{det_port}/metrics")
+    finally:
+        procs.stop()
+    accepted = gateway['facestream_http_requests_total{path="/v1/detect",status="200"}']
+    assert accepted == 5
+    assert gateway['facestream_http_requests_total{path="/v1/detect",status="415"}'] == 1
+    # The two repeats are answered from the cache: by the gateway itself once it has read
+    # which model the detector serves, else by the detector.
+    at_door = gateway.get('facestream_gateway_cache_lookups_total{result="hit"}', 0.0)
+    events_in = detector["facestream_events_read_total"]
+    results_out = sum(v for k, v in detector.items() if k.startswith("facestream_results_total"))
+    assert events_in == results_out == accepted - at_door
+    assert detector['facestream_results_total{outcome="inferred"}'] == 3
+    assert detector['facestream_results_total{outcome="cached"}'] + at_door == 2
+    assert detector["facestream_inference_seconds_count"] >= 1
+    assert detector['facestream_stream_pending{group="detectors",stream="scrape:images"}'] == 0
+
+
+def test_gateway_serves_metrics(redis_url: str, tmp_path: Any, photo_png: dict[str, bytes]):
+    from facestream.control.embedded import free_port
+    from tests.support.procs import Procs, base_env
+
+    port = free_port()
+    procs = Procs(tmp_path, base_env(redis_url, "metrics", FACESTREAM_HTTP_PORT=port))
+    procs.start("gateway", ["-m", "facestream.ingest"])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        procs.wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200, "gateway up")
+        for _ in range(3):
+            httpx.post(f"{url}/v1/detect", content=photo_png["camera"])
+        httpx.post(f"{url}/v1/detect", content=b"not an image")
+        text = httpx.get(f"{url}/metrics").text
+    finally:
+        procs.stop()
+    assert 'facestream_http_requests_total{path="/v1/detect",status="202"} 3.0' in text
+    assert 'facestream_http_requests_total{path="/v1/detect",status="415"} 1.0' in text
+    assert "facestream_http_request_seconds_bucket" in text
+
+
+def test_gateway_workers_share_one_metrics_page(
+    redis_url: str, tmp_path: Any, photo_png: dict[str, bytes]
+) -> None:
+    """With several uvicorn workers, /metrics on whichever worker answers sums them all."""
+    import asyncio
+
+    from facestream.control.embedded import free_port
+    from tests.support.procs import Procs, base_env
+
+    port = free_port()
+    env = base_env(redis_url, "mworkers", FACESTREAM_HTTP_PORT=port, FACESTREAM_HTTP_WORKERS=2)
+    procs = Procs(tmp_path, env)
+    procs.start("gateway", ["-m", "facestream.ingest"])
+    url = f"http://127.0.0.1:{port}"
+
+    async def post_many() -> list[int]:
+        async with httpx.AsyncClient(timeout=30) as http:
+            answers = await asyncio.gather(
+                *(http.post(f"{url}/v1/detect", content=photo_png["camera"]) for _ in range(40))
+            )
+        return [a.status_code for a in answers]
+
+    key = 'facestream_http_requests_total{path="/v1/detect",status="202"}'
+    try:
+        procs.wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200, "gateway up")
+        assert asyncio.run(post_many()) == [202] * 40
+        # New connections land on either worker: every page must show all 40.
+        pages = [scrape(f"{url}/metrics") for _ in range(6)]
+    finally:
+        procs.stop()
+    assert [page.get(key) for page in pages] == [40.0] * 6

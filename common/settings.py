@@ -55,7 +55,11 @@ class Settings(BaseSettings):
     # process's own pending entries and claims stuck ones.
     read_lanes: int = Field(default=2, ge=1, le=16)
     block_ms: int = Field(default=1000, ge=1)
+    # Batches of answers being written while the readers go on.
     max_inflight_batches: int = Field(default=4, ge=1, le=64)
+    # Misses waiting for inference: past this the readers stop (hits never wait for inference
+    # below it). A detector then holds at most max_parked + read_count x readers images.
+    max_parked: int = Field(default=64, ge=1)
     # Dynamic batching: misses of several read batches share one model call of up to
     # max_batch images, waiting at most max_batch_wait_ms for company after the first.
     # Unset: 1 on the CPU (measured: batching is slower there, docs/performance.md), 16 on CUDA.

@@ -1,8 +1,13 @@
 """What the detector does with one batch of images-stream entries.
 
-Round trips per batch: (1) Bloom filter check, (2) cache read or single-flight lock per distinct
-image (one slot-local script each, pipelined), (3) after inference: cache writes, Bloom adds,
-replies and the ack-gated emit, pipelined. The hit path never waits on inference.
+Every distinct image of a batch becomes a flight (detector/flights.py: one table owns every
+move between states); the resolver (detector/resolver.py) asks the Bloom filter and then the
+cache or the single-flight lock for all of them in two round trips; hits are written at once
+(one pipelined round trip, detector/writer.py); misses are parked and dispatched to inference a
+few model calls at a time, each written as soon as it is done. Back-pressure applies to misses
+only: the readers stop when `max_parked` misses wait (or too many entries are deferred, or too
+many writes are in flight), never because inference is busy, so a hit's latency does not
+depend on how many misses are in flight.
 """
 
 from __future__ import annotations
@@ -23,22 +28,21 @@ from facestream.common.contract.schema import (
     Result,
     SchemaError,
     decode_event,
-    unpack_faces,
 )
 from facestream.common.log import get_logger
 from facestream.common.settings import Settings
 from facestream.common.streams.bloom import BloomFilter
 from facestream.common.streams.locks import LockKeeper
-from facestream.common.streams.types import AsyncClient, AsyncPipeline
+from facestream.common.streams.types import AsyncClient
+from facestream.detector.flights import Flights, State
 from facestream.detector.imaging import image_size
 from facestream.detector.inference import Inference
-from facestream.detector.jobs import Deferred, Job, ResultFactory
+from facestream.detector.jobs import Job, ResultFactory
 from facestream.detector.model.face_model import FaceModel
+from facestream.detector.resolver import Acquired, Hit, Outcome, Resolver
 from facestream.detector.writer import Emission, Writer
 
 log = get_logger(__name__)
-
-HIT, ACQUIRED, BUSY = 1, 2, 3
 
 
 class BatchProcessor:
@@ -64,17 +68,16 @@ class BatchProcessor:
         self.counters = results.counters
         self.limits = settings.limits()
         self.reply_prefix = keys.reply_stream("")
-        self.deferred: dict[str, Deferred] = {}
-        self.inferring: dict[str, list[Job]] = {}
-        # Images whose cache / lock lookup is in flight. Lanes (one per partition) resolve
-        # concurrently: a second lookup of the same image would find our own lock and take it
-        # over (the owner-prefix rule), inferring twice and dropping the first group's jobs.
-        self.resolving: dict[str, list[Job]] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.flights = Flights()
+        self.resolver = Resolver(settings, client, keys, writer.scripts, bloom, locks, model.tag)
+        self.writes: set[asyncio.Task[None]] = set()  # batches of answers being written
+        self.inferring: set[asyncio.Task[None]] = set()  # model calls with their writes
         self.lost_writes = 0
         self.inference = Inference(settings, model)
         self.max_batch = self.inference.max_batch
         self.batcher = self.inference.batcher
+        # Model calls in flight: one running, the next ones being decoded meanwhile.
+        self.slots = settings.decode_threads + 1
 
     def _reply_ok(self, event: ImageEvent) -> bool:
         # Only reply streams under our prefix: an event must not make us write elsewhere.
@@ -147,166 +150,148 @@ class BatchProcessor:
         """Entries read from one partition's images stream; `deliveries`: counts for
         re-delivered entries (own pending, claimed ones)."""
         jobs, out = self.parse(part, entries, deliveries)
-        by_sha: dict[str, list[Job]] = defaultdict(list)
+        new: dict[str, list[Job]] = defaultdict(list)
         for job in jobs:
-            # Same image already waiting or being inferred here: ride along, no lookup.
-            if job.sha in self.inferring:
-                self.inferring[job.sha].append(job)
-            elif job.sha in self.resolving:
-                self.resolving[job.sha].append(job)
-            elif job.sha in self.deferred:
-                self.deferred[job.sha].jobs.append(job)
+            # Same image already in flight here: ride along, no look-up, no inference.
+            joined = self.flights.join(job) if job.sha not in new else None
+            if joined is State.DEFERRED:
                 self.counters.deferred += 1
-            else:
-                by_sha[job.sha].append(job)
-        if by_sha:
-            maybe = await self.bloom.check(self.client, list(by_sha))
-            metrics.BLOOM_MAYBE.inc(sum(maybe))
-            metrics.BLOOM_NEVER.inc(len(maybe) - sum(maybe))
-            await self._resolve(by_sha, dict(zip(by_sha, maybe, strict=True)), out, {})
+            elif joined is None:
+                new[job.sha].append(job)
+        # In the table before the first round trip: other readers' entries join these.
+        shas = list(new)
+        for sha in shas:
+            self.flights.resolve(sha, new[sha])
+        try:
+            if shas:
+                check = await self.resolver.maybe_cached(shas)
+                await self._resolve(shas, check, out, {})
+        except Exception:
+            for sha in shas:  # back in the pending list only: the member re-reads it
+                if self.flights.state(sha) is State.RESOLVING:
+                    self.flights.land(sha)
+            raise
         if out:
             # The loop reads and resolves the next batch while this one is written: the
             # detector's CPU work and Redis's overlap instead of taking turns.
-            self._spawn(self.writer.write(out))
+            self._spawn(self.writes, self.writer.write(out))
 
     async def _resolve(
         self,
-        groups: dict[str, list[Job]],
+        shas: list[str],
         check_cache: dict[str, bool],
         out: Emission,
         delays: dict[str, int],
     ) -> None:
-        """Per image: a cache hit is answered, an acquired lock goes to inference, a busy lock
-        defers (first time: the minimum delay; re-checks: the delay given)."""
-        tag = self.model.tag
-        for sha in [sha for sha in groups if self.locks.token(self.keys.lock(sha, tag))]:
-            # Our own write of this image is in flight: its result is moments away, and the
-            # owner-prefix takeover in lookup_or_lock must not start a second inference.
-            self._defer(sha, groups.pop(sha), delays.get(sha))
-        for sha in [sha for sha in groups if sha in self.resolving]:
-            self.resolving[sha] += groups.pop(sha)  # answered with the lookup in flight
-        if not groups:
-            return
-        self.resolving.update(groups)  # the same lists: jobs that join now are in the group
-        try:
-            await self._lookup(groups, check_cache, out, delays)
-        finally:
-            for sha in groups:
-                self.resolving.pop(sha, None)
-
-    async def _lookup(
-        self,
-        groups: dict[str, list[Job]],
-        check_cache: dict[str, bool],
-        out: Emission,
-        delays: dict[str, int],
-    ) -> None:
-        tag = self.model.tag
-        tokens = {sha: self.locks.new_token() for sha in groups}
-
-        def build(pipe: AsyncPipeline) -> None:
-            for sha in groups:
-                self.writer.scripts.lookup_or_lock(
-                    pipe,
-                    self.keys.cache(sha, tag),
-                    self.keys.lock(sha, tag),
-                    tokens[sha],
-                    self.s.lock_ttl_ms,
-                    check_cache[sha],
-                    self.locks.owner,
-                )
-
-        replies = await self.writer.scripts.run(self.client, build)
-        misses: dict[str, list[Job]] = {}
-        for (sha, group), reply in zip(groups.items(), replies, strict=True):
-            kind = int(reply[0])
-            if kind == HIT:
-                metrics.CACHE_HIT.inc(len(group))
-                faces = unpack_faces(reply[1])
-                size = (int(reply[2]), int(reply[3])) if reply[2] else None
-                for job in group:
-                    # Entries imported from the old design carry no size: read the header.
-                    width, height = size or image_size(job.event.image) or (0, 0)
-                    result = self.results.faces(job, faces, width, height, True)
-                    out.add(job.part, result, job.event.reply_to)
-            elif kind == ACQUIRED:
-                # Also after a deferral: the holder died (its lock expired) without a result.
-                metrics.CACHE_MISS.inc(len(group))
-                self.locks.hold(self.keys.lock(sha, tag), tokens[sha])
-                misses[sha] = group
+        """Look up resolving images: a hit is answered, an acquired lock parks the image for
+        inference, a busy lock defers it (first time: the minimum delay; re-checks: the delay
+        given)."""
+        asked: dict[str, bool] = {}
+        for sha in shas:
+            if self.resolver.own_write_in_flight(sha):
+                self._defer(sha, delays.get(sha))  # its answer is moments away
             else:
-                if sha not in delays:
-                    self.counters.deferred += len(group)
-                    metrics.LOCK_WAITS.inc(len(group))
-                self._defer(sha, group, delays.get(sha))
-        if misses:
-            self._start_inference(misses)
-
-    def _defer(self, sha: str, group: list[Job], delay_ms: int | None = None) -> None:
-        delay = self.s.defer_min_ms if delay_ms is None else delay_ms
-        if sha in self.deferred:  # already waiting: join it, keep its schedule
-            self.deferred[sha].jobs += group
+                asked[sha] = check_cache[sha]
+        if not asked:
             return
-        self.deferred[sha] = Deferred(group, time.monotonic() + delay / 1000, delay)
+        outcomes = await self.resolver.lookup(asked)
+        for sha, outcome in outcomes.items():
+            self._settle(sha, outcome, out, delays)
+        self._pump()
+
+    def _settle(self, sha: str, outcome: Outcome, out: Emission, delays: dict[str, int]) -> None:
+        if isinstance(outcome, Hit):
+            jobs = self.flights.land(sha)
+            metrics.CACHE_HIT.inc(len(jobs))
+            for job in jobs:
+                # Entries imported from the old design carry no size: read the header.
+                width, height = outcome.size or image_size(job.event.image) or (0, 0)
+                result = self.results.faces(job, outcome.faces, width, height, True)
+                out.add(job.part, result, job.event.reply_to)
+        elif isinstance(outcome, Acquired):
+            metrics.CACHE_MISS.inc(len(self.flights.jobs(sha)))
+            self.flights.park(sha)
+        else:
+            if sha not in delays:  # deferred for the first time
+                waiting = len(self.flights.jobs(sha))
+                self.counters.deferred += waiting
+                metrics.LOCK_WAITS.inc(waiting)
+            self._defer(sha, delays.get(sha))
+
+    def _defer(self, sha: str, delay_ms: int | None = None) -> None:
+        delay = self.s.defer_min_ms if delay_ms is None else delay_ms
+        self.flights.defer(sha, time.monotonic() + delay / 1000, delay)
+
+    def saturated(self) -> bool:
+        """Stop reading: enough misses wait for inference, or entries wait on other workers'
+        locks, or answers wait to be written. Inference being busy alone is not a reason."""
+        s = self.s
+        return (
+            self.flights.count(State.PARKED) >= s.max_parked
+            or self.flights.entries_in(State.DEFERRED) >= s.max_deferred
+            or len(self.writes) >= s.max_inflight_batches
+        )
 
     def deferred_jobs(self) -> int:
-        return sum(len(d.jobs) for d in self.deferred.values())
+        return self.flights.entries_in(State.DEFERRED)
 
     def next_due(self) -> float | None:
-        return min((d.due for d in self.deferred.values()), default=None)
+        return self.flights.next_due()
 
     async def recheck_deferred(self) -> None:
         """Deferred images whose time has come: cached now, ours to infer, or still busy."""
-        now = time.monotonic()
-        due = {sha: d for sha, d in self.deferred.items() if d.due <= now}
+        due = self.flights.due(time.monotonic())
         if not due:
             return
+        delays = {sha: min(self.flights.delay_of(sha) * 2, self.s.defer_max_ms) for sha in due}
         for sha in due:
-            del self.deferred[sha]
-        groups = {sha: d.jobs for sha, d in due.items()}
-        delays = {sha: min(d.delay_ms * 2, self.s.defer_max_ms) for sha, d in due.items()}
+            self.flights.resolve(sha, [])
         out = Emission()
         try:
-            await self._resolve(groups, dict.fromkeys(groups, True), out, delays)
+            await self._resolve(due, dict.fromkeys(due, True), out, delays)
         except Exception:
-            for sha, d in due.items():  # keep them; the loop retries after the outage
-                self.deferred.setdefault(sha, d)
+            for sha in due:  # keep them; the loop retries after the outage
+                if self.flights.state(sha) is State.RESOLVING:
+                    self._defer(sha, delays[sha])
             raise
         await self.writer.write(out)
 
     # --- stage 3: infer -------------------------------------------------------------------
-    def _start_inference(self, misses: dict[str, list[Job]]) -> None:
-        for sha, group in misses.items():
-            self.inferring.setdefault(sha, []).extend(group)
-        # One task per model-call-sized chunk: each chunk is written as soon as its call is
-        # done, instead of the whole read batch waiting for its slowest image.
-        shas = list(misses)
-        for i in range(0, len(shas), self.max_batch):
-            self._spawn(self._infer(shas[i : i + self.max_batch]))
+    def _pump(self) -> None:
+        """Dispatch parked images while a model-call slot is free; each chunk of up to
+        `max_batch` images is written as soon as its call is done."""
+        while len(self.inferring) < self.slots:
+            shas = self.flights.dispatch(self.max_batch)
+            if not shas:
+                return
+            self._spawn(self.inferring, self._infer(shas))
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, into: set[asyncio.Task[None]], work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
-        self.tasks.add(task)
-        task.add_done_callback(self._task_done)
+        into.add(task)
+        task.add_done_callback(lambda t: self._task_done(into, t))
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
+    def _task_done(self, into: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
+        into.discard(task)
         if not task.cancelled() and task.exception() is not None:
             # The entries stay pending in our PEL; recovery re-reads or claims them.
             log.error("batch_write_failed", error=repr(task.exception()))
             self.lost_writes += 1
+        if into is self.inferring:
+            self._pump()
+
+    @property
+    def tasks(self) -> set[asyncio.Task[None]]:
+        """Everything in flight: writes and model calls."""
+        return self.writes | self.inferring
 
     def active_entries(self, part: Partition) -> set[str]:
-        """Entries of one partition this process holds in memory: deferred, or waiting on an
-        inference."""
-        jobs = [job for d in self.deferred.values() for job in d.jobs]
-        jobs += [job for group in self.inferring.values() for job in group]
-        jobs += [job for group in self.resolving.values() for job in group]
-        return {job.entry for job in jobs if job.part.index == part.index}
+        """Entries of one partition this process holds in memory, in any state."""
+        return self.flights.held(part.index)
 
     async def _infer(self, shas: list[str]) -> None:
         tag = self.model.tag
-        images = [(sha, self.inferring[sha][0].event.image) for sha in shas]
+        images = [(sha, self.flights.jobs(sha)[0].event.image) for sha in shas]
         started = time.perf_counter()
         try:
             answers = await self.inference.detect(images)
@@ -314,8 +299,8 @@ class BatchProcessor:
         except Exception as exc:
             log.exception("inference_failed", images=len(shas))
             answers, failure = {}, f"{type(exc).__name__}: {exc}"
-        # From here on, new copies of these images go through the cache, not this batch.
-        groups = {sha: self.inferring.pop(sha) for sha in shas}
+        # From here on, new copies of these images go through the cache, not this call.
+        groups = {sha: self.flights.land(sha) for sha in shas}
         out = Emission()
         inferred = sum(1 for a in answers.values() if not isinstance(a, SchemaError))
         self.counters.inferences += 1 if inferred else 0
@@ -350,9 +335,10 @@ class BatchProcessor:
                 self.locks.drop(self.keys.lock(sha, tag))
 
     async def drain(self) -> None:
-        """Wait for inference in flight to finish and be written."""
+        """Wait for the work in hand (parked images included) to be inferred and written."""
+        self._pump()
         while self.tasks:
-            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+            await asyncio.gather(*self.tasks, return_exceptions=True)
 
     def close(self) -> None:
         self.inference.close()

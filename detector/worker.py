@@ -3,7 +3,7 @@ stream, whose handler answers each batch.
 
 Cache hits are served at once while inference runs in a thread pool, and deferred images
 (another worker holds their lock) are re-checked on a backoff; while inference is saturated the
-readers wait for it instead of reading more.
+readers keep reading and only misses wait (detector/pipeline.py says where the bounds are).
 """
 
 from __future__ import annotations
@@ -124,10 +124,7 @@ class Detector(Handler):
         return self.p.next_due()
 
     def busy(self) -> bool:
-        p = self.p
-        return (
-            len(p.tasks) >= self.s.max_inflight_batches or p.deferred_jobs() >= self.s.max_deferred
-        )
+        return self.p.saturated()
 
     async def until_free(self, timeout_s: float) -> None:
         # Saturated: let inference finish (or deferrals come due) before reading more.
@@ -153,7 +150,7 @@ class Detector(Handler):
         p = self.p
         await p.drain()
         deadline = time.monotonic() + self.s.shutdown_grace_s
-        while p.deferred and time.monotonic() < deadline:
+        while p.deferred_jobs() and time.monotonic() < deadline:
             due = p.next_due() or time.monotonic()
             await asyncio.sleep(max(0.0, min(due - time.monotonic(), 0.2)))
             try:

@@ -52,13 +52,15 @@ CLUSTER_TESTS := tests/detector/test_answers.py tests/detector/test_cache.py \
 test-cluster: setup
 	FACESTREAM_TEST_CLUSTER=1 $(BIN)/python -m pytest -q $(CLUSTER_TESTS)
 
-# Each service as its own generated ACL user (facestream acl) on a redis-server and a cluster
-# started with those users: the detector, publisher, gateway and jsonl sink at work, and the
-# matrix of what each role must not do (NOPERM) and what it needs. The other Redis-facing
-# tests still run as the default user (see docs/reliability.md, "What each role can do").
+# Each service as its own generated ACL user (facestream acl): the ACL matrix of what each role
+# must not do (NOPERM) and what it needs, then the Redis-facing tests once more with every
+# detector, gateway and sink they start logged in as its role (FACESTREAM_TEST_ACL=1,
+# tests/support/acl.py), so a command a service sends that its role lacks fails a test.
 ACL_TESTS := tests/control/test_security.py
 test-acl: setup
 	$(BIN)/python -m pytest -q $(ACL_TESTS)
+	FACESTREAM_TEST_ACL=1 $(BIN)/python -m pytest -q $(CLUSTER_TESTS) tests/ingest/test_hostile.py \
+		tests/detector/test_backpressure.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -127,7 +127,7 @@ def roles(settings: Settings, native_bloom: bool = False) -> dict[str, list[str]
         ],
     }
     for kind in SINK_KINDS:
-        claim = f"~{k.consumer_claim(f'sink-{kind}', '*')}"
+        claim = f"~{k.consumer_claim(settings.sink_group_of(kind), '*')}"
         out[user_name(f"sink-{kind}")] = [
             *connect,
             # Read and acknowledge results; never add one (every other group would read it).

@@ -8,7 +8,7 @@ Each image is in at most one state, so an entry for an image already in flight r
 with it (no second look-up, no second inference). PARKED is the only state that grows with
 misses while inference is saturated: the detector stops reading once `max_parked` images wait
 there (or `max_deferred` entries are deferred), so what it holds stays bounded while hits, which
-leave at once, never wait behind misses.
+leave at once, never wait behind misses. Parked images leave partition by partition in turn.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class Flights:
         # Insertion order is kept: parked images are dispatched first come, first served.
         self._by_sha: dict[str, Flight] = {}
         self._count = dict.fromkeys(State, 0)
+        self._turn = 0  # the partition whose parked images go first at the next dispatch
 
     def __contains__(self, sha: str) -> bool:
         return sha in self._by_sha
@@ -82,13 +83,19 @@ class Flights:
         self._move(sha, self._by_sha[sha], State.PARKED)
 
     def dispatch(self, limit: int) -> list[str]:
-        """Up to `limit` parked images, oldest first, now inferring."""
-        taken: list[str] = []
+        """Up to `limit` parked images, now inferring: oldest first within a partition, and
+        the partitions in turn, so a backlog on one never starves a quiet one."""
+        queues: dict[int, list[str]] = {}
         for sha, flight in self._by_sha.items():
-            if len(taken) == limit:
-                break
             if flight.state is State.PARKED:
-                taken.append(sha)
+                queues.setdefault(flight.jobs[0].part.index, []).append(sha)
+        order = sorted(queues, key=lambda index: (index - self._turn) % (max(queues) + 1))
+        taken: list[str] = []
+        while len(taken) < limit and any(queues.values()):
+            for index in order:
+                if queues[index] and len(taken) < limit:
+                    taken.append(queues[index].pop(0))
+                    self._turn = index + 1
         for sha in taken:
             self._move(sha, self._by_sha[sha], State.INFERRING)
         return taken

@@ -20,7 +20,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from facestream.common import metrics
-from facestream.common.contract.keys import Keys, Partition
+from facestream.common.contract.keys import Partition
 from facestream.common.contract.schema import (
     EVENT_FIELD,
     ErrorCode,
@@ -30,10 +30,7 @@ from facestream.common.contract.schema import (
     decode_event,
 )
 from facestream.common.log import get_logger
-from facestream.common.settings import Settings
-from facestream.common.streams.bloom import BloomFilter
-from facestream.common.streams.locks import LockKeeper
-from facestream.common.streams.types import AsyncClient
+from facestream.detector.context import Context
 from facestream.detector.flights import Flights, State
 from facestream.detector.imaging import image_size
 from facestream.detector.inference import Inference
@@ -46,30 +43,18 @@ log = get_logger(__name__)
 
 
 class BatchProcessor:
-    def __init__(
-        self,
-        settings: Settings,
-        client: AsyncClient,
-        keys: Keys,
-        model: FaceModel,
-        bloom: BloomFilter,
-        locks: LockKeeper,
-        writer: Writer,
-        results: ResultFactory,
-    ) -> None:
-        self.s = settings
-        self.client = client
-        self.keys = keys
+    def __init__(self, ctx: Context, model: FaceModel) -> None:
+        settings = self.s = ctx.settings
+        self.keys = ctx.keys
         self.model = model
-        self.bloom = bloom
-        self.locks = locks
-        self.writer = writer
-        self.results = results
-        self.counters = results.counters
+        self.locks = ctx.locks
+        self.writer = Writer(ctx)
+        self.results = ResultFactory(ctx.model_tag, settings.consumer, ctx.counters)
+        self.counters = ctx.counters
         self.limits = settings.limits()
-        self.reply_prefix = keys.reply_stream("")
+        self.reply_prefix = ctx.keys.reply_stream("")
         self.flights = Flights()
-        self.resolver = Resolver(settings, client, keys, writer.scripts, bloom, locks, model.tag)
+        self.resolver = Resolver(ctx)
         self.writes: set[asyncio.Task[None]] = set()  # batches of answers being written
         self.inferring: set[asyncio.Task[None]] = set()  # model calls with their writes
         self.lost_writes = 0

@@ -10,13 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from facestream.common import metrics
-from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import Face, unpack_faces
-from facestream.common.settings import Settings
-from facestream.common.streams.bloom import BloomFilter
-from facestream.common.streams.locks import LockKeeper
-from facestream.common.streams.scripts import Scripts
-from facestream.common.streams.types import AsyncClient, AsyncPipeline
+from facestream.common.streams.types import AsyncPipeline
+from facestream.detector.context import Stage
 
 HIT, ACQUIRED, BUSY = 1, 2, 3
 
@@ -40,25 +36,7 @@ class Busy:
 Outcome = Hit | Acquired | Busy
 
 
-class Resolver:
-    def __init__(
-        self,
-        settings: Settings,
-        client: AsyncClient,
-        keys: Keys,
-        scripts: Scripts,
-        bloom: BloomFilter,
-        locks: LockKeeper,
-        model_tag: str,
-    ) -> None:
-        self.s = settings
-        self.client = client
-        self.keys = keys
-        self.scripts = scripts
-        self.bloom = bloom
-        self.locks = locks
-        self.tag = model_tag
-
+class Resolver(Stage):
     async def maybe_cached(self, shas: list[str]) -> dict[str, bool]:
         """The Bloom filter's word per image: False means never cached (no cache read)."""
         maybe = await self.bloom.check(self.client, shas)
@@ -69,7 +47,7 @@ class Resolver:
     def own_write_in_flight(self, sha: str) -> bool:
         """Our own answer to this image is being written (we still hold its lock): a look-up
         now would take our own lock over (the owner-prefix rule) and infer it a second time."""
-        return self.locks.token(self.keys.lock(sha, self.tag)) is not None
+        return self.locks.token(self.keys.lock(sha, self.model_tag)) is not None
 
     async def lookup(self, check_cache: dict[str, bool]) -> dict[str, Outcome]:
         tokens = {sha: self.locks.new_token() for sha in check_cache}
@@ -78,8 +56,8 @@ class Resolver:
             for sha, check in check_cache.items():
                 self.scripts.lookup_or_lock(
                     pipe,
-                    self.keys.cache(sha, self.tag),
-                    self.keys.lock(sha, self.tag),
+                    self.keys.cache(sha, self.model_tag),
+                    self.keys.lock(sha, self.model_tag),
                     tokens[sha],
                     self.s.lock_ttl_ms,
                     check,
@@ -95,7 +73,7 @@ class Resolver:
                 out[sha] = Hit(unpack_faces(reply[1]), size)
             elif kind == ACQUIRED:
                 # Also after a deferral: the holder died (its lock expired) without a result.
-                self.locks.hold(self.keys.lock(sha, self.tag), tokens[sha])
+                self.locks.hold(self.keys.lock(sha, self.model_tag), tokens[sha])
                 out[sha] = Acquired()
             else:
                 out[sha] = Busy()

@@ -28,10 +28,11 @@ from facestream.common.streams.scripts import Scripts
 from facestream.common.streams.serving import advertise, withdraw
 from facestream.common.streams.trim import trim_acked
 from facestream.common.streams.types import AsyncClient
-from facestream.detector.jobs import Counters, ResultFactory
+from facestream.detector.context import Context
+from facestream.detector.jobs import Counters
 from facestream.detector.model.face_model import FaceModel
 from facestream.detector.pipeline import BatchProcessor
-from facestream.detector.writer import OUTAGE_ERRORS, Writer
+from facestream.detector.writer import OUTAGE_ERRORS
 
 log = get_logger(__name__)
 
@@ -91,13 +92,17 @@ class Detector(Handler):
             s.bloom_error_rate,
             s.cache_ttl_s * 1000,
         )
-        writer = Writer(
-            s, self.client, self.keys, self.scripts, bloom, self.model.tag, self.counters
+        ctx = Context(
+            s,
+            self.client,
+            self.keys,
+            self.scripts,
+            bloom,
+            self.locks,
+            self.model.tag,
+            self.counters,
         )
-        results = ResultFactory(self.model.tag, s.consumer, self.counters)
-        self.processor = BatchProcessor(
-            s, self.client, self.keys, self.model, bloom, self.locks, writer, results
-        )
+        self.processor = BatchProcessor(ctx, self.model)
         await self._advertise()
         self._background = [
             asyncio.create_task(self.locks.run(self.client, self._background_stop)),

@@ -16,16 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from facestream.common import metrics
-from facestream.common.contract.keys import Keys, Partition
+from facestream.common.contract.keys import Partition
 from facestream.common.contract.schema import RESULT_FIELD, Face, Result, pack_faces
 from facestream.common.log import get_logger
-from facestream.common.settings import Settings
 from facestream.common.streams.acked import DeadLetter, Emit, acknowledge_entries
-from facestream.common.streams.bloom import BloomFilter
 from facestream.common.streams.errors import REDIS_ERRORS, TRANSIENT
-from facestream.common.streams.scripts import Scripts, Step
-from facestream.common.streams.types import AsyncClient, AsyncPipeline
-from facestream.detector.jobs import Counters, now_ms
+from facestream.common.streams.scripts import Step
+from facestream.common.streams.types import AsyncPipeline
+from facestream.detector.context import Stage
+from facestream.detector.jobs import now_ms
 
 log = get_logger(__name__)
 RETRIES = 4
@@ -56,25 +55,7 @@ class WriteError(RuntimeError):
 OUTAGE_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, WriteError)
 
 
-class Writer:
-    def __init__(
-        self,
-        settings: Settings,
-        client: AsyncClient,
-        keys: Keys,
-        scripts: Scripts,
-        bloom: BloomFilter,
-        model_tag: str,
-        counters: Counters,
-    ) -> None:
-        self.s = settings
-        self.client = client
-        self.keys = keys
-        self.scripts = scripts
-        self.bloom = bloom
-        self.model_tag = model_tag
-        self.counters = counters
-
+class Writer(Stage):
     async def write(self, out: Emission) -> None:
         """Write with retries: every step is safe to repeat (cache and Bloom writes are
         idempotent, releases check tokens, a repeated emit finds its entries acked and publishes

@@ -17,31 +17,21 @@ import redis
 from facestream.common.contract.keys import Keys
 from facestream.control.embedded import free_port
 from tests.conftest import encode
-from tests.support.procs import Procs, base_env, gateway_ready
+from tests.support.procs import Procs, base_env, detector_and_gateway
 
 
 @pytest.fixture(scope="module")
 def gateway(
     redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, str, Procs]]:
-    prefix = f"gw{np.random.randint(1 << 30)}"
-    port = free_port()
-    procs = Procs(tmp_path_factory.mktemp("gw"), base_env(redis_url, prefix))
-    procs.start("detector", ["-m", "facestream.detector"], FACESTREAM_CONSUMER="gw-det")
-    procs.start(
-        "gateway",
-        ["-m", "facestream.ingest"],
-        FACESTREAM_HTTP_PORT=str(port),
+    with detector_and_gateway(
+        redis_url,
+        tmp_path_factory.mktemp("gw"),
+        "gw",
         FACESTREAM_MAX_IMAGE_BYTES="2000000",
         FACESTREAM_CONSUMER="gw-1",
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        procs.wait_for(gateway_ready(url), "gateway ready")
-        yield url, prefix, procs
-    finally:
-        codes = procs.stop()
-        assert codes == [0, 0], procs.logs()
+    ) as stack:
+        yield stack
 
 
 def test_wait_true_with_raw_body(gateway: Any, photo_png: dict[str, bytes]) -> None:

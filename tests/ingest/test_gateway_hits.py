@@ -9,36 +9,24 @@ from typing import Any
 
 import httpx
 import msgpack
-import numpy as np
 import pytest
 import redis
 
 from facestream.common.contract.keys import Keys
-from facestream.control.embedded import free_port
-from tests.support.procs import Procs, base_env, gateway_ready
+from tests.support.procs import Procs, detector_and_gateway
 
 Stack = tuple[str, str, Procs]
 
 
 def stack(redis_url: str, tmp: Any, hits: bool) -> Iterator[Stack]:
-    prefix = f"gh{np.random.randint(1 << 30)}"
-    port = free_port()
-    procs = Procs(tmp, base_env(redis_url, prefix))
-    procs.start("detector", ["-m", "facestream.detector"], FACESTREAM_CONSUMER="gh-det")
-    procs.start(
-        "gateway",
-        ["-m", "facestream.ingest"],
-        FACESTREAM_HTTP_PORT=str(port),
+    with detector_and_gateway(
+        redis_url,
+        tmp,
+        "gh",
         FACESTREAM_CONSUMER="gh-gw",
         FACESTREAM_GATEWAY_HITS="true" if hits else "false",
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        procs.wait_for(gateway_ready(url), "gateway ready")
-        yield url, prefix, procs
-    finally:
-        codes = procs.stop()
-        assert codes == [0, 0], procs.logs()
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -6,37 +6,25 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from facestream.control.embedded import free_port
-from tests.support.procs import Procs, base_env, gateway_ready
+from tests.support.procs import detector_and_gateway
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def gateway_schema(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    prefix = f"sf{np.random.randint(1 << 30)}"
-    port = free_port()
-    procs = Procs(tmp_path_factory.mktemp("schema"), base_env(redis_url, prefix))
-    procs.start("detector", ["-m", "facestream.detector"], FACESTREAM_CONSUMER="sf-det")
-    procs.start(
-        "gateway",
-        ["-m", "facestream.ingest"],
-        FACESTREAM_HTTP_PORT=str(port),
+    with detector_and_gateway(
+        redis_url,
+        tmp_path_factory.mktemp("schema"),
+        "sf",
         FACESTREAM_MAX_IMAGE_BYTES="200000",
         FACESTREAM_WAIT_TIMEOUT_MS="3000",
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        procs.wait_for(gateway_ready(url), "gateway ready")
+    ) as (url, _, _):
         yield schemathesis.openapi.from_url(f"{url}/openapi.json")
-    finally:
-        codes = procs.stop()
-        assert codes == [0, 0], procs.logs()
 
 
 def test_no_500_and_always_json(gateway_schema: Any) -> None:

@@ -23,6 +23,7 @@ from facestream.common.streams.connection import async_client
 from facestream.sink.files import JsonlSink
 from facestream.sink.runner import Sink, SinkRunner
 from facestream.sink.webhook import WebhookSink
+from tests.support.acl import as_role
 from tests.support.procs import ROOT
 
 MakeSettings = Callable[..., Settings]
@@ -56,8 +57,10 @@ def run_sinks(
     timeout_s: float = 30,
 ) -> list[SinkRunner]:
     async def main() -> list[SinkRunner]:
-        clients = [async_client(s) for s, _ in members]
-        runners = [SinkRunner(s, c, sink) for (s, sink), c in zip(members, clients, strict=True)]
+        # As each sink's own ACL user under `make test-acl` (tests/support/acl.py).
+        logins = [(as_role(s, f"sink-{sink.kind}"), sink) for s, sink in members]
+        clients = [async_client(s) for s, _ in logins]
+        runners = [SinkRunner(s, c, sink) for (s, sink), c in zip(logins, clients, strict=True)]
         tasks = [asyncio.create_task(r.run()) for r in runners]
         deadline = time.monotonic() + timeout_s
         while not until(runners) and time.monotonic() < deadline:  # noqa: ASYNC110 (polling a predicate)

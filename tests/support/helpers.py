@@ -16,6 +16,7 @@ from facestream.common.contract.schema import EVENT_FIELD, RESULT_FIELD, ImageEv
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client
 from facestream.detector.worker import Detector
+from tests.support.acl import as_role
 
 T = TypeVar("T")
 
@@ -63,9 +64,11 @@ def with_detectors(
     another client and the keys of the first member's settings."""
 
     async def main() -> T:
-        clients = [async_client(s) for s in members]
+        # As the detector's own ACL user under `make test-acl` (tests/support/acl.py).
+        members_as = [as_role(s, "detector") for s in members]
+        clients = [async_client(s) for s in members_as]
         other = async_client(members[0])
-        detectors = [Detector(s, c, model) for s, c in zip(members, clients, strict=True)]
+        detectors = [Detector(s, c, model) for s, c in zip(members_as, clients, strict=True)]
         tasks = [asyncio.create_task(d.run()) for d in detectors]
         try:
             keys = Keys(members[0].prefix, members[0].partitions)

@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from facestream.common.settings import Settings
+from facestream.control.embedded import free_port
+from tests.support import acl
+
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def settings_of(env: dict[str, str]) -> Settings:
+    """The Settings a process started with `env` would build (FACESTREAM_* only)."""
+    fields = Settings.model_fields
+    return Settings(
+        **{
+            k[11:].lower(): v
+            for k, v in env.items()
+            if k.startswith("FACESTREAM_") and k[11:].lower() in fields
+        }
+    )
 
 
 class Procs:
@@ -23,14 +41,20 @@ class Procs:
         self.tmp = tmp
         self.env = env
         self.running: list[tuple[subprocess.Popen[bytes], Path]] = []
+        self.stopped: list[Path] = []  # logs of processes already stopped, for failure reports
 
     def start(self, name: str, args: list[str], **env: str) -> subprocess.Popen[bytes]:
         log = self.tmp / f"{name}.log"
+        merged = {**self.env, **env}
+        role = acl.role_of(args)
+        if role and acl.ON and "FACESTREAM_REDIS_USERNAME" not in merged:
+            # Under `make test-acl`: the service logs in as its own generated user.
+            merged.update(acl.env_for(settings_of(merged), role))
         with log.open("ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, *args],
                 cwd=ROOT,
-                env={**os.environ, **self.env, **env},
+                env={**os.environ, **merged},
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -38,7 +62,9 @@ class Procs:
         return proc
 
     def logs(self) -> str:
-        return "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for _, log in self.running)
+        """The tail of every process's log: the running ones, and those stop() ended."""
+        paths = [log for _, log in self.running] + self.stopped
+        return "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in paths)
 
     def wait_for(self, check: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s
@@ -65,6 +91,7 @@ class Procs:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 codes.append(proc.wait())
+        self.stopped += [log for _, log in self.running]
         self.running.clear()
         return codes
 
@@ -86,3 +113,25 @@ def base_env(redis_url: str, prefix: str, **extra: Any) -> dict[str, str]:
     }
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+@contextmanager
+def detector_and_gateway(
+    redis_url: str, tmp: Path, name: str, **gateway_env: str
+) -> Iterator[tuple[str, str, Procs]]:
+    """A detector and a gateway as processes on their own key prefix, until the block ends:
+    (the gateway's URL, the prefix, the processes). Both must stop cleanly."""
+    prefix = f"{name}{random.randrange(1 << 30)}"
+    port = free_port()
+    procs = Procs(tmp, base_env(redis_url, prefix))
+    procs.start("detector", ["-m", "facestream.detector"], FACESTREAM_CONSUMER=f"{name}-det")
+    procs.start(
+        "gateway", ["-m", "facestream.ingest"], FACESTREAM_HTTP_PORT=str(port), **gateway_env
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        procs.wait_for(gateway_ready(url), "gateway ready")
+        yield url, prefix, procs
+    finally:
+        codes = procs.stop()
+        assert codes == [0, 0], procs.logs()

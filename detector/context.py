@@ -1,0 +1,40 @@
+"""What every stage of a detector shares, made once at start (detector/worker.py) and handed to
+the resolver, the batch processor and the writer instead of the same eight arguments each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from facestream.common.contract.keys import Keys
+from facestream.common.settings import Settings
+from facestream.common.streams.bloom import BloomFilter
+from facestream.common.streams.locks import LockKeeper
+from facestream.common.streams.scripts import Scripts
+from facestream.common.streams.types import AsyncClient
+from facestream.detector.jobs import Counters
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    settings: Settings
+    client: AsyncClient
+    keys: Keys
+    scripts: Scripts
+    bloom: BloomFilter
+    locks: LockKeeper
+    model_tag: str  # the served model's tag: every cache, lock and Bloom key carries it
+    counters: Counters
+
+
+class Stage:
+    """A detector stage built on the shared context: its parts as attributes."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.s = ctx.settings
+        self.client = ctx.client
+        self.keys = ctx.keys
+        self.scripts = ctx.scripts
+        self.bloom = ctx.bloom
+        self.locks = ctx.locks
+        self.model_tag = ctx.model_tag
+        self.counters = ctx.counters

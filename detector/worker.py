@@ -20,7 +20,7 @@ from facestream.common.contract.keys import Keys
 from facestream.common.log import get_logger
 from facestream.common.settings import Settings
 from facestream.common.streams.bloom import BloomFilter, resolve_bloom_mode
-from facestream.common.streams.errors import REDIS_ERRORS
+from facestream.common.streams.errors import REDIS_ERRORS, connection_race
 from facestream.common.streams.locks import LockKeeper
 from facestream.common.streams.member import Batch, Handler, Member, Subscription
 from facestream.common.streams.outage import Outage
@@ -209,7 +209,9 @@ class Detector(Handler):
                 await self.refresh_gauges()
                 await self._advertise()
                 outage.ok()
-            except REDIS_ERRORS as exc:
+            except Exception as exc:
+                if not isinstance(exc, REDIS_ERRORS) and not connection_race(exc):
+                    raise
                 outage.failed(exc)
 
     async def refresh_gauges(self) -> None:

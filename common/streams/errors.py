@@ -24,3 +24,20 @@ TRANSIENT: tuple[type[Exception], ...] = (
     redis.exceptions.TryAgainError,
     redis.exceptions.SlotNotCoveredError,
 )
+
+
+def connection_race(exc: BaseException) -> bool:
+    """redis-py's asyncio connections can leak the transport's own error when a connection
+    that another task (or the peer) closed is written to: AttributeError or TypeError from
+    inside `StreamWriter.writelines` instead of a ConnectionError (redis-py issue #4287, seen
+    here in a cluster failover test). That is a lost connection, so an outage, not a bug of
+    ours: true only when the error was raised inside redis-py's connection code."""
+    if not isinstance(exc, AttributeError | TypeError):
+        return False
+    tb = exc.__traceback__
+    while tb is not None:
+        path = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        if path.endswith("redis/asyncio/connection.py"):
+            return True
+        tb = tb.tb_next
+    return False

@@ -27,7 +27,7 @@ import redis.exceptions
 import structlog
 
 from facestream.common.log import get_logger
-from facestream.common.streams.errors import REDIS_ERRORS
+from facestream.common.streams.errors import REDIS_ERRORS, connection_race
 from facestream.common.streams.groups import ensure_group
 from facestream.common.streams.locks import LockKeeper, claim_consumer_name
 from facestream.common.streams.outage import Outage, until_available
@@ -158,9 +158,13 @@ class _Reader:
                     await m.recreate_group(self.index)
             except m.handler.retry_on as exc:
                 await self._pause(outage if isinstance(exc, REDIS_ERRORS) else failing, exc)
+            except Exception as exc:
+                if not connection_race(exc):
+                    raise
+                await self._pause(outage, exc)
 
     async def _pause(self, outage: Outage, exc: Exception) -> None:
-        if not isinstance(exc, REDIS_ERRORS):
+        if not isinstance(exc, REDIS_ERRORS) and not connection_race(exc):
             # The handler's own failure (a sink's write), not Redis's: say so, with the trace.
             log.exception(f"{self.member.what}_step_failed")
         # Whatever was in hand stays pending in our list: re-read after the pause.

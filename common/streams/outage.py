@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from facestream.common.streams.errors import REDIS_ERRORS
+from facestream.common.streams.errors import REDIS_ERRORS, connection_race
 
 T = TypeVar("T")
 
@@ -62,7 +62,9 @@ async def until_available(
     while not stop.is_set():
         try:
             result = await step()
-        except REDIS_ERRORS as exc:
+        except Exception as exc:
+            if not isinstance(exc, REDIS_ERRORS) and not connection_race(exc):
+                raise
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), outage.failed(exc))
             continue

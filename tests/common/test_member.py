@@ -5,6 +5,7 @@ own failure is told apart from a Redis outage."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -173,3 +174,40 @@ def test_only_a_streams_first_reader_reads_the_pending_list(
         return sum(1 for c in cursors if c == "0")
 
     assert asyncio.run(main()) == 1
+
+
+def test_a_transport_error_leaked_by_redis_py_counts_as_a_lost_connection(redis_url: str) -> None:
+    """redis-py #4287: a write on a connection the peer closed can raise the transport's own
+    TypeError / AttributeError from inside redis-py instead of a ConnectionError. The writer
+    below stands in for such a torn-down transport (a real race is not reproducible on
+    demand); the error goes through redis-py's real connection code."""
+    from urllib.parse import urlsplit
+
+    import redis.asyncio
+
+    from facestream.common.streams.errors import connection_race
+
+    class TornDown:
+        def writelines(self, data: object) -> None:
+            raise TypeError("'NoneType' object is not callable")
+
+    async def main() -> tuple[bool, bool]:
+        url = urlsplit(redis_url)
+        conn = redis.asyncio.Connection(host=url.hostname or "127.0.0.1", port=url.port or 6379)
+        await conn.connect()
+        conn._writer = TornDown()  # type: ignore[assignment]
+        try:
+            await conn.send_packed_command([b"PING\r\n"], check_health=False)
+        except Exception as exc:
+            leaked = connection_race(exc)
+        else:
+            leaked = False
+        try:
+            raise TypeError("a bug of ours")
+        except TypeError as exc:
+            ours = connection_race(exc)
+        return leaked, ours
+
+    if os.environ.get("FACESTREAM_TEST_CLUSTER") == "1":
+        pytest.skip("a plain connection to one node is what this needs; the cluster runs skip it")
+    assert asyncio.run(main()) == (True, False)

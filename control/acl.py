@@ -78,12 +78,15 @@ def roles(settings: Settings, native_bloom: bool = False) -> dict[str, list[str]
     gateway_bloom = ["bf.exists", "bf.mexists"] if native_bloom else []
     # Publishers: add to the images stream (write only: they cannot read other publishers'
     # images, nor trim, delete or expire queued work), read the lag and the stream's size
-    # (backpressure), read reply streams (names carry 128 random bits).
+    # (backpressure), read reply streams (names carry 128 random bits), and read which
+    # detectors are alive (the CLI's check before publishing, the gateway's status and the
+    # model whose cache it answers from: common/streams/serving.py).
     ingest = [
         *connect,
         _selector([f"%W{i}" for i in images], ["xadd"]),
         _selector([f"%R{i}" for i in images], ["xinfo|groups", "xlen", "memory|usage"]),
         _selector([f"%R~{p}:reply:gw-*"], ["xread"]),
+        _selector([f"%R~{p}:serving:*"], ["hgetall"]),
     ]
     out = {
         user_name("ingest"): ingest,
@@ -93,7 +96,6 @@ def roles(settings: Settings, native_bloom: bool = False) -> dict[str, list[str]
         user_name("gateway"): [
             *ingest,
             _selector([f"%W{r}" for r in results], ["xadd"]),
-            _selector([f"%R~{p}:serving:*"], ["hgetall"]),
             _selector([f"~{p}:face:*", f"~{p}:bloom:*"], ["hmget", "getbit", *gateway_bloom]),
             _selector([f"~{p}:face:*", f"~{p}:bloom:*"], _SCRIPTS),
         ],

@@ -38,8 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds without any answer before giving up (default 120)",
     )
     detect.add_argument("--source", help="the events' source field (default: the path)")
+    detect.add_argument(
+        "--draw",
+        metavar="DIR",
+        help="also write each photo with its faces drawn into DIR (<name>.faces.jpg)",
+    )
+    detect.add_argument(
+        "--crops",
+        action="store_true",
+        help="ask for a 112x112 aligned JPEG per face (base64 in each face's `crop`)",
+    )
     publish = sub.add_parser("publish", help="publish images without waiting; prints ids")
     publish.add_argument("paths", nargs="+")
+    for command in (detect, publish):
+        command.add_argument(
+            "--no-wait-check",
+            action="store_true",
+            help="publish even when no detector is alive (by default: exit 2 at once)",
+        )
     results = sub.add_parser("results", help="print results as JSON lines")
     results.add_argument("--follow", "-f", action="store_true", help="keep waiting for more")
     results.add_argument("--group", help="read as this consumer group (acknowledges)")
@@ -161,17 +177,25 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from facestream.ingest import commands
 
     client = sync_client(settings)
+    if args.command in ("detect", "publish"):
+        paths = commands.expand(args.paths)
+        problem = None if args.no_wait_check else commands.no_detector(settings, client)
+        if problem is not None:
+            print(f"facestream {args.command}: {problem}", file=sys.stderr)
+            return 2
     if args.command == "detect":
         return commands.detect(
             settings,
             client,
-            commands.expand(args.paths),
+            paths,
             table=args.table,
             timeout_s=args.timeout,
             source=args.source,
+            draw=Path(args.draw) if args.draw else None,
+            crops=args.crops,
         )
     if args.command == "publish":
-        return commands.publish(settings, client, commands.expand(args.paths))
+        return commands.publish(settings, client, paths)
     return commands.results(
         settings, client, follow=args.follow, group=args.group, start=args.start, count=args.count
     )

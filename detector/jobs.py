@@ -7,7 +7,12 @@ from dataclasses import dataclass, field
 
 from facestream.common.contract.keys import Partition
 from facestream.common.contract.schema import ErrorCode, Face, ImageEvent, Result, SchemaError
+from facestream.common.imaging.align import faces_with_crops
+from facestream.common.imaging.photo import PhotoError
+from facestream.common.log import get_logger
 from facestream.common.streams.member import MemberCounters
+
+log = get_logger(__name__)
 
 
 def now_ms() -> int:
@@ -51,9 +56,12 @@ class ResultFactory:
     model: str
     consumer: str
     counters: Counters = field(default_factory=Counters)
+    max_pixels: int = 40_000_000
 
     def faces(self, job: Job, faces: list[Face], width: int, height: int, cached: bool) -> Result:
         ev = job.event
+        if ev.crops:
+            faces = self._crops(job, faces)
         return Result(
             id=ev.id,
             model=self.model,
@@ -69,6 +77,15 @@ class ResultFactory:
             meta=ev.meta,
             ts_ms=ev.ts_ms,
         )
+
+    def _crops(self, job: Job, faces: list[Face]) -> list[Face]:
+        """Crops for an event that asked for them. A full-size decode on this thread: crops
+        are opt-in, and a photo that fails here was decoded once already, so it is rare."""
+        try:
+            return faces_with_crops(job.event.image, faces, self.max_pixels)
+        except PhotoError as exc:
+            log.warning("crops_failed", entry=job.entry, reason=str(exc))
+            return faces
 
     def error(
         self,

@@ -49,7 +49,9 @@ class BatchProcessor:
         self.model = model
         self.locks = ctx.locks
         self.writer = Writer(ctx)
-        self.results = ResultFactory(ctx.model_tag, settings.consumer, ctx.counters)
+        self.results = ResultFactory(
+            ctx.model_tag, settings.consumer, ctx.counters, settings.max_pixels
+        )
         self.counters = ctx.counters
         self.limits = settings.limits()
         self.reply_prefix = ctx.keys.reply_stream("")

@@ -15,10 +15,15 @@ import msgpack
 
 from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import RESULT_FIELD, ImageEvent, jsonable
+from facestream.common.imaging.photo import PhotoError
 from facestream.common.progress import Progress
 from facestream.common.settings import Settings
+from facestream.common.streams.connection import redact
+from facestream.common.streams.errors import REDIS_ERRORS
 from facestream.common.streams.groups import ensure_group_sync
+from facestream.common.streams.serving import live_detectors
 from facestream.common.streams.types import SyncClient
+from facestream.ingest.drawing import draw_faces
 from facestream.ingest.publisher import Overloaded, Publisher, PublishError, make_event
 
 WINDOW = 256  # images published but not yet answered, at most: memory stays bounded
@@ -40,6 +45,54 @@ def expand(paths: list[str]) -> list[Path]:
             else:
                 raise FileNotFoundError(f"no such file or directory: {m}")
     return out
+
+
+def no_detector(settings: Settings, client: SyncClient) -> str | None:
+    """Why nothing would answer (None: a detector is alive). Live detectors are those whose
+    entry in the served-model hash is still in its time (common/streams/serving.py): each
+    detector refreshes its own with its heartbeat, so a killed one drops out by itself."""
+    url = redact(settings.redis_url)
+    keys = Keys(settings.prefix, settings.partitions)
+    try:
+        alive = live_detectors(client.hgetall(keys.serving(settings.detector_group)))
+    except REDIS_ERRORS as exc:
+        return f"cannot reach Redis at {url}: {exc}\nset FACESTREAM_REDIS_URL to facestream's Redis"
+    if alive:
+        return None
+    return (
+        f"no detector is alive in group {settings.detector_group!r} on {url} "
+        f"(prefix {settings.prefix!r}): nothing would answer.\n"
+        "Start one with `facestream detector` (same FACESTREAM_* settings), or a whole local "
+        "stack with `facestream up`; check FACESTREAM_REDIS_URL and FACESTREAM_PREFIX; "
+        "--no-wait-check publishes anyway."
+    )
+
+
+class Drawer:
+    """Writes each answered photo with its faces drawn into one directory (`--draw`)."""
+
+    def __init__(self, directory: Path, max_pixels: int) -> None:
+        self.dir = directory
+        self.max_pixels = max_pixels
+        self.used: set[str] = set()
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def write(self, path: Path, faces: list[dict[str, Any]]) -> Path | None:
+        name = f"{path.stem}.faces.jpg"
+        n = 1
+        while name in self.used:  # same file name from two directories: keep both
+            n += 1
+            name = f"{path.stem}-{n}.faces.jpg"
+        self.used.add(name)
+        try:
+            # Read again rather than held: at most WINDOW images stay in memory.
+            drawn = draw_faces(path.read_bytes(), faces, self.max_pixels)
+        except (OSError, PhotoError) as exc:
+            print(f"facestream detect: cannot draw {path}: {exc}", file=sys.stderr)
+            return None
+        out = self.dir / name
+        out.write_bytes(drawn)
+        return out
 
 
 def publish_retrying(publisher: Publisher, events: list[ImageEvent]) -> list[str]:
@@ -83,8 +136,11 @@ def detect(
     table: bool,
     timeout_s: float,
     source: str | None = None,
+    draw: Path | None = None,
+    crops: bool = False,
 ) -> int:
     keys = Keys(settings.prefix, settings.partitions)
+    drawer = Drawer(draw, settings.max_pixels) if draw is not None else None
     reply = keys.reply_stream(f"cli-{uuid.uuid4().hex[:12]}")
     publisher = Publisher(settings, client)
     waiter = Waiter(client, reply)
@@ -99,6 +155,10 @@ def detect(
         faces = len(row.get("faces") or [])
         if "error" in row:
             failed.append(row["path"])
+        elif drawer is not None:
+            drawn = drawer.write(Path(row["path"]), row.get("faces") or [])
+            if drawn is not None:
+                row = {**row, "drawn": str(drawn)}
         progress.advance(note=f"{faces} faces" if "error" not in row else row["error"]["code"])
         if table:
             rows.append(row)
@@ -117,6 +177,7 @@ def detect(
                         source=source or str(path),
                         reply_to=reply,
                         limits=settings.limits(),
+                        crops=crops,
                     )
                 except (PublishError, OSError) as exc:
                     emit(door_error(path, exc))

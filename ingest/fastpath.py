@@ -69,6 +69,7 @@ class FastDetect:
     async def _detect(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list[Any]]:
         query = _query(scope)
         wait = _flag(query.get("wait", "false"))
+        crops = _flag(query.get("crops", "false"), "crops")
         timeout_ms = self.s.wait_timeout_ms
         if "timeout_ms" in query:
             raw = query["timeout_ms"]
@@ -89,6 +90,7 @@ class FastDetect:
             meta=meta,
             reply_to=state.replies.stream if wait else None,
             limits=self.s.limits(),
+            crops=crops,
         )
         if not wait:
             entry = await state.publisher.publish(event)
@@ -122,13 +124,13 @@ def _query(scope: Scope) -> dict[str, str]:
     return {k: v[-1] for k, v in parsed.items()}
 
 
-def _flag(raw: str) -> bool:
+def _flag(raw: str, name: str = "wait") -> bool:
     value = raw.lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
         return False
-    raise BadRequest(f"wait must be a boolean, not {raw!r}")
+    raise BadRequest(f"{name} must be a boolean, not {raw!r}")
 
 
 def _error(code: str, message: str) -> bytes:

@@ -29,7 +29,16 @@ from facestream.common.streams.connection import async_client
 from facestream.common.streams.errors import REDIS_ERRORS
 from facestream.ingest.compat import add_compat_routes
 from facestream.ingest.hits import CacheAnswers, answer_or_wait
-from facestream.ingest.http_input import b64_default, parse_meta, read_request
+from facestream.ingest.http_input import (
+    CROPS_DOC,
+    REQUEST_BODY,
+    b64_default,
+    error,
+    error_doc,
+    parse_meta,
+    read_request,
+)
+from facestream.ingest.looks import add_look_routes
 from facestream.ingest.publisher import (
     AsyncPublisher,
     PublishError,
@@ -38,47 +47,6 @@ from facestream.ingest.publisher import (
 from facestream.ingest.replies import ReplyRouter
 
 log = get_logger(__name__)
-
-_ERROR = {
-    "type": "object",
-    "properties": {
-        "error": {
-            "type": "object",
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-        }
-    },
-}
-_BODY = {
-    "required": True,
-    "content": {
-        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-        "image/png": {"schema": {"type": "string", "format": "binary"}},
-        "image/webp": {"schema": {"type": "string", "format": "binary"}},
-        "image/bmp": {"schema": {"type": "string", "format": "binary"}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": ["image"],
-                "properties": {
-                    "image": {"type": "string", "format": "binary"},
-                    "id": {"type": "string", "maxLength": 128},
-                    "source": {"type": "string", "maxLength": 256},
-                    "meta": {"type": "string", "description": "a JSON object"},
-                },
-            }
-        },
-    },
-}
-
-
-def _error_doc(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
-
-
-def error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    headers = extra.pop("headers", None)
-    return JSONResponse({"error": {"code": code, "message": message}, **extra}, status, headers)
 
 
 class MetricsMiddleware:
@@ -170,15 +138,15 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post(
         "/v1/detect",
-        openapi_extra={"requestBody": _BODY},
+        openapi_extra={"requestBody": REQUEST_BODY},
         responses={
             200: {"description": "the result (with wait=true)"},
             202: {"description": "accepted; the result goes to the results stream"},
-            400: _error_doc("bad request"),
-            413: _error_doc("image too large"),
-            415: _error_doc("not an image"),
-            503: _error_doc("overloaded or Redis unreachable; see Retry-After"),
-            504: _error_doc("no result within timeout_ms (the image is still processed)"),
+            400: error_doc("bad request"),
+            413: error_doc("image too large"),
+            415: error_doc("not an image"),
+            503: error_doc("overloaded or Redis unreachable; see Retry-After"),
+            504: error_doc("no result within timeout_ms (the image is still processed)"),
         },
     )
     async def detect(
@@ -188,6 +156,7 @@ def create_app(settings: Settings) -> FastAPI:
         id: str | None = Query(None, min_length=1, max_length=128),
         source: str | None = Query(None, max_length=256),
         meta: str | None = Query(None, description="a JSON object, echoed in the result"),
+        crops: bool = Query(False, description=CROPS_DOC),
     ) -> Response:
         image, form = await read_request(request, settings)
         event = make_event(
@@ -197,6 +166,7 @@ def create_app(settings: Settings) -> FastAPI:
             meta=parse_meta(form.get("meta") or meta),
             reply_to=app.state.replies.stream if wait else None,
             limits=settings.limits(),
+            crops=crops,
         )
         publisher: AsyncPublisher = app.state.publisher
         if not wait:
@@ -212,6 +182,7 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(orjson.dumps(result, default=b64_default), media_type="application/json")
 
     add_compat_routes(app, settings)
+    add_look_routes(app, settings, keys)
     app.add_middleware(MetricsMiddleware)
 
     @app.get("/metrics", include_in_schema=False)

@@ -17,7 +17,15 @@ from typing import Any
 
 from facestream.common import metrics
 from facestream.common.contract.keys import Keys
-from facestream.common.contract.schema import RESULT_FIELD, ImageEvent, Result, unpack_faces
+from facestream.common.contract.schema import (
+    RESULT_FIELD,
+    Face,
+    ImageEvent,
+    Result,
+    unpack_faces,
+)
+from facestream.common.imaging.align import faces_with_crops
+from facestream.common.imaging.photo import PhotoError
 from facestream.common.log import get_logger
 from facestream.common.settings import Settings
 from facestream.common.streams.bloom import BloomFilter, resolve_bloom_mode
@@ -128,6 +136,9 @@ class CacheAnswers:
             hit = found[sha]
             results.append(None if hit is None else self._result(event, sha, tag, *hit))
         hits = [r for r in results if r is not None]
+        for event, result in zip(events, results, strict=True):
+            if result is not None and event.crops:
+                result.faces = await self._crops(event, result.faces or [])
         metrics.GATEWAY_HITS.inc(len(hits))
         metrics.GATEWAY_MISSES.inc(len(events) - len(hits))
         if hits:
@@ -156,6 +167,15 @@ class CacheAnswers:
             pipe.hmget(self.keys.cache(sha, tag), ["faces", "width", "height"])
         rows = dict(zip(asked, await pipe.execute(), strict=True)) if asked else {}
         return [_found([CACHED, *rows[sha]]) if sha in rows else None for sha in shas]
+
+    async def _crops(self, event: ImageEvent, faces: list[Face]) -> list[Face]:
+        """A cached entry holds coordinates only: the crops of a hit need the image decoded
+        again (off the loop; docs/contract.md, "Crops", says what that costs)."""
+        try:
+            return await asyncio.to_thread(faces_with_crops, event.image, faces, self.s.max_pixels)
+        except PhotoError as exc:
+            log.warning("crops_failed", id=event.id, reason=str(exc))
+            return faces
 
     def _result(
         self, event: ImageEvent, sha: str, tag: str, faces: bytes, width: int, height: int

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from fastapi import Request
+from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.types import Message, Receive, Scope
 
@@ -17,6 +18,53 @@ from facestream.common.settings import Settings
 from facestream.ingest.publisher import BadRequest, ImageTooLarge, PublishError
 
 MULTIPART_OVERHEAD = 64 * 1024  # field headers and small fields around the image part
+
+
+_ERROR = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
+REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+        "image/png": {"schema": {"type": "string", "format": "binary"}},
+        "image/webp": {"schema": {"type": "string", "format": "binary"}},
+        "image/bmp": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {
+                    "image": {"type": "string", "format": "binary"},
+                    "id": {"type": "string", "maxLength": 128},
+                    "source": {"type": "string", "maxLength": 256},
+                    "meta": {"type": "string", "description": "a JSON object"},
+                },
+            }
+        },
+    },
+}
+
+
+CROPS_DOC = (
+    "also return each face as a 112x112 JPEG aligned to the five-point template (base64 in `crop`)"
+)
+
+
+def error_doc(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
+
+
+def error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    headers = extra.pop("headers", None)
+    return JSONResponse({"error": {"code": code, "message": message}, **extra}, status, headers)
 
 
 def b64_default(value: object) -> str:

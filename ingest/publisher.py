@@ -78,6 +78,7 @@ def make_event(
     meta: dict[str, Any] | None = None,
     reply_to: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    crops: bool = False,
 ) -> ImageEvent:
     """A validated v1 event with its sha256 and publish time."""
     max_bytes = limits.max_image_bytes
@@ -107,6 +108,7 @@ def make_event(
         ts_ms=int(time.time() * 1000),
         meta=dict(meta) if meta is not None else None,
         reply_to=reply_to,
+        crops=crops,
     )
 
 

@@ -67,6 +67,7 @@ class ImageEvent:
     ts_ms: int | None = None
     meta: dict[str, Any] | None = None
     reply_to: str | None = None
+    crops: bool = False  # each face of the result also carries an aligned 112x112 JPEG
 
     def to_wire(self) -> bytes:
         body: dict[str, Any] = {"v": VERSION, "id": self.id, "image": self.image}
@@ -74,6 +75,8 @@ class ImageEvent:
             value = getattr(self, name)
             if value is not None:
                 body[name] = value
+        if self.crops:  # only when asked: events stay byte for byte what old readers know
+            body["crops"] = True
         return msgpack.packb(body, use_bin_type=True)
 
     def content_sha256(self) -> str:
@@ -210,7 +213,8 @@ def decode_event(payload: bytes | None, limits: Limits) -> ImageEvent:
     reply_to = _opt(body, "reply_to", str, event_id)
     if reply_to is not None and not 0 < len(reply_to) <= MAX_REPLY_TO_CHARS:
         raise SchemaError(ErrorCode.BAD_EVENT, "field 'reply_to' is empty or too long", event_id)
-    return ImageEvent(event_id, image, sha, source, ts_ms, meta, reply_to)
+    crops = _opt(body, "crops", bool, event_id)
+    return ImageEvent(event_id, image, sha, source, ts_ms, meta, reply_to, bool(crops))
 
 
 @dataclass(slots=True)
@@ -218,9 +222,15 @@ class Face:
     box: list[float]
     score: float
     kps: list[list[float]]
+    # An aligned 112x112 JPEG, only in results whose event asked for crops: never cached
+    # (pack_faces leaves it out), so a cache entry holds coordinates only.
+    crop: bytes | None = None
 
-    def to_wire(self) -> dict[str, Any]:
-        return {"box": self.box, "score": self.score, "kps": self.kps}
+    def to_wire(self, with_crop: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {"box": self.box, "score": self.score, "kps": self.kps}
+        if with_crop and self.crop is not None:
+            body["crop"] = self.crop
+        return body
 
     @classmethod
     def from_wire(cls, body: Mapping[str, Any]) -> Face:
@@ -257,7 +267,7 @@ class Result:
         if self.error is not None:
             body["error"] = self.error
         else:
-            body["faces"] = [f.to_wire() for f in self.faces or []]
+            body["faces"] = [f.to_wire(with_crop=True) for f in self.faces or []]
         body.update(
             cached=self.cached,
             source=self.source,

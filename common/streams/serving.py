@@ -6,6 +6,8 @@ detectors disagree (a model being rolled out), it answers nothing itself."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from facestream.common.streams.types import AsyncClient
 
@@ -35,10 +37,19 @@ async def withdraw(client: AsyncClient, key: str, consumer: str) -> None:
 
 async def served_tag(client: AsyncClient, key: str) -> str | None:
     """The one model tag every live detector serves; None when none is live or they differ."""
-    now = _now_ms()
-    entries = await client.hgetall(key)
-    tags = {_tag(value) for value in entries.values() if _until(value) >= now}
+    tags = set(live_detectors(await client.hgetall(key)).values())
     return tags.pop() if len(tags) == 1 else None
+
+
+def live_detectors(entries: Mapping[Any, Any], now_ms: int | None = None) -> dict[str, str]:
+    """consumer -> model tag of the entries still in their time: the detectors alive now.
+    Pure, so the synchronous CLI check and the gateway's status read one rule."""
+    now = _now_ms() if now_ms is None else now_ms
+    return {
+        name.decode() if isinstance(name, bytes) else str(name): _tag(value)
+        for name, value in entries.items()
+        if _until(value) >= now
+    }
 
 
 def _until(value: bytes | str) -> int:

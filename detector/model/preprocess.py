@@ -27,15 +27,23 @@ def to_tensor(images: list[np.ndarray], norm: Normalisation, shape: tuple[int, i
     the padded input equal coordinates in the unpadded one.
     """
     ph, pw = shape
-    out = np.zeros((len(images), 3, ph, pw), dtype=np.float32)
+    # Uninitialised, then only the padding zeroed: the image area is written once anyway, so
+    # zeroing all of it first would be a whole extra pass over ~3.7 MB per 640x480 image.
+    out = np.empty((len(images), 3, ph, pw), dtype=np.float32)
     mean = np.asarray(norm.mean, dtype=np.float32).reshape(3, 1, 1)
+    # Caffe-style models (the built-in RetinaFace) have std 1: no scaling pass at all.
+    scaled = any(s != 1.0 for s in norm.std)
     inv_std = (1.0 / np.asarray(norm.std, dtype=np.float32)).reshape(3, 1, 1)
     for i, im in enumerate(images):
+        ih, iw = im.shape[:2]
+        out[i, :, ih:, :] = 0.0
+        out[i, :, :ih, iw:] = 0.0
         chw = im.transpose(2, 0, 1)
         if norm.bgr:
             chw = chw[::-1]
-        ih, iw = im.shape[:2]
         view = out[i, :, :ih, :iw]
+        # Transpose, channel swap, uint8 -> float32 and the mean in one ufunc pass.
         np.subtract(chw, mean, out=view, casting="unsafe")
-        view *= inv_std
+        if scaled:
+            view *= inv_std
     return out

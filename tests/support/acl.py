@@ -13,30 +13,41 @@ import os
 import tempfile
 from pathlib import Path
 
+import redis.exceptions
+
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import sync_client
 from facestream.control.acl import setuser_args, user_name
 
 ON = os.environ.get("FACESTREAM_TEST_ACL") == "1"
 _SECRETS = Path(tempfile.mkdtemp(prefix="facestream-acl-"))
-_made: set[tuple[str, str]] = set()
+_made: dict[tuple[str, str], str] = {}  # (server, user) -> the role whose rules it has
 
 
 def login(settings: Settings, role: str) -> dict[str, str]:
     """Settings fields that log a service of `role` in as its generated user ({} when off)."""
     if not ON:
         return {}
-    name = f"{user_name(role)}-{settings.prefix}"
+    # A sink's role names its group's consumer keys: one user per prefix and group.
+    group = f"-{settings.sink_group}" if role.startswith("sink-") and settings.sink_group else ""
+    name = f"{user_name(role)}-{settings.prefix}{group}"
     if (settings.redis_url, name) not in _made:
         admin = sync_client(Settings(redis_url=settings.redis_url))
         try:
             native = _has_native_bloom(admin)
-            for args in setuser_args(settings, _SECRETS, native_bloom=native):
-                if args[0] == user_name(role):
-                    _setuser(admin, [name, *args[1:]])
+            users = {
+                args[0]: args for args in setuser_args(settings, _SECRETS, native_bloom=native)
+            }
+            if user_name(role) not in users and role.startswith("sink-"):
+                role = "sink-jsonl"  # a test's own sink kind: a sink's rules all the same
+            args = users[user_name(role)]
+            _setuser(admin, [name, *args[1:]])
+        except redis.exceptions.ConnectionError:
+            return {}  # a test of a Redis that is not there: nothing to log in to
         finally:
             admin.close()
-        _made.add((settings.redis_url, name))
+        _made[(settings.redis_url, name)] = role
+    role = _made[(settings.redis_url, name)]
     return {"redis_username": name, "redis_password_file": str(_SECRETS / user_name(role))}
 
 

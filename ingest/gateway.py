@@ -35,14 +35,13 @@ from facestream.ingest.http_input import (
     b64_default,
     error,
     error_doc,
-    parse_meta,
+    form_event,
     read_request,
 )
 from facestream.ingest.looks import add_look_routes
 from facestream.ingest.publisher import (
     AsyncPublisher,
     PublishError,
-    make_event,
 )
 from facestream.ingest.replies import ReplyRouter
 
@@ -159,13 +158,15 @@ def create_app(settings: Settings) -> FastAPI:
         crops: bool = Query(False, description=CROPS_DOC),
     ) -> Response:
         image, form = await read_request(request, settings)
-        event = make_event(
+        reply_to = app.state.replies.stream if wait else None
+        event = form_event(
             image,
-            form.get("id") or id,
-            source=form.get("source") or source,
-            meta=parse_meta(form.get("meta") or meta),
-            reply_to=app.state.replies.stream if wait else None,
-            limits=settings.limits(),
+            form,
+            settings,
+            event_id=id,
+            source=source,
+            meta=meta,
+            reply_to=reply_to,
             crops=crops,
         )
         publisher: AsyncPublisher = app.state.publisher

@@ -13,9 +13,9 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.types import Message, Receive, Scope
 
-from facestream.common.contract.schema import MAX_META_DEPTH
+from facestream.common.contract.schema import MAX_META_DEPTH, ImageEvent
 from facestream.common.settings import Settings
-from facestream.ingest.publisher import BadRequest, ImageTooLarge, PublishError
+from facestream.ingest.publisher import BadRequest, ImageTooLarge, PublishError, make_event
 
 MULTIPART_OVERHEAD = 64 * 1024  # field headers and small fields around the image part
 
@@ -153,3 +153,26 @@ def parse_meta(raw: str | None) -> dict[str, Any] | None:
     if not isinstance(meta, dict):
         raise BadRequest("meta must be a JSON object")
     return meta
+
+
+def form_event(
+    image: bytes,
+    form: dict[str, str | None],
+    settings: Settings,
+    *,
+    event_id: str | None,
+    source: str | None,
+    meta: str | None,
+    reply_to: str | None,
+    crops: bool = False,
+) -> ImageEvent:
+    """The event of a FastAPI route's request: a multipart form's fields win over the query's."""
+    return make_event(
+        image,
+        form.get("id") or event_id,
+        source=form.get("source") or source,
+        meta=parse_meta(form.get("meta") or meta),
+        reply_to=reply_to,
+        limits=settings.limits(),
+        crops=crops,
+    )

@@ -28,10 +28,9 @@ from facestream.ingest.http_input import (
     REQUEST_BODY,
     error,
     error_doc,
-    parse_meta,
+    form_event,
     read_request,
 )
-from facestream.ingest.publisher import make_event
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -138,13 +137,9 @@ def add_look_routes(app: FastAPI, settings: Settings, keys: Keys) -> None:
     ) -> Response:
         started = time.perf_counter()
         image, form = await read_request(request, settings)
-        event = make_event(
-            image,
-            form.get("id") or id,
-            source=form.get("source") or source,
-            meta=parse_meta(form.get("meta") or meta),
-            reply_to=app.state.replies.stream,
-            limits=settings.limits(),
+        reply_to = app.state.replies.stream
+        event = form_event(
+            image, form, settings, event_id=id, source=source, meta=meta, reply_to=reply_to
         )
         state = app.state
         timeout_s = (timeout_ms or settings.wait_timeout_ms) / 1000

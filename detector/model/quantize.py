@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from onnx import version_converter
 from facestream.common.contract.schema import Face
 from facestream.detector.model.face_model import FaceModel
 from facestream.detector.model.preprocess import Normalisation, to_tensor
+from facestream.detector.model.registry import install_files
 from facestream.detector.model.types import DecodedImage
 
 QUANTIZED_NAME = "builtin-int8"
@@ -189,17 +189,8 @@ def install(root: Path, graph: bytes, source_sha256: str, details: dict[str, Any
         "tools": {d: metadata.version(d) for d in ("onnxruntime", "onnx")},
         **details,
     }
-    target = root / QUANTIZED_NAME
-    target.mkdir(parents=True, exist_ok=True)
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    for name, data in ((ONNX_FILE, graph), (MANIFEST_FILE, text.encode())):
-        fd, tmp = tempfile.mkstemp(dir=target, prefix=f".{name}.")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target / name)
-    return target
+    return install_files(root / QUANTIZED_NAME, {ONNX_FILE: graph, MANIFEST_FILE: text.encode()})
 
 
 def read_manifest(root: Path) -> dict[str, Any] | None:

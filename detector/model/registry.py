@@ -154,9 +154,16 @@ def write_entry(root: Path, entry: RegistryEntry, graph: bytes) -> Path:
     entry.validate("new entry")
     if hashlib.sha256(graph).hexdigest() != entry.onnx_sha256:
         raise RegistryError("the entry's onnx_sha256 is not the graph's")
-    target = root / entry.name
+    return install_files(
+        root / entry.name, {ONNX_FILE: graph, ENTRY_FILE: entry.to_json().encode()}
+    )
+
+
+def install_files(target: Path, files: dict[str, bytes]) -> Path:
+    """Write each file whole or not at all (a temporary file synced, then renamed over), in
+    order: a detector reading the folder meanwhile never sees half a model."""
     target.mkdir(parents=True, exist_ok=True)
-    for name, data in ((ONNX_FILE, graph), (ENTRY_FILE, entry.to_json().encode())):
+    for name, data in files.items():
         fd, tmp = tempfile.mkstemp(dir=target, prefix=f".{name}.")
         with os.fdopen(fd, "wb") as f:
             f.write(data)

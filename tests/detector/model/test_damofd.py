@@ -25,7 +25,7 @@ from facestream.detector.model import damofd  # noqa: E402
 from facestream.detector.model.damofd_net import STRIDES, STRUCTURE, DamoFD  # noqa: E402
 from facestream.detector.model.loader import load_model  # noqa: E402
 from facestream.detector.model.resize import bilinear_float, fit_size  # noqa: E402
-from tests.detector.model.test_model import detect  # noqa: E402
+from tests.support.faces import detect  # noqa: E402
 from tests.support.scrfd_reference import postprocess  # noqa: E402
 
 KEYS_FILE = Path(__file__).with_name("damofd_keys.txt")

@@ -16,31 +16,8 @@ from facestream.detector.model.graph import scores_already_sigmoid, static_score
 from facestream.detector.model.loader import ModelLoadError, load_model
 from facestream.detector.model.nms import nms
 from tests.conftest import encode
+from tests.support.faces import BIG, detect, iou
 from tests.support.scrfd_graph import Hot, build
-
-BIG = 1 << 30
-
-
-def iou(a: list[float], b: list[float]) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def detect(model: Any, data: bytes) -> list[Face]:
-    spec = model.spec
-    image = decode_image(
-        data,
-        max_bytes=BIG,
-        max_pixels=BIG,
-        max_side=spec.fit,
-        upscale=spec.norm.upscale,
-        resize=spec.resize,
-    )
-    faces: list[Face] = model.detect([image])[0]
-    return faces
 
 
 @pytest.mark.parametrize("name", ["astronaut", "camera", "grace_hopper", "lfw_mosaic", "coffee"])

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 from facestream.common.settings import Settings
 from facestream.detector.model.loader import ModelLoadError, load_model
 from tests.conftest import encode
-from tests.detector.model.test_model import detect
+from tests.support.faces import detect
 from tests.support.helpers import publish, wait_results, with_detector
 from tests.support.scrfd_graph import Hot, build
 

@@ -24,7 +24,8 @@ from facestream.detector.model.registry import (
     write_entry,
 )
 from tests.conftest import encode
-from tests.detector.model.test_model import EXPECTED, HOTS, detect
+from tests.detector.model.test_model import EXPECTED, HOTS
+from tests.support.faces import detect
 from tests.support.scrfd_graph import build
 
 

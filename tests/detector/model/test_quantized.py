@@ -16,36 +16,13 @@ import pytest
 from facestream.common.contract.schema import Face
 from facestream.common.settings import Settings
 from facestream.control import model_cli
-from facestream.detector.imaging import decode_image
 from facestream.detector.model.loader import ModelLoadError, load_model
 from facestream.detector.model.quantize import MANIFEST_FILE, ONNX_FILE, QUANTIZED_NAME
 from tests.conftest import encode
+from tests.support.faces import detect, iou
 
-BIG = 1 << 30
 # What the fp32 built-in model's tag is: the int8 copy must leave it (and its cache) alone.
 FP32_TAG = "retinaface-mnet025-7b597ddd2244"
-
-
-def iou(a: list[float], b: list[float]) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def detect(model: Any, data: bytes) -> list[Face]:
-    spec = model.spec
-    image = decode_image(
-        data,
-        max_bytes=BIG,
-        max_pixels=BIG,
-        max_side=spec.fit,
-        upscale=spec.norm.upscale,
-        resize=spec.resize,
-    )
-    faces: list[Face] = model.detect([image])[0]
-    return faces
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import EVENT_FIELD, RESULT_FIELD
 from facestream.common.settings import Settings
+from facestream.common.streams.connection import sync_client
 from facestream.control import ops
 from facestream.control.embedded import free_port
 from facestream.detector.worker import Detector
@@ -306,6 +307,11 @@ def test_every_cli_entry_point_over_partitions(redis_url: str, prefix: str, tmp_
         )
 
     try:
+        # `detect` refuses at once while no detector is live: wait for this one to start.
+        served = sync_client(Settings(redis_url=redis_url))
+        serving = Keys(prefix, PARTS).serving("detectors")
+        procs.wait_for(lambda: bool(served.hlen(serving)), "detector live")
+        served.close()
         detected = cli("detect", str(samples))
         assert detected.returncode == 0, detected.stderr + procs.logs()
         rows = [json.loads(x) for x in detected.stdout.splitlines()]

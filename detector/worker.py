@@ -220,9 +220,12 @@ class Detector(Handler):
                 groups = await self.client.xinfo_groups(stream)
             except redis.exceptions.ResponseError:
                 continue  # no such stream yet
+            # Entries erased from under a group (an XTRIM, an XDEL) still count in its lag:
+            # what is left to deliver cannot exceed what the stream holds.
+            length = int(await self.client.xlen(stream))
             for g in groups:
                 name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
                 if g.get("lag") is not None:
-                    metrics.LAG.labels(stream, name).set(int(g["lag"]))
+                    metrics.LAG.labels(stream, name).set(min(int(g["lag"]), length))
                 metrics.PENDING.labels(stream, name).set(int(g["pending"]))
         metrics.DLQ_SIZE.set(sum([await self.client.xlen(p.dlq) for p in self.keys.parts]))

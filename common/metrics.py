@@ -34,6 +34,7 @@ GATEWAY_CACHE = Counter(
 )
 GATEWAY_HITS = GATEWAY_CACHE.labels("hit")
 GATEWAY_MISSES = GATEWAY_CACHE.labels("miss")
+BAD_REPLIES = Counter("facestream_bad_replies", "Reply-stream entries the gateway skipped")
 HTTP = Counter("facestream_http_requests", "Gateway requests", ["path", "status"])
 HTTP_LATENCY = Histogram(
     "facestream_http_request_seconds",

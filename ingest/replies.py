@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-from prometheus_client import Counter
 
+from facestream.common import metrics
 from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import RESULT_FIELD
 from facestream.common.log import get_logger
@@ -40,7 +40,6 @@ from facestream.common.streams.types import AsyncClient
 
 log = get_logger(__name__)
 
-BAD_REPLIES = Counter("facestream_bad_replies", "Reply-stream entries the gateway skipped")
 # How long, and how many, replies that arrived before their publish returned are kept.
 EARLY_KEEP_S = 30.0
 EARLY_MAX = 10_000
@@ -134,7 +133,7 @@ class ReplyRouter:
 
     def _skip(self, entry: str, why: str) -> None:
         self.bad += 1
-        BAD_REPLIES.inc()
+        metrics.BAD_REPLIES.inc()
         log.warning("bad_reply", entry=entry, error=why)
 
     async def start(self) -> None:

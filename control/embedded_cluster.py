@@ -22,7 +22,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS
 from facestream.control.embedded import EmbeddedRedis, EmbeddedRedisError, free_port
 
 
-def _cmd(client: Any, *args: Any) -> Any:
+def _cmd(client: Any, *args: Any) -> Any:  # redis-py leaves execute_command untyped
     return client.execute_command(*args)
 
 

@@ -348,12 +348,12 @@ class AsyncPublisher(_Producer):
         raise AssertionError("unreachable")
 
 
-def _hello(client: Any) -> Any:
+def _hello(client: SyncClient | AsyncClient) -> Any:
     """HELLO (the server's name and version): a reply (sync) or an awaitable (asyncio)."""
     return client.execute_command("HELLO", **_any_node(client))
 
 
-def _any_node(client: Any) -> dict[str, Any]:
+def _any_node(client: SyncClient | AsyncClient) -> dict[str, Any]:
     """A keyless command on a cluster client must name its node; any one will do."""
     if isinstance(client, redis.cluster.RedisCluster | aioredis.cluster.RedisCluster):
         # A node, not the RANDOM flag: redis-py's cluster client ignores flags for commands

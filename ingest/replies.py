@@ -32,11 +32,12 @@ import msgpack
 
 from facestream.common import metrics
 from facestream.common.contract.keys import Keys
-from facestream.common.contract.schema import RESULT_FIELD
+from facestream.common.contract.schema import RESULT_FIELD, ImageEvent
 from facestream.common.log import get_logger
 from facestream.common.streams.errors import REDIS_ERRORS
 from facestream.common.streams.outage import Outage
 from facestream.common.streams.types import AsyncClient
+from facestream.ingest.publisher import AsyncPublisher
 
 log = get_logger(__name__)
 
@@ -89,11 +90,11 @@ class ReplyRouter:
                 del self._waiters[waiter.key]
 
     async def publish_and_wait(
-        self, publisher: Any, event: Any, timeout_s: float
+        self, publisher: AsyncPublisher, event: ImageEvent, timeout_s: float
     ) -> dict[str, Any] | None:
         """Publish an event whose reply_to is this stream and wait for its result; None when
         `timeout_s` passes first (the result still goes to the results stream)."""
-        waiter = self.expect(event.id, event.sha256)
+        waiter = self.expect(event.id, event.sha256 or event.content_sha256())
         try:
             self.published(waiter, await publisher.publish(event))
             return await asyncio.wait_for(waiter.fut, timeout_s)

@@ -32,6 +32,7 @@ from facestream.common.streams.bloom import BloomFilter, resolve_bloom_mode
 from facestream.common.streams.scripts import Scripts
 from facestream.common.streams.serving import served_tag
 from facestream.common.streams.types import AsyncClient
+from facestream.ingest.coalesce import PerCycle, SingleFlight
 from facestream.ingest.publisher import AsyncPublisher
 from facestream.ingest.replies import ReplyRouter
 
@@ -53,9 +54,9 @@ class CacheAnswers:
         self.tag: str | None = None
         self._bloom: BloomFilter | None = None
         self._tag_read = 0.0
-        self._tag_reading: asyncio.Future[None] | None = None
-        self._pending: list[tuple[ImageEvent, asyncio.Future[dict[str, Any] | None]]] = []
-        self._flushes: set[asyncio.Task[None]] = set()
+        self._shared = SingleFlight()  # one read of the served model for a burst of requests
+        # Redis away: the batch's error reaches each request (503); nothing was published.
+        self._cycle: PerCycle[ImageEvent, dict[str, Any] | None] = PerCycle(self._answers)
         self._next = 0
 
     async def answer(self, event: ImageEvent) -> dict[str, Any] | None:
@@ -65,19 +66,12 @@ class CacheAnswers:
         await self._refresh_tag()
         if self.tag is None:
             return None
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[dict[str, Any] | None] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush)  # after every request of this cycle has queued
-        self._pending.append((event, fut))
-        return await fut
+        return await self._cycle(event)
 
     async def _refresh_tag(self) -> None:
         if time.monotonic() - self._tag_read < TAG_EVERY_S:
             return
-        if self._tag_reading is None or self._tag_reading.done():
-            self._tag_reading = asyncio.ensure_future(self._read_tag())
-        await asyncio.shield(self._tag_reading)
+        await self._shared.run("tag", self._read_tag)
 
     async def _read_tag(self) -> None:
         tag = await served_tag(self.client, self.keys.serving(self.s.detector_group))
@@ -102,26 +96,6 @@ class CacheAnswers:
                 self.s.cache_ttl_s * 1000,
             )
         log.info("gateway_hits_model", model=tag)
-
-    def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        task = asyncio.create_task(self._send(batch))
-        self._flushes.add(task)
-        task.add_done_callback(self._flushes.discard)
-
-    async def _send(
-        self, batch: list[tuple[ImageEvent, asyncio.Future[dict[str, Any] | None]]]
-    ) -> None:
-        try:
-            answers = await self._answers([event for event, _ in batch])
-        except Exception as exc:  # Redis away: the request answers 503, nothing was published
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
-        for (_, fut), answer in zip(batch, answers, strict=True):
-            if not fut.done():
-                fut.set_result(answer)
 
     async def _answers(self, events: list[ImageEvent]) -> list[dict[str, Any] | None]:
         tag, bloom = self.tag, self._bloom

@@ -12,7 +12,6 @@ import hashlib
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
@@ -35,6 +34,7 @@ from facestream.common.settings import Settings
 from facestream.common.streams.errors import TRANSIENT
 from facestream.common.streams.server import idempotent_xadd_from_hello
 from facestream.common.streams.types import AsyncClient, AsyncPipeline, SyncClient, SyncPipeline
+from facestream.ingest.coalesce import PerCycle, SingleFlight
 
 DEFAULT_LIMITS = Limits()
 
@@ -272,17 +272,8 @@ class AsyncPublisher(_Producer):
     def __init__(self, settings: Settings, client: AsyncClient) -> None:
         super().__init__(settings)
         self.client = client
-        self._pending: list[tuple[ImageEvent, asyncio.Future[str]]] = []
-        self._running: dict[str, asyncio.Future[None]] = {}
-        self._flushes: set[asyncio.Task[None]] = set()
-
-    async def _shared(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
-        """Run `work` once for every publish that arrives while it runs: a burst of requests
-        must not open a connection each (a cluster client refuses past its pool's size)."""
-        running = self._running.get(name)
-        if running is None or running.done():
-            running = self._running[name] = asyncio.ensure_future(work())
-        await asyncio.shield(running)
+        self._cycle: PerCycle[ImageEvent, str] = PerCycle(self._xadd)
+        self._shared = SingleFlight()  # the INFO and lag reads of a burst of publishes
 
     async def _learn_idmp(self) -> None:
         if isinstance(self.client, aioredis.cluster.RedisCluster):
@@ -296,38 +287,15 @@ class AsyncPublisher(_Producer):
 
     async def _check(self, events: list[ImageEvent]) -> None:
         if self.idmp is None:
-            await self._shared("info", self._learn_idmp)
+            await self._shared.run("info", self._learn_idmp)
         if self.backpressure.due():
-            await self._shared("lag", self._read_lag)
+            await self._shared.run("lag", self._read_lag)
         self.backpressure.check(len(events), _size(events))
         self.backpressure.added(events)
 
     async def publish(self, event: ImageEvent) -> str:
         await self._check([event])
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[str] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush)  # after every publish of this cycle has queued
-        self._pending.append((event, fut))
-        return await fut
-
-    def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        task = asyncio.create_task(self._send(batch))
-        self._flushes.add(task)
-        task.add_done_callback(self._flushes.discard)
-
-    async def _send(self, batch: list[tuple[ImageEvent, asyncio.Future[str]]]) -> None:
-        try:
-            ids = await self._xadd([event for event, _ in batch])
-        except Exception as exc:
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
-        for (_, fut), entry in zip(batch, ids, strict=True):
-            if not fut.done():
-                fut.set_result(entry)
+        return await self._cycle(event)
 
     async def publish_many(self, events: list[ImageEvent]) -> list[str]:
         await self._check(events)

@@ -39,7 +39,9 @@ class Flights:
     def __init__(self) -> None:
         # Insertion order is kept: parked images are dispatched first come, first served.
         self._by_sha: dict[str, Flight] = {}
-        self._count = dict.fromkeys(State, 0)
+        self._count = dict.fromkeys(State, 0)  # images per state
+        # Entries per state, kept as they move: the readers ask before every read.
+        self._entries = dict.fromkeys(State, 0)
         self._turn = 0  # the partition whose parked images go first at the next dispatch
 
     def __contains__(self, sha: str) -> bool:
@@ -55,12 +57,15 @@ class Flights:
         if flight is None:
             return None
         flight.jobs.append(job)
+        self._entries[flight.state] += 1
         return flight.state
 
     def _move(self, sha: str, flight: Flight, state: State) -> None:
         self._count[flight.state] -= 1
+        self._entries[flight.state] -= len(flight.jobs)
         flight.state = state
         self._count[state] += 1
+        self._entries[state] += len(flight.jobs)
         self._by_sha[sha] = flight
 
     def resolve(self, sha: str, jobs: list[Job]) -> list[Job]:
@@ -70,6 +75,7 @@ class Flights:
         if flight is None:
             flight = self._by_sha[sha] = Flight(State.RESOLVING, jobs)
             self._count[State.RESOLVING] += 1
+            self._entries[State.RESOLVING] += len(jobs)
         else:
             self._move(sha, flight, State.RESOLVING)
         return flight.jobs
@@ -104,6 +110,7 @@ class Flights:
         """The image is answered (or given back): its flight ends with all its entries."""
         flight = self._by_sha.pop(sha)
         self._count[flight.state] -= 1
+        self._entries[flight.state] -= len(flight.jobs)
         return flight.jobs
 
     def jobs(self, sha: str) -> list[Job]:
@@ -127,7 +134,7 @@ class Flights:
         return self._count[state]
 
     def entries_in(self, state: State) -> int:
-        return sum(len(f.jobs) for f in self._by_sha.values() if f.state is state)
+        return self._entries[state]
 
     def held(self, partition: int) -> set[str]:
         """Entry ids of one partition held in any state (they are in the pending list too)."""

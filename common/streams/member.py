@@ -150,23 +150,20 @@ class _Reader:
                 await self.step()
                 outage.ok()
                 failing.ok()
-            except redis.exceptions.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    await self._pause(outage, exc)
-                    continue
-                with contextlib.suppress(*REDIS_ERRORS):  # else the next step pauses
-                    await m.recreate_group(self.index)
-            except m.handler.retry_on as exc:
-                await self._pause(outage if isinstance(exc, REDIS_ERRORS) else failing, exc)
             except Exception as exc:
-                if not connection_race(exc):
+                if isinstance(exc, redis.exceptions.ResponseError) and "NOGROUP" in str(exc):
+                    with contextlib.suppress(*REDIS_ERRORS):  # else the next step pauses
+                        await m.recreate_group(self.index)
+                elif isinstance(exc, REDIS_ERRORS) or connection_race(exc):
+                    await self._pause(outage, exc)
+                elif isinstance(exc, m.handler.retry_on):
+                    # The handler's own failure (a sink's write): say so, with the trace.
+                    log.exception(f"{m.what}_step_failed")
+                    await self._pause(failing, exc)
+                else:
                     raise
-                await self._pause(outage, exc)
 
     async def _pause(self, outage: Outage, exc: Exception) -> None:
-        if not isinstance(exc, REDIS_ERRORS) and not connection_race(exc):
-            # The handler's own failure (a sink's write), not Redis's: say so, with the trace.
-            log.exception(f"{self.member.what}_step_failed")
         # Whatever was in hand stays pending in our list: re-read after the pause.
         self.member.rewind()
         with contextlib.suppress(TimeoutError):

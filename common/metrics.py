@@ -51,6 +51,13 @@ RESULT_BY_OUTCOME = {o: RESULTS.labels(o) for o in ("inferred", "cached", "error
 SINK_WRITTEN = Counter("facestream_sink_written", "Results a sink wrote", ["sink"])
 
 
+def add(counter: Counter, n: int) -> None:
+    """`counter.inc(n)`, skipped for 0: in multiprocess mode every increment is a write to a
+    shared file, and the gateway counts per event-loop batch, often with nothing to add."""
+    if n:
+        counter.inc(n)
+
+
 def serve(port: int | None) -> None:
     """Expose this process's metrics on `port` (None or 0: off)."""
     if port:

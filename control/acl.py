@@ -97,7 +97,8 @@ def roles(settings: Settings, native_bloom: bool = False) -> dict[str, list[str]
             *ingest,
             _selector([f"%W{r}" for r in results], ["xadd"]),
             _selector([f"~{p}:face:*", f"~{p}:bloom:*"], ["hmget", "getbit", *gateway_bloom]),
-            _selector([f"~{p}:face:*", f"~{p}:bloom:*"], _SCRIPTS),
+            # cached_answers.lua reads the cache and the filter and adds hits' results.
+            _selector([f"~{p}:face:*", f"~{p}:bloom:*", *results], _SCRIPTS),
         ],
         user_name("detector"): [
             *connect,

@@ -2,11 +2,12 @@
 
 A request that waits for its answer (`wait=true`, the drop-in route) first asks the cache: the
 Bloom filter, then the cache entry of the model the detectors serve (common/streams/serving.py),
-for every request of an event-loop cycle in one round trip (one script on one server; on a
-cluster, where the filter and the entries live in different slots, two ordered round trips).
-A hit is published to the results stream (`cached: true`, `consumer` naming this gateway, no
-images-stream `entry`), so sinks see exactly one result per request, and then returned; a miss
-or a never-seen image goes through the stream as before.
+for every request of an event-loop cycle at once. A hit is published to the results stream
+(`cached: true`, `consumer` naming this gateway, no images-stream `entry`), so sinks see exactly
+one result per request, and then returned; a miss or a never-seen image goes through the stream
+as before. On one server look-up and publication are one script, one round trip per cycle; on a
+cluster, where the filter, the entries and the streams live in different slots, they are
+ordered round trips.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import asyncio
 import time
 from typing import Any
 
+import msgpack
+
 from facestream.common import metrics
 from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import (
@@ -22,6 +25,8 @@ from facestream.common.contract.schema import (
     Face,
     ImageEvent,
     Result,
+    cached_result_head,
+    pack_result,
     unpack_faces,
 )
 from facestream.common.imaging.align import faces_with_crops
@@ -103,44 +108,76 @@ class CacheAnswers:
             return [None] * len(events)
         # make_event hashed every image at the door: its sha256 is the content's.
         of = [event.sha256 or event.content_sha256() for event in events]
-        shas = list(dict.fromkeys(of))
-        found = dict(zip(shas, await self._lookup(tag, bloom, shas), strict=True))
-        results: list[Result | None] = []
-        for event, sha in zip(events, of, strict=True):
-            hit = found[sha]
-            results.append(None if hit is None else self._result(event, sha, tag, *hit))
-        hits = [r for r in results if r is not None]
-        for event, result in zip(events, results, strict=True):
-            if result is not None and event.crops:
-                result.faces = await self._crops(event, result.faces or [])
-        metrics.GATEWAY_HITS.inc(len(hits))
-        metrics.GATEWAY_MISSES.inc(len(events) - len(hits))
-        if hits:
-            await self._publish(hits)
-        return [None if r is None else r.to_dict() for r in results]
+        done_ms = int(time.time() * 1000)
+        if self.s.cluster:
+            found, published = await self._lookup_apart(tag, bloom, of), [False] * len(events)
+        else:
+            found, published = await self._lookup_and_publish(tag, bloom, events, of, done_ms)
+        answers: list[dict[str, Any] | None] = []
+        unpublished: list[dict[str, Any]] = []
+        for event, sha, hit, done in zip(events, of, found, published, strict=True):
+            if hit is None:
+                answers.append(None)
+                continue
+            faces, width, height = hit
+            result = self._result(event, sha, tag, done_ms, width, height)
+            if event.crops:
+                result.faces = await self._crops(event, unpack_faces(faces))
+                body = result.to_dict()
+            else:
+                # The packed faces are already the result's {box, score, kps} maps: decoded as
+                # they are, with no Face objects made and unmade per hit.
+                body = result.to_dict()
+                body["faces"] = msgpack.unpackb(faces, raw=False)
+            answers.append(body)
+            if not done:
+                unpublished.append(body)
+        hits = len(events) - answers.count(None)
+        metrics.add(metrics.GATEWAY_HITS, hits)
+        metrics.add(metrics.GATEWAY_MISSES, len(events) - hits)
+        if unpublished:
+            await self._publish(unpublished)
+        return answers
 
-    async def _lookup(self, tag: str, bloom: BloomFilter, shas: list[str]) -> list[Found]:
-        if not self.s.cluster:
-            current, previous = bloom.generation_keys()
-            args: list[Any] = [bloom.mode, bloom.shape.hashes if bloom.mode == "lua" else 0]
-            for sha in shas:
-                args += [sha, *bloom.script_offsets(sha)]
-            keys = [current, previous, *(self.keys.cache(sha, tag) for sha in shas)]
-            replies = await self.scripts.call("cached_answers", self.client, keys, args)
-            kinds = [int(reply[0]) for reply in replies]
-            metrics.BLOOM_MAYBE.inc(sum(1 for k in kinds if k != NEVER))
-            metrics.BLOOM_NEVER.inc(sum(1 for k in kinds if k == NEVER))
-            return [_found(reply) for reply in replies]
-        # A cluster: the filter's keys and each image's entry are in different slots.
+    async def _lookup_and_publish(
+        self, tag: str, bloom: BloomFilter, events: list[ImageEvent], of: list[str], done_ms: int
+    ) -> tuple[list[Found], list[bool]]:
+        """One server: one script looks every request up and adds each hit's result, built
+        from a head made here (the request's fields, this gateway, the time), to the results
+        stream. A request for crops gets no head: its result is published once they are cut."""
+        current, previous = bloom.generation_keys()
+        args: list[Any] = [bloom.mode, bloom.shape.hashes if bloom.mode == "lua" else 0]
+        args.append(len(events))
+        streams: list[str] = []
+        for event, sha in zip(events, of, strict=True):
+            head = b""
+            if not event.crops:
+                head = cached_result_head(self._result(event, sha, tag, done_ms))
+            args += [sha, head, *bloom.script_offsets(sha)]
+            streams.append(self._next_results())
+        keys = [current, previous, *(self.keys.cache(sha, tag) for sha in of), *streams]
+        replies = await self.scripts.call("cached_answers", self.client, keys, args)
+        kinds = [int(reply[0]) for reply in replies]
+        never = kinds.count(NEVER)
+        metrics.add(metrics.BLOOM_MAYBE, len(kinds) - never)
+        metrics.add(metrics.BLOOM_NEVER, never)
+        found = [_found(reply[2:]) if int(reply[0]) == CACHED else None for reply in replies]
+        published = [int(reply[0]) == CACHED and int(reply[1]) == 1 for reply in replies]
+        return found, published
+
+    async def _lookup_apart(self, tag: str, bloom: BloomFilter, of: list[str]) -> list[Found]:
+        """A cluster: the filter's keys and each image's entry are in different slots, so the
+        filter, then the entries, then (in `_publish`) the results: ordered round trips."""
+        shas = list(dict.fromkeys(of))
         maybe = await bloom.check(self.client, shas)
-        metrics.BLOOM_MAYBE.inc(sum(maybe))
-        metrics.BLOOM_NEVER.inc(len(maybe) - sum(maybe))
+        metrics.add(metrics.BLOOM_MAYBE, sum(maybe))
+        metrics.add(metrics.BLOOM_NEVER, len(maybe) - sum(maybe))
         asked = [sha for sha, m in zip(shas, maybe, strict=True) if m]
         pipe = self.client.pipeline(transaction=False)
         for sha in asked:
             pipe.hmget(self.keys.cache(sha, tag), ["faces", "width", "height"])
         rows = dict(zip(asked, await pipe.execute(), strict=True)) if asked else {}
-        return [_found([CACHED, *rows[sha]]) if sha in rows else None for sha in shas]
+        return [_found(rows[sha]) if sha in rows else None for sha in of]
 
     async def _crops(self, event: ImageEvent, faces: list[Face]) -> list[Face]:
         """A cached entry holds coordinates only: the crops of a hit need the image decoded
@@ -152,33 +189,41 @@ class CacheAnswers:
             return faces
 
     def _result(
-        self, event: ImageEvent, sha: str, tag: str, faces: bytes, width: int, height: int
+        self,
+        event: ImageEvent,
+        sha: str,
+        tag: str,
+        done_ms: int,
+        width: int | None = None,
+        height: int | None = None,
     ) -> Result:
         return Result(
             id=event.id,
             model=tag,
             consumer=self.consumer,
             entry="",  # answered at the door: no images-stream entry
-            done_ms=int(time.time() * 1000),
+            done_ms=done_ms,
             sha256=sha,
             width=width,
             height=height,
-            faces=unpack_faces(faces),
+            faces=[],
             cached=True,
             source=event.source,
             meta=event.meta,
             ts_ms=event.ts_ms,
         )
 
-    async def _publish(self, results: list[Result]) -> None:
+    async def _publish(self, results: list[dict[str, Any]]) -> None:
         """One round trip for the batch's hits, spread over the partitions like events."""
-        parts = self.keys.parts
         pipe = self.client.pipeline(transaction=False)
         for result in results:
-            part = parts[self._next % len(parts)]
-            self._next += 1
-            pipe.xadd(part.results, {RESULT_FIELD: result.to_wire()})
+            pipe.xadd(self._next_results(), {RESULT_FIELD: pack_result(result)})
         await pipe.execute()
+
+    def _next_results(self) -> str:
+        parts = self.keys.parts
+        self._next += 1
+        return parts[self._next % len(parts)].results
 
 
 async def answer_or_wait(
@@ -196,11 +241,19 @@ async def answer_or_wait(
     return await replies.publish_and_wait(publisher, event, timeout_s)
 
 
-def _found(reply: list[Any]) -> Found:
-    if int(reply[0]) != CACHED or reply[1] is None:
+def _found(row: list[Any]) -> Found:
+    """A cache entry's (faces, width, height), None where there is none or it has no size."""
+    faces, width, height = row
+    if faces is None:
         return None
-    width = int(reply[2]) if reply[2] else 0
-    height = int(reply[3]) if reply[3] else 0
-    if not width or not height:
+    w, h = _size(width), _size(height)
+    if not w or not h:
         return None  # imported from the old design without a size: the detector reads it
-    return reply[1], width, height
+    return faces, w, h
+
+
+def _size(value: Any) -> int:
+    try:
+        return max(0, int(value)) if value else 0
+    except ValueError:
+        return 0

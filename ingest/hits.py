@@ -38,6 +38,7 @@ from facestream.common.streams.scripts import Scripts
 from facestream.common.streams.serving import served_tag
 from facestream.common.streams.types import AsyncClient
 from facestream.ingest.coalesce import PerCycle, SingleFlight
+from facestream.ingest.joins import Joins
 from facestream.ingest.publisher import AsyncPublisher
 from facestream.ingest.replies import ReplyRouter
 
@@ -62,6 +63,8 @@ class CacheAnswers:
         self._shared = SingleFlight()  # one read of the served model for a burst of requests
         # Redis away: the batch's error reaches each request (503); nothing was published.
         self._cycle: PerCycle[ImageEvent, dict[str, Any] | None] = PerCycle(self._answers)
+        self._copies: PerCycle[dict[str, Any], None] = PerCycle(self._publish_copies)
+        self.joins = Joins(consumer, self._copies)
         self._next = 0
 
     async def answer(self, event: ImageEvent) -> dict[str, Any] | None:
@@ -220,6 +223,10 @@ class CacheAnswers:
             pipe.xadd(self._next_results(), {RESULT_FIELD: pack_result(result)})
         await pipe.execute()
 
+    async def _publish_copies(self, bodies: list[dict[str, Any]]) -> list[None]:
+        await self._publish(bodies)
+        return [None] * len(bodies)
+
     def _next_results(self) -> str:
         parts = self.keys.parts
         self._next += 1
@@ -233,12 +240,19 @@ async def answer_or_wait(
     event: ImageEvent,
     timeout_s: float,
 ) -> dict[str, Any] | None:
-    """A waiting request's result: from the cache at the door, else through the detectors
-    (None when `timeout_s` passes first)."""
+    """A waiting request's result: from the cache at the door, else through the detectors,
+    sharing the wait of an earlier request of this process for the same image (ingest/joins.py);
+    None when `timeout_s` passes first."""
+    if not hits.s.gateway_hits:
+        return await replies.publish_and_wait(publisher, event, timeout_s)
     result = await hits.answer(event)
     if result is not None:
         return result
-    return await replies.publish_and_wait(publisher, event, timeout_s)
+
+    async def own(left_s: float) -> dict[str, Any] | None:
+        return await replies.publish_and_wait(publisher, event, left_s)
+
+    return await hits.joins.wait(event, timeout_s, own)
 
 
 def _found(row: list[Any]) -> Found:

@@ -4,7 +4,9 @@ one result per request on the results stream, the detector's cached answer, coun
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -61,14 +63,14 @@ def wait_served(r: redis.Redis, prefix: str, procs: Procs) -> None:
     procs.wait_for(lambda: bool(r.hlen(Keys(prefix).serving("detectors"))), "model served")
 
 
-def lookups(url: str) -> dict[str, float]:
-    """The gateway's cache look-ups by result, from /metrics."""
-    name = "facestream_gateway_cache_lookups_total{"
+def lookups(url: str, metric: str = "facestream_gateway_cache_lookups_total") -> dict[str, float]:
+    """A gateway counter from /metrics by its one label's value ("" for a counter without)."""
     out = {}
     for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith(name):
-            label = line[len(name) :].split('"')[1]
-            out[label] = float(line.rsplit(" ", 1)[1])
+        if line.startswith(metric + "{"):
+            out[line[len(metric) + 1 :].split('"')[1]] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(metric + " "):
+            out[""] = float(line.rsplit(" ", 1)[1])
     return out
 
 
@@ -165,3 +167,36 @@ def test_a_hit_asking_for_crops_is_published_once_with_its_crops(
     mine = [p for p in results(r, prefix) if p["id"] == "c-2"]
     assert len(mine) == 1
     assert [bool(f.get("crop")) for f in mine[0]["faces"]] == [True] * len(body["faces"])
+
+
+def test_concurrent_requests_for_a_new_image_share_one_wait(
+    with_hits: Stack, photo_png: dict[str, bytes], r: redis.Redis
+) -> None:
+    """Requests of one gateway process for an image it already waits on publish no event:
+    each gets a copy of the first one's answer, and its own result on the results stream."""
+    url, prefix, procs = with_hits
+    wait_served(r, prefix, procs)
+    image = photo_png["grace_hopper"]
+    (group,) = r.xinfo_groups(Keys(prefix).images)
+    events_before = group["entries-read"]
+    n = 8
+    start = threading.Barrier(n)
+
+    def send(i: int) -> dict[str, Any]:
+        start.wait()
+        return detect(url, image, f"j-{i}")
+
+    with ThreadPoolExecutor(n) as pool:
+        bodies = list(pool.map(send, range(n)))
+    by_detector = [b for b in bodies if not b["consumer"].startswith("gateway:")]
+    joined = lookups(url, "facestream_gateway_joined_total")
+    # One event per request the detectors answered; the rest joined or (arriving after the
+    # answer) were cache hits: either way no event of their own.
+    (group,) = r.xinfo_groups(Keys(prefix).images)
+    assert group["entries-read"] - events_before == len(by_detector) >= 1
+    assert joined.get("", 0) >= 1
+    assert len({tuple(map(tuple, (f["box"] for f in b["faces"]))) for b in bodies}) == 1
+    assert all(b["cached"] for b in bodies if b["consumer"].startswith("gateway:"))
+    mine = [p for p in results(r, prefix) if p["id"].startswith("j-")]
+    assert sorted(p["id"] for p in mine) == sorted(f"j-{i}" for i in range(n))
+    assert {p["id"]: p for p in mine} == {b["id"]: b for b in bodies}

@@ -1,0 +1,94 @@
+"""Waiting requests for an image this gateway process already waits on share that one wait.
+
+A waiting request whose image is not cached yet (new, or being inferred) is published as an
+event and waits for its result: the leader. While it waits, a later request of the same process
+for the same image (by sha256) publishes no event of its own: it waits for the leader's answer
+and is answered with a copy of it, its own id, source, meta and ts_ms, `cached: true` (no
+inference ran for it, docs/contract.md), `consumer` naming this gateway and no images-stream
+entry, published to the results stream like a cache hit, so sinks still see one result per
+request. Without this a popular new photo sent by many users at once queued one event per
+request (the image bytes through Redis, a read, a deferral and an answer in a detector each)
+behind its single inference: at 200 users the benchmark sent ~38 events per inference.
+
+A request or a leader that asked for crops goes its own way (crops are cut per event). A
+follower whose leader gets no faces (an error, no answer in time, Redis away) publishes its own
+event with the time it has left, so every request still gets exactly one result: its own
+error, or its result on the results stream after its own time out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from facestream.common import metrics
+from facestream.common.contract.schema import ImageEvent
+
+Answer = dict[str, Any] | None
+
+
+class Joins:
+    def __init__(self, consumer: str, publish: Callable[[dict[str, Any]], Awaitable[None]]):
+        self.consumer = consumer
+        self._publish = publish  # adds one result to the results stream
+        self._leaders: dict[str, asyncio.Future[Answer]] = {}
+
+    async def wait(
+        self,
+        event: ImageEvent,
+        timeout_s: float,
+        own: Callable[[float], Awaitable[Answer]],
+    ) -> Answer:
+        """`event`'s answer: the leader's, copied, or `own(seconds left)` (publish and wait)."""
+        if event.crops:
+            return await own(timeout_s)
+        sha = event.sha256 or event.content_sha256()
+        leader = self._leaders.get(sha)
+        if leader is None:
+            return await self._lead(sha, timeout_s, own)
+        started = time.monotonic()
+        try:
+            # Shielded: a follower that stops waiting must not cancel the leader's answer.
+            answer = await asyncio.wait_for(asyncio.shield(leader), timeout_s)
+        except TimeoutError:
+            answer = None
+        if answer is not None and "error" not in answer:
+            body = self._copy(answer, event)
+            await self._publish(body)
+            metrics.GATEWAY_JOINED.inc()
+            return body
+        return await own(max(0.0, timeout_s - (time.monotonic() - started)))
+
+    @property
+    def leading(self) -> int:
+        return len(self._leaders)
+
+    async def _lead(
+        self, sha: str, timeout_s: float, own: Callable[[float], Awaitable[Answer]]
+    ) -> Answer:
+        fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._leaders[sha] = fut
+        answer: Answer = None
+        try:
+            answer = await own(timeout_s)
+            return answer
+        finally:
+            # Gone before the followers run: a request after this answer finds the cache.
+            del self._leaders[sha]
+            fut.set_result(answer)
+
+    def _copy(self, answer: dict[str, Any], event: ImageEvent) -> dict[str, Any]:
+        body = dict(answer)
+        body.update(
+            id=event.id,
+            source=event.source,
+            meta=event.meta,
+            ts_ms=event.ts_ms,
+            cached=True,
+            consumer=self.consumer,
+            entry="",
+            done_ms=int(time.time() * 1000),
+        )
+        return body

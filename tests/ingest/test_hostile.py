@@ -107,7 +107,11 @@ def test_same_id_and_image_each_get_their_own_answer(
     answers = asyncio.run(main())
     assert [a["meta"]["w"] for a in answers] == [f"c{i}" for i in range(8)]
     assert [a["source"] for a in answers] == [f"c{i}" for i in range(8)]
-    assert len({a["entry"] for a in answers}) == 8
+    # Each answer is its own: those through the detectors each from its own event, the rest
+    # (sharing an earlier request's wait, ingest/joins.py) copies the gateway made for them.
+    through_detectors = [a["entry"] for a in answers if a["entry"]]
+    assert len(set(through_detectors)) == len(through_detectors) >= 1
+    assert all(a["consumer"].startswith("gateway:") for a in answers if not a["entry"])
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,8 @@ one result per request on the results stream, the detector's cached answer, coun
 from __future__ import annotations
 
 import hashlib
-import threading
+import signal
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -176,27 +177,43 @@ def test_concurrent_requests_for_a_new_image_share_one_wait(
     each gets a copy of the first one's answer, and its own result on the results stream."""
     url, prefix, procs = with_hits
     wait_served(r, prefix, procs)
+    detector = procs.running[0][0]
     image = photo_png["grace_hopper"]
-    (group,) = r.xinfo_groups(Keys(prefix).images)
-    events_before = group["entries-read"]
+    images = Keys(prefix).images
     n = 8
-    start = threading.Barrier(n)
 
-    def send(i: int) -> dict[str, Any]:
-        start.wait()
-        return detect(url, image, f"j-{i}")
+    def added() -> int:
+        return int(r.xinfo_stream(images)["entries-added"])
 
-    with ThreadPoolExecutor(n) as pool:
-        bodies = list(pool.map(send, range(n)))
-    by_detector = [b for b in bodies if not b["consumer"].startswith("gateway:")]
-    joined = lookups(url, "facestream_gateway_joined_total")
-    # One event per request the detectors answered; the rest joined or (arriving after the
-    # answer) were cache hits: either way no event of their own.
-    (group,) = r.xinfo_groups(Keys(prefix).images)
-    assert group["entries-read"] - events_before == len(by_detector) >= 1
-    assert joined.get("", 0) >= 1
-    assert len({tuple(map(tuple, (f["box"] for f in b["faces"]))) for b in bodies}) == 1
-    assert all(b["cached"] for b in bodies if b["consumer"].startswith("gateway:"))
-    mine = [p for p in results(r, prefix) if p["id"].startswith("j-")]
-    assert sorted(p["id"] for p in mine) == sorted(f"j-{i}" for i in range(n))
-    assert {p["id"]: p for p in mine} == {b["id"]: b for b in bodies}
+    def misses() -> float:
+        return lookups(url).get("miss", 0.0)
+
+    events, looked_up = added(), misses()
+    # The detector paused: the first request's answer cannot come before all the others wait.
+    detector.send_signal(signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(n) as pool:
+            first = pool.submit(detect, url, image, "j-0")
+            procs.wait_for(lambda: added() == events + 1, "the first request's event")
+            rest = [pool.submit(detect, url, image, f"j-{i}") for i in range(1, n)]
+            procs.wait_for(lambda: misses() == looked_up + n, "every request looked up")
+            time.sleep(0.2)  # from the look-up to the shared wait: no Redis in between
+            detector.send_signal(signal.SIGCONT)
+            bodies = [first.result(), *(f.result() for f in rest)]
+    finally:
+        detector.send_signal(signal.SIGCONT)
+    assert added() == events + 1  # one event for eight requests
+    assert bodies[0]["consumer"] == "gh-det" and bodies[0]["cached"] is False
+    for body in bodies[1:]:
+        assert body["consumer"].startswith("gateway:") and body["cached"] is True
+        assert body["entry"] == ""
+        assert {k: v for k, v in body.items() if k not in COPIED} == {
+            k: v for k, v in bodies[0].items() if k not in COPIED
+        }
+    assert lookups(url, "facestream_gateway_joined_total") == {"": n - 1}
+    mine = {p["id"]: p for p in results(r, prefix) if p["id"].startswith("j-")}
+    assert mine == {b["id"]: b for b in bodies}  # one result each, as answered
+
+
+# A shared wait's answer is the first one's but for these (the request's own, and who made it).
+COPIED = {"id", "source", "meta", "ts_ms", "cached", "consumer", "entry", "done_ms"}

@@ -145,7 +145,8 @@ class Settings(BaseSettings):
     http_body_timeout_s: float = Field(default=60.0, ge=0)
     http_max_connections: int = Field(default=1000, ge=1)
     wait_timeout_ms: int = Field(default=10_000, ge=1)
-    # A waiting request whose image is cached is answered by the gateway (ingest/hits.py).
+    # A waiting request whose image is cached is answered by the gateway (ingest/hits.py), and
+    # one for an image its process already waits on shares that wait (ingest/joins.py).
     gateway_hits: bool = True
     max_wait_timeout_ms: int = Field(default=120_000, ge=1)
     # A reply stream outlives its gateway by at most this long (refreshed while it runs).

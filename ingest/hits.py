@@ -34,6 +34,7 @@ from facestream.common.imaging.photo import PhotoError
 from facestream.common.log import get_logger
 from facestream.common.settings import Settings
 from facestream.common.streams.bloom import BloomFilter, resolve_bloom_mode
+from facestream.common.streams.errors import REDIS_ERRORS
 from facestream.common.streams.scripts import Scripts
 from facestream.common.streams.serving import served_tag
 from facestream.common.streams.types import AsyncClient
@@ -48,6 +49,7 @@ TAG_EVERY_S = 2.0  # how stale the gateway's idea of the served model may be
 
 # Per image of a batch: None (ask the detectors) or (packed faces, width, height).
 Found = tuple[bytes, int, int] | None
+Answer = dict[str, Any] | None
 
 
 class CacheAnswers:
@@ -61,8 +63,9 @@ class CacheAnswers:
         self._bloom: BloomFilter | None = None
         self._tag_read = 0.0
         self._shared = SingleFlight()  # one read of the served model for a burst of requests
-        # Redis away: the batch's error reaches each request (503); nothing was published.
-        self._cycle: PerCycle[ImageEvent, dict[str, Any] | None] = PerCycle(self._answers)
+        # Redis away during the look-up: the batch's error reaches each request (503) and
+        # nothing was published; a later failure is only its own request's (_answers).
+        self._cycle: PerCycle[ImageEvent, Answer | Exception] = PerCycle(self._answers)
         self._copies: PerCycle[dict[str, Any], None] = PerCycle(self._publish_copies)
         self.joins = Joins(consumer, self._copies)
         self._next = 0
@@ -74,7 +77,10 @@ class CacheAnswers:
         await self._refresh_tag()
         if self.tag is None:
             return None
-        return await self._cycle(event)
+        answer = await self._cycle(event)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
     async def _refresh_tag(self) -> None:
         if time.monotonic() - self._tag_read < TAG_EVERY_S:
@@ -105,7 +111,9 @@ class CacheAnswers:
             )
         log.info("gateway_hits_model", model=tag)
 
-    async def _answers(self, events: list[ImageEvent]) -> list[dict[str, Any] | None]:
+    async def _answers(self, events: list[ImageEvent]) -> list[Answer | Exception]:
+        """Per request its answer, None (ask the detectors) or its own error: the script may
+        have published the cycle's other hits already, so one request's failure is not theirs."""
         tag, bloom = self.tag, self._bloom
         if tag is None or bloom is None:
             return [None] * len(events)
@@ -116,31 +124,45 @@ class CacheAnswers:
             found, published = await self._lookup_apart(tag, bloom, of), [False] * len(events)
         else:
             found, published = await self._lookup_and_publish(tag, bloom, events, of, done_ms)
-        answers: list[dict[str, Any] | None] = []
-        unpublished: list[dict[str, Any]] = []
+        answers: list[Answer | Exception] = []
+        unpublished: list[tuple[int, dict[str, Any]]] = []
         for event, sha, hit, done in zip(events, of, found, published, strict=True):
             if hit is None:
                 answers.append(None)
                 continue
-            faces, width, height = hit
-            result = self._result(event, sha, tag, done_ms, width, height)
-            if event.crops:
-                result.faces = await self._crops(event, unpack_faces(faces))
-                body = result.to_dict()
-            else:
-                # The packed faces are already the result's {box, score, kps} maps: decoded as
-                # they are, with no Face objects made and unmade per hit.
-                body = result.to_dict()
-                body["faces"] = msgpack.unpackb(faces, raw=False)
-            answers.append(body)
+            try:
+                body = await self._body(event, sha, tag, done_ms, *hit)
+            except (ValueError, msgpack.UnpackException) as exc:
+                # Only a foreign writer leaves such an entry: detectors pack what they store.
+                log.error("cache_entry_unreadable", id=event.id, sha256=sha, reason=str(exc))
+                answers.append(exc)
+                continue
             if not done:
-                unpublished.append(body)
-        hits = len(events) - answers.count(None)
+                unpublished.append((len(answers), body))
+            answers.append(body)
+        hits = sum(1 for a in answers if a is not None)
         metrics.add(metrics.GATEWAY_HITS, hits)
         metrics.add(metrics.GATEWAY_MISSES, len(events) - hits)
         if unpublished:
-            await self._publish(unpublished)
+            try:
+                await self._publish([body for _, body in unpublished])
+            except REDIS_ERRORS as exc:
+                for i, _ in unpublished:
+                    answers[i] = exc  # not published: these requests get 503
         return answers
+
+    async def _body(
+        self, event: ImageEvent, sha: str, tag: str, done_ms: int, faces: bytes, w: int, h: int
+    ) -> dict[str, Any]:
+        result = self._result(event, sha, tag, done_ms, w, h)
+        if event.crops:
+            result.faces = await self._crops(event, unpack_faces(faces))
+            return result.to_dict()
+        # The packed faces are already the result's {box, score, kps} maps: decoded as they
+        # are, with no Face objects made and unmade per hit.
+        body = result.to_dict()
+        body["faces"] = msgpack.unpackb(faces, raw=False)
+        return body
 
     async def _lookup_and_publish(
         self, tag: str, bloom: BloomFilter, events: list[ImageEvent], of: list[str], done_ms: int
@@ -160,8 +182,9 @@ class CacheAnswers:
             streams.append(self._next_results())
         keys = [current, previous, *(self.keys.cache(sha, tag) for sha in of), *streams]
         replies = await self.scripts.call("cached_answers", self.client, keys, args)
-        kinds = [int(reply[0]) for reply in replies]
-        never = kinds.count(NEVER)
+        # Counted per distinct image, as on a cluster: a burst of one photo is one answer.
+        kinds = dict(zip(of, (int(reply[0]) for reply in replies), strict=True))
+        never = list(kinds.values()).count(NEVER)
         metrics.add(metrics.BLOOM_MAYBE, len(kinds) - never)
         metrics.add(metrics.BLOOM_NEVER, never)
         found = [_found(reply[2:]) if int(reply[0]) == CACHED else None for reply in replies]
@@ -267,7 +290,9 @@ def _found(row: list[Any]) -> Found:
 
 
 def _size(value: Any) -> int:
-    try:
-        return max(0, int(value)) if value else 0
-    except ValueError:
+    """A positive size in decimal digits, else 0: the rule cached_answers.lua applies too."""
+    if isinstance(value, str):
+        value = value.encode()
+    if not isinstance(value, bytes) or not value.isdigit():  # bytes.isdigit: ASCII only
         return 0
+    return int(value)

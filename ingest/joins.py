@@ -11,9 +11,11 @@ request (the image bytes through Redis, a read, a deferral and an answer in a de
 behind its single inference: at 200 users the benchmark sent ~38 events per inference.
 
 A request or a leader that asked for crops goes its own way (crops are cut per event). A
-follower whose leader gets no faces (an error, no answer in time, Redis away) publishes its own
-event with the time it has left, so every request still gets exactly one result: its own
-error, or its result on the results stream after its own time out.
+follower whose leader gets no usable answer (an error, no answer in time, Redis away) publishes
+its own event with the time it has left, so every request still gets exactly one result: its
+own error, or its result on the results stream after its own time out. A follower whose request
+is dropped while it waits (the client gone, the server stopping) is still owed its result: a
+task left behind publishes it once the leader is answered.
 """
 
 from __future__ import annotations
@@ -21,25 +23,34 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 from facestream.common import metrics
 from facestream.common.contract.schema import ImageEvent
+from facestream.common.log import get_logger
 
+log = get_logger(__name__)
 Answer = dict[str, Any] | None
+Own = Callable[[float], Awaitable[Answer]]  # publish the event, wait so long for its answer
+
+
+def _usable(answer: Answer) -> TypeGuard[dict[str, Any]]:
+    """An answer a follower may share: faces (maybe none), not an error, not a time out."""
+    return answer is not None and "error" not in answer
 
 
 class Joins:
-    def __init__(self, consumer: str, publish: Callable[[dict[str, Any]], Awaitable[None]]):
+    def __init__(self, consumer: str, publish: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
         self.consumer = consumer
         self._publish = publish  # adds one result to the results stream
         self._leaders: dict[str, asyncio.Future[Answer]] = {}
+        self._owed: set[asyncio.Task[None]] = set()
 
     async def wait(
         self,
         event: ImageEvent,
         timeout_s: float,
-        own: Callable[[float], Awaitable[Answer]],
+        own: Own,
     ) -> Answer:
         """`event`'s answer: the leader's, copied, or `own(seconds left)` (publish and wait)."""
         if event.crops:
@@ -54,20 +65,42 @@ class Joins:
             answer = await asyncio.wait_for(asyncio.shield(leader), timeout_s)
         except TimeoutError:
             answer = None
-        if answer is not None and "error" not in answer:
-            body = self._copy(answer, event)
-            await self._publish(body)
-            metrics.GATEWAY_JOINED.inc()
-            return body
+        except asyncio.CancelledError:
+            task = asyncio.create_task(self._settle(event, leader, own))
+            self._owed.add(task)
+            task.add_done_callback(self._owed.discard)
+            raise
+        if _usable(answer):
+            return await self._answer_with(answer, event)
         return await own(max(0.0, timeout_s - (time.monotonic() - started)))
+
+    async def _answer_with(self, answer: dict[str, Any], event: ImageEvent) -> dict[str, Any]:
+        body = self._copy(answer, event)
+        await self._publish(body)
+        metrics.GATEWAY_JOINED.inc()
+        return body
+
+    async def _settle(
+        self,
+        event: ImageEvent,
+        leader: asyncio.Future[Answer],
+        own: Own,
+    ) -> None:
+        """A dropped follower's one result: the leader's copy, or its own event published."""
+        try:
+            answer = await asyncio.shield(leader)
+            if _usable(answer):
+                await self._answer_with(answer, event)
+            else:
+                await own(0.0)  # publishes the event; the detectors answer it
+        except Exception as exc:  # nobody is left to tell but the log
+            log.error("joined_result_lost", id=event.id, reason=repr(exc))
 
     @property
     def leading(self) -> int:
         return len(self._leaders)
 
-    async def _lead(
-        self, sha: str, timeout_s: float, own: Callable[[float], Awaitable[Answer]]
-    ) -> Answer:
+    async def _lead(self, sha: str, timeout_s: float, own: Own) -> Answer:
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._leaders[sha] = fut
         answer: Answer = None

@@ -66,14 +66,22 @@ def test_a_hit_is_published_exactly_as_the_gateway_would_pack_it(
     )
     # Imported from the old design without a size: answered by the detectors, never here.
     r.hset(keys.cache(sized_out, TAG), mapping={"faces": pack_faces(FACES)})
+    # A size that is not a whole number in digits: never published (the gateway's `_size`
+    # rule is the same, so it treats the entry as a miss and the detectors answer it).
+    odd = hashlib.sha256(b"odd").hexdigest()
+    r.hset(
+        keys.cache(odd, TAG),
+        mapping={"faces": pack_faces(FACES), "width": "640.5", "height": 480},
+    )
     meta = {"camera": "door-2", "raw": b"\x00\xff", "nested": {"n": [1, 2.5, None]}}
     heads = [
         result("é-1", cached, source="cam", meta=meta, ts_ms=42),
         result("plain", cached),
         result("no-size", sized_out),
+        result("odd", odd),
         result("new", absent),
     ]
-    shas = [cached, cached, sized_out, absent]
+    shas = [cached, cached, sized_out, odd, absent]
     packed = [cached_result_head(res) for res in heads]
     # The crops-style request: looked up, not published (its crops are cut afterwards).
     shas.append(cached)
@@ -87,8 +95,8 @@ def test_a_hit_is_published_exactly_as_the_gateway_would_pack_it(
         ["unused-1", "unused-2", *(keys.cache(s, TAG) for s in shas), *([stream] * len(shas))],
         args,
     )
-    assert [int(x[0]) for x in replies] == [1, 1, 1, 2, 1]
-    assert [int(x[1]) for x in replies if int(x[0]) == 1] == [1, 1, 0, 0]
+    assert [int(x[0]) for x in replies] == [1, 1, 1, 1, 2, 1]
+    assert [int(x[1]) for x in replies if int(x[0]) == 1] == [1, 1, 0, 0, 0]
     assert replies[0][2] == pack_faces(FACES)
     published = [msgpack.unpackb(f[b"result"], raw=False) for _, f in r.xrange(stream)]
     expected = []
@@ -96,3 +104,5 @@ def test_a_hit_is_published_exactly_as_the_gateway_would_pack_it(
         res.width, res.height, res.faces = 640, 480, FACES
         expected.append(res.to_dict())
     assert published == expected
+    # Whole numbers on the wire, as `Result.to_wire()` packs them (640 == 640.0 in Python).
+    assert all(type(p["width"]) is int and type(p["height"]) is int for p in published)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import redis
 
+from facestream.common.contract.keys import Keys
 from facestream.control.embedded import free_port
 from tests.support.procs import Procs, base_env, gateway_ready
 
@@ -86,7 +87,7 @@ def test_bad_reply_entries_do_not_kill_waiting(
 
 
 def test_same_id_and_image_each_get_their_own_answer(
-    stack: dict[str, Any], photo_png: dict[str, bytes]
+    stack: dict[str, Any], photo_png: dict[str, bytes], r: redis.Redis
 ) -> None:
     image = photo_png["camera"]
 
@@ -112,6 +113,13 @@ def test_same_id_and_image_each_get_their_own_answer(
     through_detectors = [a["entry"] for a in answers if a["entry"]]
     assert len(set(through_detectors)) == len(through_detectors) >= 1
     assert all(a["consumer"].startswith("gateway:") for a in answers if not a["entry"])
+    # And one result each on the results stream, whoever produced it.
+    published = [
+        msgpack.unpackb(f[b"result"])
+        for _, f in r.xrange(Keys(stack["prefix"]).results)
+        if msgpack.unpackb(f[b"result"])["id"] == "shared"
+    ]
+    assert sorted(p["source"] for p in published) == sorted(f"c{i}" for i in range(8))
 
 
 @pytest.mark.parametrize(

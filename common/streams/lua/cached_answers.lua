@@ -45,9 +45,10 @@ local function maybe(sha, first)
   return false
 end
 
+-- A size is a positive integer in decimal digits, the one rule the gateway applies as well
+-- (hits.py `_size`): an entry this script publishes is one the gateway answers, never a miss.
 local function sized(value)
-  local v = value and tonumber(value)  -- HMGET gives false for a missing field
-  return type(v) == "number" and v > 0
+  return value and string.match(value, "^%d+$") ~= nil and tonumber(value) > 0
 end
 
 local out = {}

@@ -134,4 +134,4 @@ def detector_and_gateway(
         yield url, prefix, procs
     finally:
         codes = procs.stop()
-        assert codes == [0, 0], procs.logs()
+        assert codes == [0, 0], f"exit codes {codes}\n{procs.logs()}"

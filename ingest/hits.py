@@ -71,9 +71,8 @@ class CacheAnswers:
         self._next = 0
 
     async def answer(self, event: ImageEvent) -> dict[str, Any] | None:
-        """The result from the cache, already published; None: publish the event."""
-        if not self.s.gateway_hits:
-            return None
+        """The result from the cache, already published; None: publish the event. (Only with
+        FACESTREAM_GATEWAY_HITS on: `answer_or_wait` asks.)"""
         await self._refresh_tag()
         if self.tag is None:
             return None
@@ -120,18 +119,24 @@ class CacheAnswers:
         # make_event hashed every image at the door: its sha256 is the content's.
         of = [event.sha256 or event.content_sha256() for event in events]
         done_ms = int(time.time() * 1000)
+        # Each request's result map but for what the cache entry holds: the head the script
+        # publishes from, then (filled in) the answer, built once.
+        drafts = [
+            self._result(event, sha, tag, done_ms).to_dict()
+            for event, sha in zip(events, of, strict=True)
+        ]
         if self.s.cluster:
             found, published = await self._lookup_apart(tag, bloom, of), [False] * len(events)
         else:
-            found, published = await self._lookup_and_publish(tag, bloom, events, of, done_ms)
+            found, published = await self._lookup_and_publish(tag, bloom, events, of, drafts)
         answers: list[Answer | Exception] = []
         unpublished: list[tuple[int, dict[str, Any]]] = []
-        for event, sha, hit, done in zip(events, of, found, published, strict=True):
+        for event, sha, draft, hit, done in zip(events, of, drafts, found, published, strict=True):
             if hit is None:
                 answers.append(None)
                 continue
             try:
-                body = await self._body(event, sha, tag, done_ms, *hit)
+                body = await self._body(event, sha, tag, done_ms, draft, *hit)
             except (ValueError, msgpack.UnpackException) as exc:
                 # Only a foreign writer leaves such an entry: detectors pack what they store.
                 log.error("cache_entry_unreadable", id=event.id, sha256=sha, reason=str(exc))
@@ -152,20 +157,32 @@ class CacheAnswers:
         return answers
 
     async def _body(
-        self, event: ImageEvent, sha: str, tag: str, done_ms: int, faces: bytes, w: int, h: int
+        self,
+        event: ImageEvent,
+        sha: str,
+        tag: str,
+        done_ms: int,
+        draft: dict[str, Any],
+        faces: bytes,
+        w: int,
+        h: int,
     ) -> dict[str, Any]:
-        result = self._result(event, sha, tag, done_ms, w, h)
         if event.crops:
+            result = self._result(event, sha, tag, done_ms, w, h)
             result.faces = await self._crops(event, unpack_faces(faces))
             return result.to_dict()
         # The packed faces are already the result's {box, score, kps} maps: decoded as they
         # are, with no Face objects made and unmade per hit.
-        body = result.to_dict()
-        body["faces"] = msgpack.unpackb(faces, raw=False)
-        return body
+        draft.update(width=w, height=h, faces=msgpack.unpackb(faces, raw=False))
+        return draft
 
     async def _lookup_and_publish(
-        self, tag: str, bloom: BloomFilter, events: list[ImageEvent], of: list[str], done_ms: int
+        self,
+        tag: str,
+        bloom: BloomFilter,
+        events: list[ImageEvent],
+        of: list[str],
+        drafts: list[dict[str, Any]],
     ) -> tuple[list[Found], list[bool]]:
         """One server: one script looks every request up and adds each hit's result, built
         from a head made here (the request's fields, this gateway, the time), to the results
@@ -174,10 +191,8 @@ class CacheAnswers:
         args: list[Any] = [bloom.mode, bloom.shape.hashes if bloom.mode == "lua" else 0]
         args.append(len(events))
         streams: list[str] = []
-        for event, sha in zip(events, of, strict=True):
-            head = b""
-            if not event.crops:
-                head = cached_result_head(self._result(event, sha, tag, done_ms))
+        for event, sha, draft in zip(events, of, drafts, strict=True):
+            head = b"" if event.crops else cached_result_head(draft)
             args += [sha, head, *bloom.script_offsets(sha)]
             streams.append(self._next_results())
         keys = [current, previous, *(self.keys.cache(sha, tag) for sha in of), *streams]

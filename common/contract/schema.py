@@ -292,12 +292,13 @@ def pack_result(body: dict[str, Any]) -> bytes:
 CACHE_APPENDED = ("width", "height", "faces")
 
 
-def cached_result_head(result: Result) -> bytes:
-    """`result`'s wire map without width, height and faces, its header counting them: the
-    gateway's look-up script appends the three from the cache entry (cached_answers.lua), so a
-    hit reaches the results stream in the same round trip, its packed faces untouched. Map
-    order means nothing to a msgpack reader: the entry reads exactly as `result.to_wire()`."""
-    body = {k: v for k, v in result.to_dict().items() if k not in CACHE_APPENDED}
+def cached_result_head(result: dict[str, Any]) -> bytes:
+    """A result map (`Result.to_dict()`'s shape) packed without width, height and faces, its
+    header counting them: the gateway's look-up script appends the three from the cache entry
+    (cached_answers.lua), so a hit reaches the results stream in the same round trip, its
+    packed faces untouched. Map order means nothing to a msgpack reader: the entry reads
+    exactly as `pack_result` of the whole map."""
+    body = {k: v for k, v in result.items() if k not in CACHE_APPENDED}
     packer = msgpack.Packer(use_bin_type=True)
     parts = [packer.pack_map_header(len(body) + len(CACHE_APPENDED))]
     for key, value in body.items():

@@ -82,7 +82,7 @@ def test_a_hit_is_published_exactly_as_the_gateway_would_pack_it(
         result("new", absent),
     ]
     shas = [cached, cached, sized_out, odd, absent]
-    packed = [cached_result_head(res) for res in heads]
+    packed = [cached_result_head(res.to_dict()) for res in heads]
     # The crops-style request: looked up, not published (its crops are cut afterwards).
     shas.append(cached)
     packed.append(b"")

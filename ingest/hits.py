@@ -39,7 +39,7 @@ from facestream.common.streams.scripts import Scripts
 from facestream.common.streams.serving import served_tag
 from facestream.common.streams.types import AsyncClient
 from facestream.ingest.coalesce import PerCycle, SingleFlight
-from facestream.ingest.joins import Joins
+from facestream.ingest.joins import Answer, Joins
 from facestream.ingest.publisher import AsyncPublisher
 from facestream.ingest.replies import ReplyRouter
 
@@ -49,7 +49,6 @@ TAG_EVERY_S = 2.0  # how stale the gateway's idea of the served model may be
 
 # Per image of a batch: None (ask the detectors) or (packed faces, width, height).
 Found = tuple[bytes, int, int] | None
-Answer = dict[str, Any] | None
 
 
 class CacheAnswers:

@@ -6,6 +6,7 @@ import asyncio
 import sys
 
 from facestream.common import metrics
+from facestream.common.heap import freeze_startup_heap
 from facestream.common.log import configure, get_logger
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client, redact
@@ -50,7 +51,12 @@ async def serve(settings: Settings) -> int:
     client = async_client(settings)
     detector = Detector(settings, client, model)
     stop_on_signals(detector.stop.set, "detector")
-    log.info("detector_starting", redis=redact(settings.redis_url), consumer=settings.consumer)
+    log.info(
+        "detector_starting",
+        redis=redact(settings.redis_url),
+        consumer=settings.consumer,
+        frozen_objects=freeze_startup_heap(),
+    )
     try:
         counters = await detector.run()
     finally:

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facestream.common import metrics
 from facestream.common.contract.keys import Keys
+from facestream.common.heap import freeze_startup_heap
 from facestream.common.log import get_logger
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client
@@ -94,6 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
             "gateway_ready",
             reply_stream=app.state.replies.stream,
             cache_answers=settings.gateway_hits,
+            frozen_objects=freeze_startup_heap(),
         )
         try:
             yield

@@ -7,6 +7,7 @@ import asyncio
 import sys
 
 from facestream.common import metrics
+from facestream.common.heap import freeze_startup_heap
 from facestream.common.log import configure, get_logger
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client
@@ -32,6 +33,7 @@ async def serve(kind: str, settings: Settings) -> int:
     client = async_client(settings)
     runner = SinkRunner(settings, client, make_sink(kind, settings))
     stop_on_signals(runner.stop.set, f"sink {kind}")
+    log.info("sink_starting", kind=kind, frozen_objects=freeze_startup_heap())
     try:
         c = await runner.run()
     finally:

@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     group.add_argument("--old-workers", type=int, default=http_opts.old_workers)
     group.add_argument("--old-threads", type=int, default=http_opts.old_threads)
+    group.add_argument(
+        "--rounds",
+        type=int,
+        default=http_opts.rounds,
+        help="rounds per point, the two systems' order swapped each round; medians reported",
+    )
     group.add_argument("--plot", type=Path, default=http_opts.plot, help="PNG to write")
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -70,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                     endpoint=args.endpoint,
                     old_workers=args.old_workers,
                     old_threads=args.old_threads,
+                    rounds=args.rounds,
                     plot=args.plot,
                 )
                 tables.append(http.bench_published_scenario(url, opts))

@@ -51,6 +51,9 @@ class Options:
     endpoint: str = "v1"  # or "compat": facestream's drop-in POST /face-detection
     old_workers: int = 5
     old_threads: int = 4
+    # Rounds per point, the two systems' order swapped each round: on a machine whose speed
+    # drifts (a shared host), one back-to-back pair can favour either; the report takes medians.
+    rounds: int = 1
     plot: Path = Path(__file__).parent / "out" / "http.png"
 
 
@@ -163,14 +166,18 @@ def run(url: str, opts: Options) -> tuple[str, list[Point]]:
     with old_service(url, port, opts.old_workers, opts.old_threads) as master:
         for i, users in enumerate(opts.users):
             miss = 1 - PUBLISHED[users][2] / 100 if users in PUBLISHED else 0.05
-            # Same seed for both systems: the same sequence of new / repeat draws.
-            old = old_system(url, port, master.pid)
-            points.append(
-                measure(old, "published", users, miss, Workload(bases, users, i * 10**7), opts)
-            )
-            with facestream_stack(url, opts) as new:
-                work = Workload(bases, users, i * 10**7 + 5 * 10**6)
-                points.append(measure(new, "published", users, miss, work, opts))
+            for r in range(opts.rounds):
+                # Same seed for both systems in a round: the same sequence of new / repeat
+                # draws; labels keep every round's photos new to both.
+                seed, label = users + 1000 * r, i * 10**7 + r * 4 * 10**5
+                for name in (OLD, NEW) if r % 2 == 0 else (NEW, OLD):
+                    work = Workload(bases, seed, label + (0 if name == OLD else 2 * 10**5))
+                    with _maybe_stack(
+                        url,
+                        opts,
+                        (lambda: old_system(url, port, master.pid)) if name == OLD else None,
+                    ) as sut:
+                        points.append(measure(sut, "published", users, miss, work, opts))
         label = len(opts.users) * 10**7
         for system_of in (lambda: old_system(url, port, master.pid), None):
             with _maybe_stack(url, opts, system_of) as system:
@@ -198,6 +205,49 @@ def _pair(points: list[Point], scenario: str, users: int) -> tuple[Point, Point]
     return found[OLD], found[NEW]
 
 
+def medians(points: list[Point]) -> list[Point]:
+    """One point per scenario, system and users: each figure the median of its rounds
+    (errors summed)."""
+    groups: dict[tuple[str, str, int], list[Point]] = {}
+    for p in points:
+        groups.setdefault((p.scenario, p.system, p.users), []).append(p)
+    out = []
+    for (scenario, system, users), group in groups.items():
+
+        def med(values: list[float]) -> float:
+            return float(np.median(values))
+
+        hits = [p.hit_pct for p in group if p.hit_pct is not None]
+        errors: dict[int, int] = {}
+        for p in group:
+            for status, n in p.errors.items():
+                errors[status] = errors.get(status, 0) + n
+        out.append(
+            Point(
+                scenario,
+                system,
+                users,
+                group[0].miss_pct,
+                med([p.qps for p in group]),
+                med([p.mean_ms for p in group]),
+                med([p.p50_ms for p in group]),
+                med([p.p99_ms for p in group]),
+                med(hits) if hits else None,
+                errors,
+                {k: med([p.cpu_us[k] for p in group]) for k in group[0].cpu_us},
+            )
+        )
+    return out
+
+
+def round_ratios(points: list[Point], users: int) -> list[float]:
+    """fs / old QPS of each round of one published point, in round order."""
+    of = [p for p in points if p.scenario == "published" and p.users == users]
+    old = [p.qps for p in of if p.system == OLD]
+    new = [p.qps for p in of if p.system == NEW]
+    return [n / o for o, n in zip(old, new, strict=True) if o]
+
+
 def _hit(p: Point) -> str:
     return "-" if p.hit_pct is None else f"{p.hit_pct:.1f}"
 
@@ -219,14 +269,25 @@ def report(points: list[Point], opts: Options) -> str:
         f"process(es), POST {path}"
         "; one onnxruntime thread per process; client on the same machine"
     )
+    if opts.rounds > 1:
+        setup += (
+            f"; {opts.rounds} rounds per point, the systems' order swapped each round, each "
+            "figure the median of its rounds, fs / old the ratio of the medians with the "
+            "rounds' own ratios in brackets"
+        )
     rows, cpu_rows = [], []
+    merged = medians(points)
     for users in opts.users:
-        old, new = _pair(points, "published", users)
+        old, new = _pair(merged, "published", users)
+        ratios = round_ratios(points, users)
+        ratio = f"{new.qps / old.qps:.2f}x" if old.qps else "-"
+        if len(ratios) > 1:
+            ratio += f" ({min(ratios):.2f}-{max(ratios):.2f})"
         rows.append(
             [
                 f"{users} ({old.miss_pct:.1f} % new)",
                 f"{old.qps:,.0f} / {new.qps:,.0f}",
-                f"{new.qps / old.qps:.2f}x" if old.qps else "-",
+                ratio,
                 f"{old.mean_ms:.1f} / {new.mean_ms:.1f}",
                 f"{old.p50_ms:.1f} / {new.p50_ms:.1f}",
                 f"{old.p99_ms:.1f} / {new.p99_ms:.1f}",
@@ -273,7 +334,7 @@ def report(points: list[Point], opts: Options) -> str:
         ],
         cpu_rows,
     )
-    hits = [p for p in points if p.scenario == "all hits"]
+    hits = [p for p in merged if p.scenario == "all hits"]
     c = table(
         f"All hits ({ALL_HITS_POOL} photos, each sent once before)",
         ["users", "system", "QPS", "mean ms", "p50 ms", "p99 ms", "CPU us / request", "errors"],
@@ -295,10 +356,11 @@ def report(points: list[Point], opts: Options) -> str:
 
 
 def save(points: list[Point], png: Path) -> None:
-    """The picture (benchmarks/plot.py) and the raw points as JSON beside it."""
+    """The picture (benchmarks/plot.py, of the rounds' medians) and every round's points as
+    JSON beside it."""
     from benchmarks.plot import plot
 
     png.parent.mkdir(parents=True, exist_ok=True)
-    plot(points, png)
+    plot(medians(points), png)
     png.with_suffix(".json").write_text(json.dumps([asdict(p) for p in points], indent=1))
     print(f"\nwrote {png} and {png.with_suffix('.json')}", flush=True)

@@ -35,9 +35,9 @@ def test_each_round_pairs_the_two_systems_of_that_round() -> None:
     assert round_ratios(ROUNDS, 10) == [2.0, 3.0, 3.0]
 
 
-def test_the_report_gives_the_ratio_of_medians_and_the_rounds_range() -> None:
+def test_the_report_gives_the_median_of_the_rounds_ratios_and_their_range() -> None:
     text = report(ROUNDS, Options(users=(10,), rounds=3))
     row = next(line for line in text.splitlines() if line.startswith("| 10 "))
     assert "400 / 1,000" in row
-    assert "2.50x (2.00-3.00)" in row
+    assert "3.00x (2.00-3.00)" in row
     assert "3 rounds per point" in text

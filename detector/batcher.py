@@ -1,23 +1,30 @@
 """Dynamic batching: decoded images from any number of read batches share one model call.
 
 A call takes up to `max_batch` images, waiting at most `max_wait_ms` after the first one for
-others to join. Calls run one at a time on one thread (onnxruntime uses its intra-op threads
-inside a call and releases the GIL), so decoding the next images overlaps the current call.
+others to join. Calls run one at a time on one thread of their own (onnxruntime uses its
+intra-op threads inside a call and releases the GIL), so decoding the next images overlaps the
+current call.
+
+That thread takes its next call straight from the queue: the model never waits for the event
+loop between two calls. With a pool thread fed by the loop, each call's end had to be seen by
+the loop before the next could start, and a loop busy parsing a read batch (tens of images:
+unpacking, hashing) left the model idle (docs/performance.md, the miss path).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
 
 from facestream.common import metrics
 from facestream.common.contract.schema import Face
 from facestream.detector.model.face_model import FaceModel, Prepared
 
-Pending = tuple[Prepared, asyncio.Future[list[Face]]]
+Pending = tuple[Prepared, asyncio.Future[list[Face]], asyncio.AbstractEventLoop]
+Settled = tuple[asyncio.Future[list[Face]], list[Face] | None]
 
 
 class DynamicBatcher:
@@ -25,48 +32,63 @@ class DynamicBatcher:
         self.model = model
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
-        self._queue: list[Pending] = []
-        self._arrived = asyncio.Event()
-        self._pool = ThreadPoolExecutor(1, "infer")
+        self._queue: deque[Pending] = deque()
+        self._changed = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        # Written by the inference thread only; read for the detector's summary.
         self.batch_sizes: Counter[int] = Counter()
         self.busy_s = 0.0
 
     async def detect(self, images: list[Prepared]) -> list[list[Face]]:
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in images]
-        self._queue.extend(zip(images, futures, strict=True))
-        self._arrived.set()
+        with self._changed:
+            self._queue.extend(
+                (image, fut, loop) for image, fut in zip(images, futures, strict=True)
+            )
+            self._changed.notify()
         return list(await asyncio.gather(*futures))
 
-    async def _gather_batch(self) -> list[Pending]:
-        while not self._queue:
-            self._arrived.clear()
-            await self._arrived.wait()
-        deadline = time.monotonic() + self.max_wait_s
-        while len(self._queue) < self.max_batch:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-        batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-        return batch
-
     async def run(self) -> None:
-        """The inference loop; cancel it to stop (after the work in hand is answered)."""
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._gather_batch()
+        """The inference thread's lifetime; cancel it to stop (the call in hand finishes,
+        `close` waits for it; what is still queued is left, as its entries stay pending)."""
+        self._thread = threading.Thread(target=self._work, name="infer", daemon=True)
+        self._thread.start()
+        try:
+            await asyncio.Event().wait()  # until cancelled
+        finally:
+            self._stop()
+
+    def _stop(self) -> None:
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+
+    def _take(self) -> list[Pending] | None:
+        """The next call's images (None once stopping): waits for a first one, then up to
+        max_wait for company."""
+        with self._changed:
+            while not self._queue and not self._stopping:
+                self._changed.wait()
+            if self._stopping:
+                return None
+            deadline = time.monotonic() + self.max_wait_s
+            while len(self._queue) < self.max_batch and not self._stopping:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            n = min(self.max_batch, len(self._queue))
+            return [self._queue.popleft() for _ in range(n)]
+
+    def _work(self) -> None:
+        while (batch := self._take()) is not None:
             started = time.perf_counter()
             try:
-                found = await loop.run_in_executor(
-                    self._pool, self.model.detect_prepared, [item for item, _ in batch]
-                )
+                found = self.model.detect_prepared([item for item, _, _ in batch])
             except Exception as exc:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
+                self._answer(batch, None, exc)
                 continue
             finally:
                 elapsed = time.perf_counter() - started
@@ -74,9 +96,32 @@ class DynamicBatcher:
                 self.batch_sizes[len(batch)] += 1
                 metrics.INFERENCE.observe(elapsed)
                 metrics.BATCH.observe(len(batch))
-            for (_, fut), faces in zip(batch, found, strict=True):
-                if not fut.done():
-                    fut.set_result(faces)
+            self._answer(batch, found, None)
+
+    @staticmethod
+    def _answer(
+        batch: list[Pending], found: list[list[Face]] | None, error: Exception | None
+    ) -> None:
+        """Hand the call's answers to the loop(s) waiting for them: one wake-up per loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[Settled]] = {}
+        for i, (_, fut, loop) in enumerate(batch):
+            by_loop.setdefault(loop, []).append((fut, found[i] if found is not None else None))
+        for loop, settled in by_loop.items():
+            # A loop already closed (the process stopping) has no one left to tell.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, settled, error)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        self._stop()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def _settle(settled: list[Settled], error: Exception | None) -> None:
+    for fut, faces in settled:
+        if fut.done():  # its waiter gave up (cancelled)
+            continue
+        if faces is None:
+            fut.set_exception(error or RuntimeError("no answer"))
+        else:
+            fut.set_result(faces)

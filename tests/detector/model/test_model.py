@@ -223,6 +223,82 @@ def test_dynamic_batcher_joins_concurrent_requests(
     assert together == alone  # batching never changes an image's faces
 
 
+def test_the_model_takes_its_next_call_without_the_event_loop(
+    builtin_model: Any, photo_png: dict[str, bytes]
+) -> None:
+    """Two queued calls both run while the loop is blocked: the inference thread does not wait
+    for the loop to see one call end before starting the next (a pool thread fed by the loop
+    ran one, then sat idle)."""
+    import asyncio
+    import time
+
+    from facestream.detector.batcher import DynamicBatcher
+
+    prepared = [
+        builtin_model.prepare(
+            decode_image(photo_png[n], max_bytes=BIG, max_pixels=BIG, max_side=640, upscale=False)
+        )
+        for n in ("astronaut", "camera")
+    ]
+
+    async def go() -> tuple[dict[int, int], list[list[list[Face]]]]:
+        batcher = DynamicBatcher(builtin_model, max_batch=1, max_wait_ms=0)
+        runner = asyncio.create_task(batcher.run())
+        calls = [asyncio.create_task(batcher.detect([p])) for p in prepared]
+        await asyncio.sleep(0)  # the thread started, both calls queued
+        time.sleep(3.0)  # noqa: ASYNC251 - the point: the loop blocked, ~100x one call
+        done_while_blocked = dict(batcher.batch_sizes)
+        answers = await asyncio.gather(*calls)
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        batcher.close()
+        return done_while_blocked, answers
+
+    done_while_blocked, answers = asyncio.run(go())
+    assert done_while_blocked == {1: 2}
+    assert answers == [[builtin_model.detect([p.image])[0]] for p in prepared]
+
+
+def test_a_failed_call_fails_its_waiters_and_the_next_call_runs(
+    builtin_model: Any, photo_png: dict[str, bytes]
+) -> None:
+    import asyncio
+
+    from facestream.detector.batcher import DynamicBatcher
+
+    good = builtin_model.prepare(
+        decode_image(
+            photo_png["astronaut"], max_bytes=BIG, max_pixels=BIG, max_side=640, upscale=False
+        )
+    )
+
+    class Flaky:
+        """The real model, but its first call raises (a run the graph refuses)."""
+
+        calls = 0
+
+        def detect_prepared(self, items: list[Any]) -> list[list[Face]]:
+            Flaky.calls += 1
+            if Flaky.calls == 1:
+                raise RuntimeError("first call fails")
+            result: list[list[Face]] = builtin_model.detect_prepared(items)
+            return result
+
+    async def go() -> tuple[BaseException | list[list[Face]], ...]:
+        batcher = DynamicBatcher(Flaky(), max_batch=1, max_wait_ms=0)  # type: ignore[arg-type]
+        runner = asyncio.create_task(batcher.run())
+        first = await asyncio.gather(batcher.detect([good]), return_exceptions=True)
+        second = await batcher.detect([good])
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        batcher.close()
+        return first[0], second
+
+    first, second = asyncio.run(go())
+    assert isinstance(first, RuntimeError)
+    assert second == [builtin_model.detect([good.image])[0]]
+
+
 def test_letterbox_batches_any_shapes_deterministically(photo_png: dict[str, bytes]) -> None:
     model = load_model(Settings(letterbox=True))
     shapes = [

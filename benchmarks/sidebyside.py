@@ -213,10 +213,6 @@ def medians(points: list[Point]) -> list[Point]:
         groups.setdefault((p.scenario, p.system, p.users), []).append(p)
     out = []
     for (scenario, system, users), group in groups.items():
-
-        def med(values: list[float]) -> float:
-            return float(np.median(values))
-
         hits = [p.hit_pct for p in group if p.hit_pct is not None]
         errors: dict[int, int] = {}
         for p in group:
@@ -238,6 +234,10 @@ def medians(points: list[Point]) -> list[Point]:
             )
         )
     return out
+
+
+def med(values: list[float]) -> float:
+    return float(np.median(values))
 
 
 def round_ratios(points: list[Point], users: int) -> list[float]:

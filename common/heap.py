@@ -4,10 +4,10 @@ A service imports onnxruntime, numpy, FastAPI, pydantic and redis-py before its 
 request: about 90,000 tracked objects in a gateway worker, all of them live until exit. Under
 load, requests in flight survive the young collections, so the collector's full pass runs every
 second or so and walks that whole start-up heap each time. Measured in the gateway at 200
-users on all hits (2 cores): 26 full passes in 20 s, 2 s of CPU, the longest 99 ms, a pause for
-every request of the worker; p99 fell from 121-160 ms to 59-64 ms once the heap was frozen
-(docs/performance.md). Only entry points call this, once they are ready to serve, as they
-alone configure logging.
+users on all hits (2 cores): 26 full passes in 20 s, 2 s spent in them, the longest 99 ms, a
+pause for every request of the worker; p99 fell from 121-160 ms to 59-64 ms once the heap was
+frozen (docs/performance.md). It changes the whole process, so only entry points call it, once
+they are ready to serve.
 """
 
 from __future__ import annotations

@@ -95,7 +95,6 @@ def create_app(settings: Settings) -> FastAPI:
             "gateway_ready",
             reply_stream=app.state.replies.stream,
             cache_answers=settings.gateway_hits,
-            frozen_objects=freeze_startup_heap(),
         )
         try:
             yield
@@ -236,4 +235,7 @@ def app_factory() -> ASGIApp:
 
     settings = Settings()
     configure(settings)
-    return FastDetect(create_app(settings), settings)
+    app = FastDetect(create_app(settings), settings)
+    # The worker's imports are done: what is alive now stays alive (common/heap.py).
+    log.info("gateway_heap_frozen", objects=freeze_startup_heap())
+    return app

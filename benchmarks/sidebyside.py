@@ -280,9 +280,10 @@ def report(points: list[Point], opts: Options) -> str:
     for users in opts.users:
         old, new = _pair(merged, "published", users)
         ratios = round_ratios(points, users)
-        ratio = f"{new.qps / old.qps:.2f}x" if old.qps else "-"
         if len(ratios) > 1:  # each round's pair ran minutes apart at most: compare those
-            ratio = f"{np.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+            ratio = f"{med(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+        else:
+            ratio = f"{new.qps / old.qps:.2f}x" if old.qps else "-"
         rows.append(
             [
                 f"{users} ({old.miss_pct:.1f} % new)",

@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     # One thread per detector process, one process per core: measured best on small machines
     # (docs/performance.md); 0 lets onnxruntime take every core.
     intra_op_threads: int = Field(default=1, ge=0)
+    # Let onnxruntime's intra-op threads spin between ops (its own default) rather than sleep:
+    # a little lower latency on a machine with cores to spare, much more CPU per run.
+    ort_spinning: bool = False
     score_activation: Literal["auto", "sigmoid", "none"] = "auto"
     # onnxruntime IO binding: "auto" uses it with the CUDA provider (input copied to the GPU
     # once, outputs bound to host memory), not on the CPU, where it is the same work.

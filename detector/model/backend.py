@@ -58,6 +58,7 @@ class OrtBackend:
         providers: ProviderChoice = "auto",
         intra_op_threads: int = 0,
         io_binding: BindingChoice = "auto",
+        spinning: bool = False,
     ) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -66,6 +67,12 @@ class OrtBackend:
             options.intra_op_num_threads = intra_op_threads
         # A detector process runs one session; inter-op parallelism only adds thread churn.
         options.inter_op_num_threads = 1
+        # Spinning intra-op threads poll for the next op instead of sleeping: on a machine
+        # the gateway, Redis and other detectors share, that burns the cores they need
+        # (2 threads: 43 ms of CPU per 18 ms run spinning, 22 ms not; docs/performance.md).
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if spinning else "0"
+        )
         wanted = choose_providers(providers)
         try:
             self._session = ort.InferenceSession(model, sess_options=options, providers=wanted)

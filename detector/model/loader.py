@@ -190,7 +190,11 @@ def _parse(weights: bytes, name: str) -> onnx.ModelProto:
 def _backend(settings: Settings, weights: bytes) -> OrtBackend:
     try:
         return OrtBackend(
-            weights, settings.providers, settings.intra_op_threads, settings.io_binding
+            weights,
+            settings.providers,
+            settings.intra_op_threads,
+            settings.io_binding,
+            settings.ort_spinning,
         )
     except ProviderError:
         raise

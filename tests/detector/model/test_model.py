@@ -12,6 +12,7 @@ import pytest
 from facestream.common.contract.schema import Face
 from facestream.common.settings import Settings
 from facestream.detector.imaging import decode_image
+from facestream.detector.model.backend import OrtBackend
 from facestream.detector.model.graph import scores_already_sigmoid, static_score_outputs
 from facestream.detector.model.loader import ModelLoadError, load_model
 from facestream.detector.model.nms import nms
@@ -310,3 +311,18 @@ def test_letterbox_batches_any_shapes_deterministically(photo_png: dict[str, byt
     assert batched == [model.detect([im])[0] for im in shapes]
     assert [len(f) for f in batched] == [1, 20, 0]
     assert model.tag != load_model(Settings()).tag  # padding changes outputs: its own cache
+
+
+def test_intra_op_threads_sleep_between_ops_unless_told_to_spin() -> None:
+    """Spinning threads burn the cores the gateway and Redis share with them (2 threads: ~2x
+    the CPU per run, docs/performance.md); onnxruntime spins unless told not to."""
+
+    def spinning(settings: Settings) -> str:
+        backend = load_model(settings).backend
+        assert isinstance(backend, OrtBackend)
+        options = backend._session.get_session_options()
+        return options.get_session_config_entry("session.intra_op.allow_spinning")
+
+    assert Settings().ort_spinning is False
+    assert spinning(Settings(intra_op_threads=2)) == "0"
+    assert spinning(Settings(intra_op_threads=2, ort_spinning=True)) == "1"

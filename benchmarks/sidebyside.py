@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
+from benchmarks.bound import MissFloor, bound_table, measure_floor
 from benchmarks.common import detectors, photos, reset, table
 from benchmarks.http import PUBLISHED, cpu_seconds, gateway, tree_cpu
 from benchmarks.loadgen import (
@@ -39,6 +40,7 @@ OLD = "old design"
 NEW = "facestream"
 ALL_HITS_USERS = (10, 200)
 ALL_HITS_POOL = 40
+TARGET = 2.5  # facestream's QPS over the old design's, at every concurrency (issue #15)
 
 
 @dataclass
@@ -160,6 +162,7 @@ def old_system(url: str, port: int, master_pid: int) -> System:
 
 
 def run(url: str, opts: Options) -> tuple[str, list[Point]]:
+    floor = measure_floor()  # first, on the idle machine
     bases = photos(ALL_HITS_POOL)
     points: list[Point] = []
     port = free_port()
@@ -186,7 +189,7 @@ def run(url: str, opts: Options) -> tuple[str, list[Point]]:
                 send_each(system.target, [work.fresh() for _ in range(ALL_HITS_POOL)])
                 for users in ALL_HITS_USERS:
                     points.append(measure(system, "all hits", users, 0.0, work, opts))
-    return report(points, opts), points
+    return report(points, opts, floor), points
 
 
 @contextmanager
@@ -256,7 +259,7 @@ def _errors(p: Point) -> str:
     return ", ".join(f"{n}x{s}" for s, n in sorted(p.errors.items())) or "0"
 
 
-def report(points: list[Point], opts: Options) -> str:
+def report(points: list[Point], opts: Options, floor: MissFloor | None = None) -> str:
     path = (
         "/v1/detect?wait=true (raw body)"
         if opts.endpoint == "v1"
@@ -353,7 +356,16 @@ def report(points: list[Point], opts: Options) -> str:
             for p in hits
         ],
     )
-    return "\n".join([a, b, c])
+    parts = [a, b, c]
+    fs_hits = [sum(p.cpu_us.values()) for p in hits if p.system == NEW]
+    if floor is not None and fs_hits:
+        rows_of = [_pair(merged, "published", u)[0] for u in opts.users]
+        parts.append(
+            bound_table(
+                floor, [(p.users, p.miss_pct, p.qps) for p in rows_of], min(fs_hits), TARGET
+            )
+        )
+    return "\n".join(parts)
 
 
 def save(points: list[Point], png: Path) -> None:

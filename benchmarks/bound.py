@@ -40,6 +40,7 @@ def measure_floor(n: int = 24) -> MissFloor:
     model = load_model(settings)
     spec = model.spec
     bodies = [unique_jpeg(b, 9 * 10**8 + i) for i, b in enumerate(photos(n))]
+
     def prepared(body: bytes) -> np.ndarray:
         image = decode_image(
             body,

@@ -34,6 +34,10 @@ class MissFloor:
     run_ms: float  # session.run on a pre-processed 640x480 photo
     prepare_ms: float  # decode + pre-processing of the JPEG
 
+    @property
+    def per_new_ms(self) -> float:
+        return self.run_ms + self.prepare_ms
+
 
 def measure_floor(n: int = 24) -> MissFloor:
     settings = Settings(intra_op_threads=1)
@@ -69,7 +73,7 @@ def measure_floor(n: int = 24) -> MissFloor:
 
 
 def ceiling_qps(floor: MissFloor, new: float, hit_us: float, cores: int) -> float:
-    per_request_ms = new * (floor.run_ms + floor.prepare_ms) + (1 - new) * hit_us / 1000
+    per_request_ms = new * floor.per_new_ms + (1 - new) * hit_us / 1000
     return 1000 * cores / per_request_ms
 
 
@@ -92,7 +96,7 @@ def bound_table(
             [
                 users,
                 f"{wanted:,.0f}",
-                f"{misses * (floor.run_ms + floor.prepare_ms) / 1000:.2f}",
+                f"{misses * floor.per_new_ms / 1000:.2f}",
                 f"{(wanted - misses) * hit_us / 1e6:.2f}",
                 f"{ceiling:,.0f}",
                 f"{ceiling / old_qps:.2f}x" if old_qps else "-",

@@ -6,20 +6,31 @@ Entry points build one `Settings` and pass it down; library code never reads the
 from __future__ import annotations
 
 import socket
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from facestream.common import stackfile
 from facestream.common.contract.schema import Limits
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACESTREAM_", extra="ignore")
 
     # --- Redis connection -------------------------------------------------------------------
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Unset: the Redis of a `facestream up` running in stack_dir (its stack.json), else this
+    # default, which the CLI uses only if it holds facestream's keys (control/cli.py).
+    redis_url: str = DEFAULT_REDIS_URL
+    # Where `facestream up` keeps its data and its address file (relative: to the working
+    # directory); other commands look there for a running stack when redis_url is unset.
+    stack_dir: str = stackfile.DEFAULT_DIR
+    # Set when redis_url came from a running `up`'s stack.json (the path of that file).
+    stack_file: str | None = None
     # redis-py's default read timeout would cut a blocking XREADGROUP; it must exceed block_ms.
     socket_timeout_s: float = Field(default=30.0, gt=0)
     socket_connect_timeout_s: float = Field(default=5.0, gt=0)
@@ -86,6 +97,9 @@ class Settings(BaseSettings):
     # Acked results are trimmed from the results stream (never below any group's oldest
     # pending or undelivered entry); off keeps everything.
     trim_results: bool = True
+    # ... except the newest this many per partition, acked or not: what `facestream results
+    # --last N` can show (results are small unless crops were asked for).
+    results_keep: int = Field(default=200, ge=0)
     trim_every_ms: int = Field(default=10_000, ge=100)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
 
@@ -197,6 +211,30 @@ class Settings(BaseSettings):
 
     def limits(self) -> Limits:
         return Limits(self.max_event_bytes, self.max_image_bytes, self.max_meta_bytes)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _find_stack(cls, data: Any) -> Any:
+        """No URL given (keyword or FACESTREAM_REDIS_URL): a running `facestream up` here."""
+        if not isinstance(data, dict) or data.get("redis_url") or data.get("stack_file"):
+            return data
+        directory = Path(str(data.get("stack_dir") or stackfile.DEFAULT_DIR))
+        stack = stackfile.find_running(directory)
+        if stack is None:
+            return data
+        found = {"redis_url": stack.redis_url, "stack_file": str(stackfile.path_in(directory))}
+        if not data.get("prefix"):
+            found["prefix"] = stack.prefix
+        return {**data, **found}
+
+    @property
+    def redis_origin(self) -> str:
+        """Where redis_url came from, for the line each command prints."""
+        if self.stack_file:
+            return f"the running `facestream up` in {self.stack_file}"
+        if "redis_url" in self.model_fields_set:
+            return "FACESTREAM_REDIS_URL"
+        return "the default: FACESTREAM_REDIS_URL unset, no running `facestream up` here"
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -23,7 +23,7 @@ def _text(point: tuple[int, int]) -> str:
     return f"{point[0]}-{point[1]}"
 
 
-async def trim_point(client: AsyncClient, stream: str) -> str | None:
+async def trim_point(client: AsyncClient, stream: str, keep: int = 0) -> str | None:
     try:
         groups = await client.xinfo_groups(stream)
     except Exception:
@@ -40,12 +40,20 @@ async def trim_point(client: AsyncClient, stream: str) -> str | None:
             ms, seq = _id(group["last-delivered-id"])
             needed = (ms, seq + 1)  # everything after the last delivered is undelivered
         floor = needed if floor is None else min(floor, needed)
+    if floor is not None and keep > 0:
+        # The newest `keep` entries stay whatever the groups did (`facestream results --last`).
+        newest = await client.xrevrange(stream, count=keep)
+        if len(newest) == keep:
+            floor = min(floor, _id(newest[-1][0]))
+        else:
+            return None  # fewer than `keep` in all
     return _text(floor) if floor is not None else None
 
 
-async def trim_acked(client: AsyncClient, stream: str) -> int:
-    """Remove the entries every group is done with; returns how many were removed."""
-    point = await trim_point(client, stream)
+async def trim_acked(client: AsyncClient, stream: str, keep: int = 0) -> int:
+    """Remove the entries every group is done with, except the newest `keep`; returns how
+    many were removed."""
+    point = await trim_point(client, stream, keep)
     if point is None:
         return 0
     return int(await client.xtrim(stream, minid=point, approximate=False))

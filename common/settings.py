@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     model: str = "builtin"
     # Where fetched models live (one directory each); empty: ~/.cache/facestream/models.
     model_dir: str | None = None
+    # "owner": the model dir, each model's directory and files must be owned by root or this
+    # user and not group/world-writable (docs/models.md, "What is trusted"); "any": skip that.
+    model_dir_trust: Literal["owner", "any"] = "owner"
     input_size: int | None = Field(default=None, ge=32, le=4096)
     score_threshold: float | None = Field(default=None, ge=0, le=1)
     nms_iou: float | None = Field(default=None, gt=0, le=1)

@@ -44,7 +44,7 @@ async def _oldest_pending(client: AsyncClient, stream: str, group: str) -> tuple
     return _id(summary.get("min"))
 
 
-async def trim_point(client: AsyncClient, stream: str) -> str | None:
+async def trim_point(client: AsyncClient, stream: str, keep: int = 0) -> str | None:
     try:
         groups = await client.xinfo_groups(stream)
     except redis.exceptions.ResponseError:
@@ -68,12 +68,20 @@ async def trim_point(client: AsyncClient, stream: str) -> str | None:
                 return None  # a group whose position is unknown keeps everything
             needed = (delivered[0], delivered[1] + 1)  # everything after it is undelivered
         floor = needed if floor is None else min(floor, needed)
+    if floor is not None and keep > 0:
+        # The newest `keep` entries stay whatever the groups did (`facestream results --last`).
+        newest = await client.xrevrange(stream, count=keep)
+        oldest_kept = _id(newest[-1][0]) if len(newest) == keep else None
+        if oldest_kept is None:
+            return None  # fewer than `keep` in all
+        floor = min(floor, oldest_kept)
     return _text(floor) if floor is not None else None
 
 
-async def trim_acked(client: AsyncClient, stream: str) -> int:
-    """Remove the entries every group is done with; returns how many were removed."""
-    point = await trim_point(client, stream)
+async def trim_acked(client: AsyncClient, stream: str, keep: int = 0) -> int:
+    """Remove the entries every group is done with, except the newest `keep`; returns how
+    many were removed."""
+    point = await trim_point(client, stream, keep)
     if point is None:
         return 0
     return int(await client.xtrim(stream, minid=point, approximate=False))

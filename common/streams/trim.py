@@ -70,7 +70,7 @@ async def trim_point(client: AsyncClient, stream: str, keep: int = 0) -> str | N
         floor = needed if floor is None else min(floor, needed)
     if floor is not None and keep > 0:
         # The newest `keep` entries stay whatever the groups did (`facestream results --last`).
-        newest = await client.xrevrange(stream, count=keep)
+        newest = await client.xrevrange(stream, count=keep) or []
         oldest_kept = _id(newest[-1][0]) if len(newest) == keep else None
         if oldest_kept is None:
             return None  # fewer than `keep` in all

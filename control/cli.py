@@ -10,13 +10,15 @@ import argparse
 import os
 import sys
 import tempfile
+from contextlib import closing
 from pathlib import Path
 
+from facestream.common import stackfile
 from facestream.common.log import configure
 from facestream.common.settings import Settings
-from facestream.common.streams.connection import sync_client
+from facestream.common.streams.connection import redact, sync_client
 from facestream.common.streams.errors import REDIS_ERRORS
-from facestream.control import model_cli, ops_cli
+from facestream.control import locate, model_cli, ops_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,15 +63,28 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--group", help="read as this consumer group (acknowledges)")
     results.add_argument("--from", dest="start", help="entry id to start after (0: all)")
     results.add_argument("--count", type=int, help="stop after this many")
+    results.add_argument(
+        "--last",
+        type=int,
+        metavar="N",
+        help="print the newest N results still in the stream (FACESTREAM_RESULTS_KEEP "
+        "stay after the sinks acknowledge them) and stop",
+    )
 
     up = sub.add_parser("up", help="run redis, gateway, detectors and a jsonl sink here")
     up.add_argument(
         "--detectors",
-        type=int,
+        type=_count,
         default=os.cpu_count() or 1,
-        help="detector processes (default: one per core)",
+        help="detector processes (default: one per core; 0: none, start them elsewhere)",
     )
-    up.add_argument("--dir", default=".facestream", help="work dir (default .facestream)")
+    up.add_argument(
+        "--dir",
+        default=None,
+        help="data directory: Redis's files, results.jsonl, and stack.json, which tells the "
+        "other commands run from here where this stack is (default .facestream; "
+        "FACESTREAM_STACK_DIR)",
+    )
     up.add_argument("--no-gateway", action="store_true")
     up.add_argument("--no-sink", action="store_true")
     demo = sub.add_parser(
@@ -86,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument("role", choices=["detector", "sink"])
     health.add_argument("kind", nargs="?", choices=["jsonl", "webhook", "stdout"])
+    health.add_argument(
+        "--consumer",
+        help="the member's consumer name (default: FACESTREAM_CONSUMER, else every "
+        "member of a `facestream up` running here, else the host name)",
+    )
+    for command in (detect, publish, results, health):
+        locate.add_dir_option(command)
     ops_cli.add_parser(sub)
     model_cli.add_parser(sub)
     migrate = sub.add_parser("migrate", help="move over from the service facestream replaces")
@@ -119,6 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+# Commands that talk to an existing deployment's Redis: each says which one first.
+CLIENT_COMMANDS = {"detect", "publish", "results", "ops", "health"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "detector":
@@ -129,12 +162,24 @@ def main(argv: list[str] | None = None) -> int:
         from facestream.sink.__main__ import main as sink_main
 
         return sink_main([args.kind])
-    settings = Settings()
+    where = getattr(args, "dir", None)
+    settings = Settings(stack_dir=where) if where else Settings()
     configure(settings)
     try:
+        if args.command in CLIENT_COMMANDS:
+            print(locate.describe(settings), file=sys.stderr, flush=True)
         return run(args, settings)
+    except locate.NotFound as exc:
+        print(f"facestream {args.command}: {exc}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError) as exc:
         print(f"facestream {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except REDIS_ERRORS as exc:
+        print(
+            f"facestream {args.command}: Redis at {redact(settings.redis_url)} failed: {exc}",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         return 130
@@ -166,6 +211,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print("\n".join(lines))
         return 0
     if args.command == "ops":
+        with closing(sync_client(settings)) as client:
+            locate.check(settings, client)
         return ops_cli.run(args, settings)
     if args.command == "model":
         return model_cli.run(args, settings)
@@ -177,6 +224,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from facestream.ingest import commands
 
     client = sync_client(settings)
+    locate.check(settings, client)
     if args.command in ("detect", "publish"):
         paths = commands.expand(args.paths)
         problem = None if args.no_wait_check else commands.no_detector(settings, client)
@@ -196,8 +244,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )
     if args.command == "publish":
         return commands.publish(settings, client, paths)
+    running = stackfile.read(Path(settings.stack_file).parent) if settings.stack_file else None
+    jsonl = running.jsonl_path if running else None
+    if args.last is not None:
+        if args.last < 1 or args.follow or args.group or args.start:
+            raise ValueError("--last takes N >= 1, without --follow, --group or --from")
+        return commands.last_results(settings, client, args.last, jsonl)
     return commands.results(
-        settings, client, follow=args.follow, group=args.group, start=args.start, count=args.count
+        settings,
+        client,
+        follow=args.follow,
+        group=args.group,
+        start=args.start,
+        count=args.count,
+        jsonl_path=jsonl,
     )
 
 
@@ -243,17 +303,38 @@ def health(args: argparse.Namespace, settings: Settings) -> int:
     group = (
         settings.detector_group if args.role == "detector" else settings.sink_group_of(args.kind)
     )
-    key = Keys(settings.prefix, settings.partitions).consumer_claim(group, settings.consumer)
+    keys = Keys(settings.prefix, settings.partitions)
+    names = health_members(args, settings)
+    if not names:
+        print(f"unhealthy: this `facestream up` runs no {args.role} {args.kind or ''}".rstrip())
+        return 1
     client = sync_client(settings)
     try:
-        alive = bool(client.exists(key))
+        alive = {name: bool(client.exists(keys.consumer_claim(group, name))) for name in names}
     except REDIS_ERRORS as exc:
-        print(f"unhealthy: redis: {exc}", file=sys.stderr)
+        print(f"unhealthy: redis {redact(settings.redis_url)}: {exc}", file=sys.stderr)
         return 1
     finally:
         client.close()
-    print(f"{'healthy' if alive else 'unhealthy'}: {args.role} {settings.consumer} in {group}")
-    return 0 if alive else 1
+    for name, ok in alive.items():
+        print(f"{'healthy' if ok else 'unhealthy'}: {args.role} {name} in {group}")
+    return 0 if all(alive.values()) else 1
+
+
+def health_members(args: argparse.Namespace, settings: Settings) -> list[str]:
+    """Whose heartbeat to check: --consumer, FACESTREAM_CONSUMER (a container's own name),
+    else the members of the `facestream up` found here, else the host name (the default
+    consumer name of a member started by hand or in a container)."""
+    if args.consumer:
+        return [str(args.consumer)]
+    if "consumer" in settings.model_fields_set or not settings.stack_file:
+        return [settings.consumer]
+    running = stackfile.read(Path(settings.stack_file).parent)
+    if running is None:
+        return [settings.consumer]
+    if args.role == "detector":
+        return list(running.detectors)
+    return [name for name in running.sinks if name.endswith(f"-sink-{args.kind}")]
 
 
 def run_stack(args: argparse.Namespace, settings: Settings) -> int:
@@ -262,8 +343,8 @@ def run_stack(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "up":
         stack = Stack(
             settings,
-            Path(args.dir),
-            max(1, args.detectors),
+            Path(args.dir or settings.stack_dir),
+            args.detectors,
             gateway=not args.no_gateway,
             sink=not args.no_sink,
         )

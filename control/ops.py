@@ -63,7 +63,8 @@ def status(settings: Settings, r: SyncClient) -> dict[str, Any]:
     info = r.info("memory")
     out["memory"] = {
         "used": info.get("used_memory_human"),
-        "maxmemory": info.get("maxmemory_human"),
+        # maxmemory 0 is "no limit", which Redis writes as 0B
+        "maxmemory": info.get("maxmemory_human") if int(info.get("maxmemory") or 0) else None,
         "policy": info.get("maxmemory_policy"),
     }
     named = [
@@ -112,7 +113,7 @@ def status(settings: Settings, r: SyncClient) -> dict[str, Any]:
 def print_status(report: dict[str, Any]) -> None:
     print(
         f"redis {report['redis']}  memory {report['memory']['used']} of "
-        f"{report['memory']['maxmemory'] or 'unlimited'} ({report['memory']['policy']})"
+        f"{report['memory']['maxmemory'] or 'no limit'} ({report['memory']['policy']})"
     )
     for name, s in report["streams"].items():
         print(f"\n{name:<8} {s['key']}  length {s['length']}")

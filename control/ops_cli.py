@@ -8,7 +8,7 @@ from typing import Any
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import sync_client
 from facestream.common.streams.types import SyncClient
-from facestream.control import ops
+from facestream.control import locate, ops
 
 
 def add_parser(sub: Any) -> None:
@@ -52,6 +52,8 @@ def add_parser(sub: Any) -> None:
     where(consumers)
     consumers.add_argument("--idle", type=int, help="ms idle (default: the claim idle time)")
     consumers.add_argument("--to", required=True, help="who takes a pruned consumer's entries")
+    for command in (status, pending, claim, dlq, consumers):
+        locate.add_dir_option(command)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -78,6 +80,8 @@ def _run(args: argparse.Namespace, settings: Settings, r: SyncClient) -> int:
             rows = ops.dlq_list(settings, r, args.count, args.partition)
             if args.json:
                 ops.dump(rows)
+            if not rows and not args.json:
+                print("no dead letters")
             for row in [] if args.json else rows:
                 print(
                     f"{row['partition']}/{row['dlq_entry']}  {row['kind']:<6} id={row['id']} "
@@ -98,6 +102,8 @@ def _run(args: argparse.Namespace, settings: Settings, r: SyncClient) -> int:
             rows += [{"stream": stream, **row} for row in found]
         if args.json:
             ops.dump(rows)
+        if not rows and not args.json:
+            print(f"no pending entries in group {group}")
         for row in [] if args.json else rows:
             print(
                 f"{row['stream']}  {row['entry']}  {row['consumer']:<32} "

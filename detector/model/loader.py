@@ -25,8 +25,14 @@ from facestream.detector.model.graph import (
     scrfd_roles,
 )
 from facestream.detector.model.preprocess import Normalisation
-from facestream.detector.model.quantize import QUANTIZED_NAME, QuantizeError, read_quantized
+from facestream.detector.model.quantize import (
+    MANIFEST_FILE,
+    QUANTIZED_NAME,
+    QuantizeError,
+    read_quantized,
+)
 from facestream.detector.model.registry import (
+    ONNX_FILE,
     RegistryError,
     is_registry_name,
     model_dir,
@@ -35,6 +41,7 @@ from facestream.detector.model.registry import (
 )
 from facestream.detector.model.retinaface import RetinaFaceDecoder
 from facestream.detector.model.scrfd import SCRFDDecoder
+from facestream.detector.model.trust import TrustError, check_model_dir, refuse_external_data
 from facestream.detector.model.types import Decoder
 
 __all__ = ["ModelLoadError", "load_model", "scores_already_sigmoid"]
@@ -76,9 +83,13 @@ def builtin_weights() -> bytes:
 
 def builtin_int8_weights(settings: Settings) -> bytes:
     """The installed int8 copy, only if it was made from this detector's built-in graph."""
+    root = model_dir(settings)
     try:
-        return read_quantized(model_dir(settings), hashlib.sha256(builtin_weights()).hexdigest())
-    except QuantizeError as exc:
+        if (root / QUANTIZED_NAME).exists() or (root / QUANTIZED_NAME).is_symlink():
+            files = (ONNX_FILE, MANIFEST_FILE)
+            check_model_dir(root, QUANTIZED_NAME, files, settings.model_dir_trust)
+        return read_quantized(root, hashlib.sha256(builtin_weights()).hexdigest())
+    except (QuantizeError, TrustError, OSError) as exc:
         raise ModelLoadError(str(exc)) from None
 
 
@@ -98,7 +109,10 @@ def load_model(settings: Settings) -> FaceModel:
                 f"FACESTREAM_MODEL={settings.model!r}: not 'builtin', not an ONNX file and "
                 "not a fetched model's name"
             )
-        weights = path.read_bytes()
+        try:
+            weights = path.read_bytes()
+        except OSError as exc:
+            raise ModelLoadError(f"{path}: cannot be read: {exc.strerror}") from None
         name = re.sub(r"[^A-Za-z0-9_.+-]", "_", path.stem)[:64] or "model"
     proto = _parse(weights, name)
     layout = read_layout(proto.graph)
@@ -119,7 +133,7 @@ def load_model(settings: Settings) -> FaceModel:
         norm, decoder = SCRFD_NORM, SCRFDDecoder(apply_sigmoid=sigmoid)
     defaults = FAMILY_DEFAULTS[layout.family]
     meta = {p.key: p.value for p in proto.metadata_props}
-    exported_size = int(meta.get("facestream.input_size", 0)) or None
+    exported_size = _exported_size(meta.get("facestream.input_size"), name)
     if layout.size is not None:
         if settings.input_size and settings.input_size != max(layout.size):
             raise ModelLoadError(
@@ -143,8 +157,8 @@ def load_registered(settings: Settings) -> FaceModel:
     """A model `facestream model fetch` installed: its entry says how to feed and decode it."""
     root = model_dir(settings)
     try:
-        entry = read_entry(root, settings.model)
-        weights = read_graph(root, entry)
+        entry = read_entry(root, settings.model, settings.model_dir_trust)
+        weights = read_graph(root, entry, settings.model_dir_trust)
     except RegistryError as exc:
         raise ModelLoadError(str(exc)) from None
     sigmoid = not entry.sigmoid_in_graph
@@ -181,10 +195,28 @@ def load_registered(settings: Settings) -> FaceModel:
 
 
 def _parse(weights: bytes, name: str) -> onnx.ModelProto:
+    """The graph, refused before onnxruntime sees it if any tensor lives in another file
+    (parsing bytes never reads external data; onnxruntime would)."""
     try:
-        return onnx.load_model_from_string(weights)
+        proto = onnx.load_model_from_string(weights)
     except Exception as exc:
         raise ModelLoadError(f"{name}: not a readable ONNX model: {exc}") from None
+    try:
+        refuse_external_data(proto, name)
+    except TrustError as exc:
+        raise ModelLoadError(str(exc)) from None
+    return proto
+
+
+def _exported_size(value: str | None, name: str) -> int | None:
+    """The input size an export recorded in its metadata, if any, within the settings' bounds."""
+    if value is None:
+        return None
+    if not value.isdecimal() or not 32 <= int(value) <= 4096:
+        raise ModelLoadError(
+            f"{name}: metadata facestream.input_size {value[:20]!r} is not an integer in 32..4096"
+        )
+    return int(value)
 
 
 def _backend(settings: Settings, weights: bytes) -> OrtBackend:

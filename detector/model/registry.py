@@ -11,19 +11,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from facestream.common.settings import Settings
+from facestream.detector.model.entry import FORMAT_VERSION, NAME_RE, EntrySchema, describe
+from facestream.detector.model.trust import TrustError, TrustMode, check_model_dir
 
 ENTRY_FILE = "entry.json"
 ONNX_FILE = "model.onnx"
-FORMAT_VERSION = 1
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-FAMILIES = ("scrfd",)
+# Installed files: readable by the detector's user (a container's, other than the fetcher's),
+# writable by their owner only, which the loader's trust check requires.
+FILE_MODE, DIR_MODE = 0o644, 0o755
 
 
 class RegistryError(RuntimeError):
@@ -64,38 +67,26 @@ class RegistryEntry:
             raise RegistryError(f"{where}: not JSON: {exc}") from None
         if not isinstance(raw, dict):
             raise RegistryError(f"{where}: expected a JSON object")
-        if raw.get("format_version") != FORMAT_VERSION:
+        version = raw.get("format_version")
+        if type(version) is not int or version != FORMAT_VERSION:  # `true` == 1 in Python
             raise RegistryError(
                 f"{where}: format_version {raw.get('format_version')!r}, this facestream "
                 f"reads {FORMAT_VERSION}; re-run `facestream model fetch`"
             )
-        names = {f.name for f in fields(cls)}
-        missing = sorted(n for n in names if n not in raw and n not in ("exporter", "check"))
-        if missing:
-            raise RegistryError(f"{where}: missing fields {missing}")
-        values = {k: v for k, v in raw.items() if k in names}
-        for key in ("mean", "std", "strides"):
-            values[key] = tuple(values[key])
-        entry = cls(**values)
-        entry.validate(where)
-        return entry
+        return cls._checked(text, where)
 
     def validate(self, where: str) -> None:
-        problems = []
-        if not NAME_RE.match(self.name):
-            problems.append(f"name {self.name!r} is not a registry name")
-        if self.family not in FAMILIES:
-            problems.append(f"family {self.family!r} is not one of {FAMILIES}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            problems.append("mean and std need three values, std > 0")
-        if not self.strides or any(s <= 0 for s in self.strides) or self.anchors_per_cell < 1:
-            problems.append("strides and anchors_per_cell must be positive")
-        if not 32 <= self.input_size <= 4096:
-            problems.append(f"input_size {self.input_size} outside 32..4096")
-        if not (0 <= self.score_threshold <= 1 and 0 < self.nms_iou <= 1):
-            problems.append("score_threshold must be in [0, 1] and nms_iou in (0, 1]")
-        if problems:
-            raise RegistryError(f"{where}: " + "; ".join(problems))
+        self._checked(self.to_json(), where)
+
+    @classmethod
+    def _checked(cls, text: str, where: str) -> RegistryEntry:
+        """The entry as the schema reads it (strict JSON types, ranges): a violation is one
+        RegistryError naming every bad field."""
+        try:
+            checked = EntrySchema.model_validate_json(text)
+        except ValidationError as exc:
+            raise RegistryError(f"{where}: {describe(exc)}") from None
+        return cls(**checked.model_dump())
 
 
 def model_dir(settings: Settings) -> Path:
@@ -109,23 +100,31 @@ def is_registry_name(value: str) -> bool:
     return value != "builtin" and NAME_RE.match(value) is not None and not value.endswith(".onnx")
 
 
-def read_entry(root: Path, name: str) -> RegistryEntry:
+def read_entry(root: Path, name: str, trust: TrustMode = "owner") -> RegistryEntry:
+    """The entry of an installed model, after the registry, its directory and the entry file
+    passed the trust checks (detector/model/trust.py)."""
     path = root / name / ENTRY_FILE
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         installed = ", ".join(e.name for e in list_entries(root)) or "none"
         raise RegistryError(
             f"model {name!r} is not installed in {root} (installed: {installed}); "
             f"run `facestream model fetch {name}` on a machine with internet and copy "
             "the directory here (docs/models.md)"
         )
-    return RegistryEntry.from_json(path.read_text(encoding="utf-8"), str(path))
+    _trusted(root, name, trust)
+    entry = RegistryEntry.from_json(_read(path).decode("utf-8", "replace"), str(path))
+    if entry.name != name:
+        # The graph is read from the entry's name: another directory's, which was not checked.
+        raise RegistryError(f"{path}: name {entry.name!r} is not its directory's ({name!r})")
+    return entry
 
 
-def read_graph(root: Path, entry: RegistryEntry) -> bytes:
+def read_graph(root: Path, entry: RegistryEntry, trust: TrustMode = "owner") -> bytes:
     path = root / entry.name / ONNX_FILE
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         raise RegistryError(f"{path}: missing; the model directory is incomplete")
-    data = path.read_bytes()
+    _trusted(root, entry.name, trust)
+    data = _read(path)
     digest = hashlib.sha256(data).hexdigest()
     if digest != entry.onnx_sha256:
         raise RegistryError(
@@ -135,17 +134,23 @@ def read_graph(root: Path, entry: RegistryEntry) -> bytes:
     return data
 
 
-def list_entries(root: Path) -> list[RegistryEntry]:
-    """Installed entries, by name; unreadable ones are left out (`model info` names them)."""
+def scan_entries(root: Path, trust: TrustMode = "owner") -> tuple[list[RegistryEntry], list[str]]:
+    """Installed entries by name, and one line for each directory refused (untrusted, not a
+    valid entry)."""
     if not root.is_dir():
-        return []
-    out = []
+        return [], []
+    entries, refused = [], []
     for path in sorted(root.glob(f"*/{ENTRY_FILE}")):
         try:
-            out.append(RegistryEntry.from_json(path.read_text(encoding="utf-8"), str(path)))
-        except (RegistryError, TypeError, OSError):
-            continue
-    return out
+            entries.append(read_entry(root, path.parent.name, trust))
+        except RegistryError as exc:
+            refused.append(str(exc))
+    return entries, refused
+
+
+def list_entries(root: Path) -> list[RegistryEntry]:
+    """Installed entries, by name; unreadable ones are left out (`model list` names them)."""
+    return scan_entries(root, "any")[0]
 
 
 def write_entry(root: Path, entry: RegistryEntry, graph: bytes) -> Path:
@@ -161,13 +166,34 @@ def write_entry(root: Path, entry: RegistryEntry, graph: bytes) -> Path:
 
 def install_files(target: Path, files: dict[str, bytes]) -> Path:
     """Write each file whole or not at all (a temporary file synced, then renamed over), in
-    order: a detector reading the folder meanwhile never sees half a model."""
-    target.mkdir(parents=True, exist_ok=True)
+    order: a detector reading the folder meanwhile never sees half a model. A target that is
+    a symbolic link is refused, never written through."""
+    if target.is_symlink():
+        raise RegistryError(
+            f"{target}: a symbolic link (to {os.readlink(target)}); not installing through "
+            "it: remove the link, or set FACESTREAM_MODEL_DIR to the directory it points to"
+        )
+    target.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     for name, data in files.items():
         fd, tmp = tempfile.mkstemp(dir=target, prefix=f".{name}.")
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), FILE_MODE)  # mkstemp's 0600 would hide it from the detector
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target / name)
     return target
+
+
+def _trusted(root: Path, name: str, trust: TrustMode) -> None:
+    try:
+        check_model_dir(root, name, (ENTRY_FILE, ONNX_FILE), trust)
+    except TrustError as exc:
+        raise RegistryError(str(exc)) from None
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise RegistryError(f"{path}: cannot be read: {exc.strerror}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -109,7 +110,7 @@ def test_registry_errors_say_what_to_do(tmp_path: Path, registry: tuple[Path, by
     with pytest.raises(RegistryError, match="format_version 99"):
         read_entry(root, "tiny")
     entry_path.write_text(json.dumps({**raw, "std": [0, 1, 1], "family": "yolo"}))
-    with pytest.raises(RegistryError, match=r"family 'yolo'.*std > 0"):
+    with pytest.raises(RegistryError, match=r"family: .*'yolo'.*; std\.0: .*greater than 0"):
         read_entry(root, "tiny")
     assert list_entries(root) == []  # unreadable entries are not listed
     with pytest.raises(RegistryError, match="onnx_sha256"):
@@ -153,3 +154,67 @@ def test_fetch_without_its_extra_names_it(
     err = capsys.readouterr().err
     assert "facestream[damofd]" in err and "mmcv" not in err
     assert not any(tmp_path.iterdir())  # nothing half-installed
+
+
+# --- entry.json checked by its schema: each malformed field one line, exit 2 (issue #25) ---
+MALFORMED = [
+    # (field, value, what the one line must say)
+    ("strides", [0.01, 16, 32], r"strides\.0: Input should be a valid integer \(got 0\.01\)"),
+    ("strides", [True, 16, 32], r"strides\.0: Input should be a valid integer \(got True\)"),
+    ("strides", [0, 16, 32], r"strides\.0: Input should be greater than or equal to 1"),
+    ("strides", [8, 8, 32], r"strides: Value error, strides must be distinct"),
+    ("strides", [], r"strides: .*at least 1 item"),
+    ("mean", ["127.5", 127.5, 127.5], r"mean\.0: Input should be a valid number \(got '127\.5'\)"),
+    ("std", [float("nan"), 128.0, 128.0], r"std\.0: Input should be a finite number"),
+    ("std", [128.0, 128.0], r"std: item 2 missing"),
+    ("input_size", "640", r"input_size: Input should be a valid integer \(got '640'\)"),
+    ("input_size", 640.0, r"input_size: Input should be a valid integer"),
+    ("input_size", 100_000, r"input_size: Input should be less than or equal to 4096"),
+    ("anchors_per_cell", True, r"anchors_per_cell: Input should be a valid integer"),
+    ("bgr", 0, r"bgr: Input should be a valid boolean"),
+    ("score_threshold", 1.5, r"score_threshold: Input should be less than or equal to 1"),
+    ("nms_iou", float("inf"), r"nms_iou: Input should be a finite number"),
+    ("onnx_sha256", "not-a-digest", r"onnx_sha256: String should match pattern"),
+    ("name", None, r"name: Input should be a valid string"),
+    ("name", "other", r"name 'other' is not its directory's \('tiny'\)"),
+    ("format_version", True, r"format_version True, this facestream reads 1"),
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"), MALFORMED, ids=[f"{f}={v!r}" for f, v, _ in MALFORMED]
+)
+def test_each_malformed_entry_field_is_one_line_and_exit_2(
+    registry: tuple[Path, bytes],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    field: str,
+    value: object,
+    said: str,
+) -> None:
+    """Before the schema, a stride of 0.01 or true, a string mean or a NaN std loaded (exit 0)
+    and failed every inference; input_size "640" was a traceback."""
+    root, _ = registry
+    entry_path = root / "tiny" / "entry.json"
+    raw = json.loads(entry_path.read_text())
+    entry_path.write_text(json.dumps({**raw, field: value}))
+    monkeypatch.setenv("FACESTREAM_MODEL_DIR", str(root))
+    monkeypatch.setenv("FACESTREAM_MODEL", "tiny")
+    for action in (["info"], ["info", "tiny"], ["list"], ["list", "--json"]):
+        assert main(["model", *action]) == 2, action
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert str(entry_path) in err and re.search(said, err), err
+    # What a detector's start does with the same settings (detector/__main__.py: one
+    # `model_refused` line, exit 2).
+    with pytest.raises(ModelLoadError, match=said):
+        load_model(Settings(model="tiny", model_dir=str(root)))
+
+
+def test_a_valid_entry_round_trips_through_the_schema(registry: tuple[Path, bytes]) -> None:
+    root, graph = registry
+    entry = read_entry(root, "tiny")
+    assert entry == entry_for(graph)
+    assert isinstance(entry.strides, tuple) and isinstance(entry.mean, tuple)
+    with pytest.raises(RegistryError, match=r"new entry: strides\.0: .*greater than or equal"):
+        write_entry(root, entry_for(graph, strides=(0, 16, 32)), graph)

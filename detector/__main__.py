@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from facestream.common import metrics
 from facestream.common.heap import freeze_startup_heap
 from facestream.common.log import configure, get_logger
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client, redact
 from facestream.common.streams.member import stop_on_signals
+from facestream.detector import metrics
 from facestream.detector.model.backend import ProviderError, installed_runtime_builds
 from facestream.detector.model.face_model import FaceModel
 from facestream.detector.model.loader import ModelLoadError, load_model

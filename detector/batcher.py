@@ -19,8 +19,8 @@ import threading
 import time
 from collections import Counter, deque
 
-from facestream.common import metrics
 from facestream.common.contract.schema import Face
+from facestream.detector import metrics
 from facestream.detector.model.face_model import FaceModel, Prepared
 
 Pending = tuple[Prepared, asyncio.Future[list[Face]], asyncio.AbstractEventLoop]

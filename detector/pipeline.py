@@ -19,7 +19,6 @@ from collections import defaultdict
 from collections.abc import Coroutine
 from typing import Any
 
-from facestream.common import metrics
 from facestream.common.contract.keys import Partition
 from facestream.common.contract.schema import (
     EVENT_FIELD,
@@ -30,6 +29,7 @@ from facestream.common.contract.schema import (
     decode_event,
 )
 from facestream.common.log import get_logger
+from facestream.detector import metrics
 from facestream.detector.context import Context
 from facestream.detector.flights import Flights, State
 from facestream.detector.imaging import image_size

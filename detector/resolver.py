@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from facestream.common import metrics
 from facestream.common.contract.schema import Face, unpack_faces
 from facestream.common.streams.types import AsyncPipeline
+from facestream.detector import metrics
 from facestream.detector.context import Stage
 
 HIT, ACQUIRED, BUSY = 1, 2, 3

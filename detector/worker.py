@@ -15,7 +15,6 @@ from collections.abc import Mapping
 
 import redis.exceptions
 
-from facestream.common import metrics
 from facestream.common.contract.keys import Keys
 from facestream.common.log import get_logger
 from facestream.common.settings import Settings
@@ -28,6 +27,7 @@ from facestream.common.streams.scripts import Scripts
 from facestream.common.streams.serving import advertise, withdraw
 from facestream.common.streams.trim import trim_acked
 from facestream.common.streams.types import AsyncClient
+from facestream.detector import metrics
 from facestream.detector.context import Context
 from facestream.detector.jobs import Counters
 from facestream.detector.model.face_model import FaceModel

@@ -15,7 +15,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from facestream.common import metrics
 from facestream.common.contract.keys import Partition
 from facestream.common.contract.schema import RESULT_FIELD, Face, Result, pack_faces
 from facestream.common.log import get_logger
@@ -23,6 +22,7 @@ from facestream.common.streams.acked import DeadLetter, Emit, acknowledge_entrie
 from facestream.common.streams.errors import REDIS_ERRORS, TRANSIENT
 from facestream.common.streams.scripts import Step
 from facestream.common.streams.types import AsyncPipeline
+from facestream.detector import metrics
 from facestream.detector.context import Stage
 from facestream.detector.jobs import now_ms
 

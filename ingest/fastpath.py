@@ -15,10 +15,10 @@ from urllib.parse import parse_qs
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from facestream.common import metrics
 from facestream.common.contract.schema import MAX_ID_CHARS
 from facestream.common.settings import Settings
 from facestream.common.streams.errors import REDIS_ERRORS
+from facestream.ingest import metrics
 from facestream.ingest.hits import answer_or_wait
 from facestream.ingest.http_input import b64_default, parse_meta, read_body
 from facestream.ingest.publisher import BadRequest, PublishError, make_event

@@ -10,24 +10,22 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import orjson
 import redis.exceptions
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from facestream.common import metrics
 from facestream.common.contract.keys import Keys
 from facestream.common.heap import freeze_startup_heap
 from facestream.common.log import get_logger
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client
 from facestream.common.streams.errors import REDIS_ERRORS
+from facestream.ingest import metrics
 from facestream.ingest.compat import add_compat_routes
 from facestream.ingest.hits import CacheAnswers, answer_or_wait
 from facestream.ingest.http_input import (
@@ -189,12 +187,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:
-        if settings.metrics_dir:  # several workers: the sum of every worker's values
-            registry = CollectorRegistry()
-            collector: Any = MultiProcessCollector  # untyped in prometheus-client
-            collector(registry, path=settings.metrics_dir)
-            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        # Several workers (settings.metrics_dir): the sum of every worker's values.
+        return Response(metrics.page(settings.metrics_dir), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

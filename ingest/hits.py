@@ -18,7 +18,6 @@ from typing import Any
 
 import msgpack
 
-from facestream.common import metrics
 from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import (
     RESULT_FIELD,
@@ -38,6 +37,7 @@ from facestream.common.streams.errors import REDIS_ERRORS
 from facestream.common.streams.scripts import Scripts
 from facestream.common.streams.serving import served_tag
 from facestream.common.streams.types import AsyncClient
+from facestream.ingest import metrics
 from facestream.ingest.coalesce import PerCycle, SingleFlight
 from facestream.ingest.joins import Answer, Joins
 from facestream.ingest.publisher import AsyncPublisher

@@ -25,9 +25,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeGuard
 
-from facestream.common import metrics
 from facestream.common.contract.schema import ImageEvent
 from facestream.common.log import get_logger
+from facestream.ingest import metrics
 
 log = get_logger(__name__)
 Answer = dict[str, Any] | None

@@ -30,13 +30,13 @@ from typing import Any
 
 import msgpack
 
-from facestream.common import metrics
 from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import RESULT_FIELD, ImageEvent
 from facestream.common.log import get_logger
 from facestream.common.streams.errors import REDIS_ERRORS
 from facestream.common.streams.outage import Outage
 from facestream.common.streams.types import AsyncClient
+from facestream.ingest import metrics
 from facestream.ingest.publisher import AsyncPublisher
 
 log = get_logger(__name__)

@@ -6,12 +6,12 @@ import argparse
 import asyncio
 import sys
 
-from facestream.common import metrics
 from facestream.common.heap import freeze_startup_heap
 from facestream.common.log import configure, get_logger
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client
 from facestream.common.streams.member import stop_on_signals
+from facestream.sink import metrics
 from facestream.sink.files import JsonlSink, StdoutSink
 from facestream.sink.runner import Sink, SinkRunner
 from facestream.sink.webhook import WebhookSink

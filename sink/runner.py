@@ -16,7 +16,6 @@ from typing import Any, Protocol
 
 import structlog
 
-from facestream.common import metrics
 from facestream.common.contract.keys import Keys, Partition
 from facestream.common.contract.schema import RESULT_FIELD, decode_result
 from facestream.common.log import get_logger
@@ -25,6 +24,7 @@ from facestream.common.streams.acked import SinkDeadLetter
 from facestream.common.streams.member import Batch, Handler, Member, MemberCounters, Subscription
 from facestream.common.streams.scripts import Scripts, Step
 from facestream.common.streams.types import AsyncClient, AsyncPipeline, Entry
+from facestream.sink import metrics
 
 log = get_logger(__name__)
 

@@ -145,11 +145,13 @@ def test_images_install_the_way_ci_does() -> None:
 
 
 def test_dashboard_queries_use_metrics_that_exist() -> None:
+    """Every query names a metric some service exports; every panel has a unit; a "p50 / p99"
+    panel asks for both quantiles."""
     import json
 
-    from prometheus_client import REGISTRY
-
-    import facestream.common.metrics  # noqa: F401 (registers the metrics)
+    from facestream.detector.metrics import REGISTRY as DETECTOR
+    from facestream.ingest.metrics import REGISTRY as GATEWAY
+    from facestream.sink.metrics import REGISTRY as SINK
 
     dashboard = json.loads((COMPOSE / "grafana" / "dashboards" / "facestream.json").read_text())
     used = {
@@ -161,10 +163,20 @@ def test_dashboard_queries_use_metrics_that_exist() -> None:
     # A labelled family exports no sample before its first use: count its names as well.
     exported = {
         family.name + suffix
-        for family in REGISTRY.collect()
+        for registry in (GATEWAY, DETECTOR, SINK)
+        for family in registry.collect()
         if family.name.startswith("facestream_")
         for suffix in ("", "_total", "_bucket", "_sum", "_count")
     }
     assert used and used <= exported, used - exported
+    for panel in dashboard["panels"]:
+        assert panel.get("fieldConfig", {}).get("defaults", {}).get("unit"), panel["title"]
+        if "p50 / p99" in panel["title"]:
+            quantiles = {
+                q
+                for target in panel["targets"]
+                for q in re.findall(r"histogram_quantile\(\s*(0\.\d+)", target["expr"])
+            }
+            assert quantiles == {"0.5", "0.99"}, panel["title"]
     scrape = yaml.safe_load((COMPOSE / "prometheus" / "prometheus.yml").read_text())
     assert {job["job_name"] for job in scrape["scrape_configs"]} == {"gateway", "detector", "sinks"}

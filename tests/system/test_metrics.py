@@ -1,4 +1,5 @@
-"""Prometheus metrics after a real run: the counters add up (events in = results out)."""
+"""Prometheus metrics after a real run: the counters add up (events in = results out), and
+each process exports its own service's metrics and no other's."""
 
 from __future__ import annotations
 
@@ -7,16 +8,43 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from facestream.common.contract.keys import Keys
 from facestream.common.settings import Settings
+from facestream.detector.metrics import REGISTRY
 from facestream.detector.worker import Detector
 from facestream.ingest.publisher import make_event
 from tests.support.helpers import publish, wait_results, with_detector
 
 MakeSettings = Callable[..., Settings]
+
+# What each service exports, by family name (a counter's without `_total`). Written out rather
+# than read from the registries, so that a metric moved to the wrong service fails here.
+SHARED = {"facestream_bloom_checks", "facestream_dead_letters"}
+GATEWAY = {
+    "facestream_http_requests",
+    "facestream_http_request_seconds",
+    "facestream_gateway_cache_lookups",
+    "facestream_gateway_joined",
+    "facestream_bad_replies",
+    "facestream_bloom_checks",
+}
+DETECTOR = {
+    "facestream_events_read",
+    "facestream_results",
+    "facestream_cache_lookups",
+    "facestream_bloom_checks",
+    "facestream_lock_waits",
+    "facestream_dead_letters",
+    "facestream_inference_seconds",
+    "facestream_batch_size",
+    "facestream_end_to_end_seconds",
+    "facestream_stream_lag",
+    "facestream_stream_pending",
+    "facestream_dlq_size",
+}
+SINK = {"facestream_sink_written", "facestream_dead_letters"}
 
 
 def value(name: str, **labels: str) -> float:
@@ -79,14 +107,27 @@ def scrape(url: str) -> dict[str, float]:
     return out
 
 
+def families(url: str) -> set[str]:
+    """The facestream metric families a Prometheus text page declares (`# TYPE` lines), with
+    or without samples: a counter by its name without `_total`, `_created` series left out."""
+    names = set()
+    for line in httpx.get(url, timeout=10).text.splitlines():
+        if line.startswith("# TYPE facestream_"):
+            name = line.split()[2]
+            if not name.endswith("_created"):
+                names.add(name.removesuffix("_total"))
+    return names
+
+
 def test_scraped_metrics_of_a_run_add_up(
     redis_url: str, tmp_path: Any, photo_png: dict[str, bytes]
 ) -> None:
-    """The gateway and a detector as processes, scraped over HTTP after a run."""
+    """The gateway, a detector and a jsonl sink as processes, scraped over HTTP after a run:
+    the counters add up, and each page shows its own service's metrics only."""
     from facestream.control.embedded import free_port
     from tests.support.procs import Procs, base_env, gateway_ready
 
-    port, det_port = free_port(), free_port()
+    port, det_port, sink_port = free_port(), free_port(), free_port()
     procs = Procs(tmp_path, base_env(redis_url, "scrape"))
     procs.start(
         "detector",
@@ -96,7 +137,16 @@ def test_scraped_metrics_of_a_run_add_up(
         FACESTREAM_TRIM_EVERY_MS="200",
     )
     procs.start("gateway", ["-m", "facestream.ingest"], FACESTREAM_HTTP_PORT=str(port))
+    procs.start(
+        "sink",
+        ["-m", "facestream.sink", "jsonl"],
+        FACESTREAM_METRICS_PORT=str(sink_port),
+        FACESTREAM_CONSUMER="scrape-sink",
+        FACESTREAM_JSONL_PATH=str(tmp_path / "results.jsonl"),
+    )
     url = f"http://127.0.0.1:{port}"
+    det_url, sink_url = f"http://127.0.0.1:{det_port}", f"http://127.0.0.1:{sink_port}"
+    written = 'facestream_sink_written_total{sink="jsonl"}'
     try:
         procs.wait_for(gateway_ready(url), "gateway ready")
         for i, name in enumerate(["astronaut", "camera", "astronaut", "camera", "coffee"]):
@@ -109,10 +159,24 @@ def test_scraped_metrics_of_a_run_add_up(
             assert resp.status_code == 200
         httpx.post(f"{url}/v1/detect", content=b"not an image")  # refused at the door
         time.sleep(0.5)  # a housekeeping pass refreshes the gauges
+        # Every answered request has one result (a gateway hit's too): the sink writes all 5.
+        procs.wait_for(lambda: scrape(f"{sink_url}/metrics").get(written) == 5, "sink wrote 5")
         gateway = scrape(f"{url}/metrics")
-        detector = scrape(f"http://127.0.0.1:{det_port}/metrics")
+        detector = scrape(f"{det_url}/metrics")
+        pages = {
+            "gateway": families(f"{url}/metrics"),
+            "detector": families(f"{det_url}/metrics"),
+            "sink": families(f"{sink_url}/metrics"),
+        }
+        process_metrics = "process_cpu_seconds_total" in scrape(f"{det_url}/metrics")
     finally:
         procs.stop()
+    # Each process declares exactly its service's families: the gateway none of the detector's
+    # counters (they used to sit there at 0), a detector none of the gateway's.
+    assert pages == {"gateway": GATEWAY, "detector": DETECTOR, "sink": SINK}
+    assert not (GATEWAY - SHARED) & pages["detector"]
+    assert not (DETECTOR - SHARED) & pages["gateway"]
+    assert process_metrics  # CPU, memory, file descriptors, as prometheus-client's default
     accepted = gateway['facestream_http_requests_total{path="/v1/detect",status="200"}']
     assert accepted == 5
     assert gateway['facestream_http_requests_total{path="/v1/detect",status="415"}'] == 1
@@ -177,6 +241,9 @@ def test_gateway_workers_share_one_metrics_page(
         assert asyncio.run(post_many()) == [202] * 40
         # New connections land on either worker: every page must show all 40.
         pages = [scrape(f"{url}/metrics") for _ in range(6)]
+        declared = families(f"{url}/metrics")
     finally:
         procs.stop()
     assert [page.get(key) for page in pages] == [40.0] * 6
+    # The shared files hold what gateway processes define, and nothing of the detectors'.
+    assert "facestream_http_requests" in declared and declared <= GATEWAY, declared

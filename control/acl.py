@@ -41,14 +41,20 @@ _GROUP_MEMBER = [
     "xinfo|consumers",
 ]
 # Whole-server operations an operator does not need and must not do by mistake: emptying the
-# script or function cache breaks every service's next call; EVAL can freeze the server.
+# script cache breaks every service's next call; EVAL can freeze the server. No script or
+# function of the operator's own at all: a looping one answers BUSY to every service (a
+# function persists and replicates, so it comes back after a restart), and `facestream ops`
+# runs none (facestream uses no functions). SCRIPT KILL stays, to stop another's script.
 _OPS_DENIED = [
     "eval",
     "eval_ro",
+    "evalsha",
+    "evalsha_ro",
+    "script|load",
     "script|flush",
-    "function|flush",
-    "function|delete",
-    "function|restore",
+    "function",
+    "fcall",
+    "fcall_ro",
 ]
 
 

@@ -225,6 +225,10 @@ IMAGES, RESULTS, DLQ = f"{PREFIX}:images", f"{PREFIX}:results", f"{PREFIX}:dlq"
 REPLY = f"{PREFIX}:reply:gw-0123456789abcdef0123456789abcdef"
 CACHE = f"{PREFIX}:face:{{{'a' * 64}}}:m"
 LOOP = "redis.call('SET', KEYS[1], '1') while true do end"
+# A harmless library: if FUNCTION LOAD were allowed the test fails without freezing the server.
+PROBE_LIBRARY = (
+    "#!lua name=facestream_probe\nredis.register_function('probe', function() return 1 end)"
+)
 SERVER_ADMIN: list[tuple[str, ...]] = [
     ("FLUSHALL",),
     ("CONFIG", "GET", "*"),
@@ -290,6 +294,18 @@ DENIED: dict[str, list[tuple[str, ...]]] = {
     "ops": [
         *SERVER_ADMIN,
         ("EVAL", LOOP, "1", IMAGES),
+        # A looping function persists and replicates: BUSY for every service, after restarts.
+        ("FUNCTION", "LOAD", PROBE_LIBRARY),
+        ("FUNCTION", "LOAD", "REPLACE", PROBE_LIBRARY),
+        ("FUNCTION", "DELETE", "facestream_probe"),
+        ("FUNCTION", "RESTORE", "x"),
+        ("FUNCTION", "FLUSH"),
+        ("FCALL", "no_such_function", "1", IMAGES),  # allowed, it would answer "not found"
+        ("FCALL_RO", "no_such_function", "0"),
+        # SCRIPT LOAD + EVALSHA would be EVAL by another name.
+        ("SCRIPT", "LOAD", LOOP),
+        ("EVALSHA", "0" * 40, "1", IMAGES),
+        ("EVALSHA_RO", "0" * 40, "0"),
     ],
 }
 for _kind in ("jsonl", "webhook", "stdout"):

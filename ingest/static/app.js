@@ -1,10 +1,8 @@
 // The try-it page: photos go to the public API (POST /v1/detect?wait=true) and the faces are
 // drawn on a canvas from the JSON answer, so what is shown is what any client gets.
-"use strict";
 
-const BOX = "#00ff66";
-// Left eye, right eye, nose, mouth corners: the colours of ingest/drawing.py.
-const LANDMARKS = ["#ff4040", "#4080ff", "#ffff00", "#ff00ff", "#00ffff"];
+import { drawFaces } from "./draw.js";
+import { explain, prettyJson } from "./present.js";
 
 function element(tag, className, text) {
   const node = document.createElement(tag);
@@ -16,43 +14,42 @@ function element(tag, className, text) {
 function loadImage(file) {
   return new Promise((resolve, reject) => {
     const img = new Image();
-    img.onload = () => resolve(img);
-    img.onerror = () => reject(new Error("the browser cannot show this image"));
-    img.src = URL.createObjectURL(file);
+    const url = URL.createObjectURL(file);
+    img.onload = () => {
+      URL.revokeObjectURL(url);
+      resolve(img);
+    };
+    img.onerror = () => {
+      URL.revokeObjectURL(url);
+      reject(new Error("the browser cannot show this image"));
+    };
+    img.src = url;
   });
 }
 
-function drawFaces(canvas, img, result) {
-  // Coordinates are in the photo's pixels, EXIF orientation applied: the browser shows it
-  // the same way, so the canvas takes the result's size and the image is scaled onto it.
-  const width = result.width || img.naturalWidth;
-  const height = result.height || img.naturalHeight;
-  canvas.width = width;
-  canvas.height = height;
-  const ctx = canvas.getContext("2d");
-  ctx.drawImage(img, 0, 0, width, height);
-  const line = Math.max(2, Math.round(Math.min(width, height) / 320));
-  ctx.lineWidth = line;
-  ctx.font = `${Math.max(10, line * 6)}px sans-serif`;
-  for (const face of result.faces || []) {
-    const [x1, y1, x2, y2] = face.box;
-    ctx.strokeStyle = BOX;
-    ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
-    (face.kps || []).forEach(([x, y], i) => {
-      ctx.fillStyle = LANDMARKS[i % LANDMARKS.length];
-      ctx.beginPath();
-      ctx.arc(x, y, line + 1, 0, 2 * Math.PI);
-      ctx.fill();
-    });
-    const label = face.score.toFixed(2);
-    const labelHeight = line * 6 + 2 * line;
-    const top = y1 - labelHeight >= 0 ? y1 - labelHeight : y1;
-    ctx.fillStyle = BOX;
-    ctx.fillRect(x1, top, ctx.measureText(label).width + 2 * line, labelHeight);
-    ctx.fillStyle = "#000";
-    ctx.textBaseline = "top";
-    ctx.fillText(label, x1 + line, top + line);
+// The answer, indented, in a block that folds away.
+function jsonBlock(result, label) {
+  const block = element("details", "json");
+  block.open = true;
+  block.append(element("summary", "", label), element("pre", "", prettyJson(result)));
+  return block;
+}
+
+async function readJson(response) {
+  try {
+    return await response.json();
+  } catch {
+    return null; // not JSON: a proxy's error page, say; the status still tells
   }
+}
+
+function showFailure(card, summary, failure, ms) {
+  summary.textContent = `failed after ${ms} ms`;
+  summary.classList.add("error");
+  const problem = element("div", "problem");
+  problem.append(element("p", "advice", failure.advice), element("p", "detail", failure.detail));
+  summary.after(problem);
+  card.dataset.error = failure.code;
 }
 
 async function detect(file) {
@@ -60,8 +57,7 @@ async function detect(file) {
   card.append(element("h2", "", file.name));
   const summary = element("p", "summary", "detecting...");
   const canvas = element("canvas");
-  const json = element("pre", "json");
-  card.append(summary, canvas, json);
+  card.append(summary, canvas);
   document.getElementById("results").prepend(card);
   const started = performance.now();
   try {
@@ -71,15 +67,14 @@ async function detect(file) {
       headers: { "Content-Type": file.type || "application/octet-stream" },
       body: file,
     });
-    const result = await response.json();
+    const result = await readJson(response);
     const ms = Math.round(performance.now() - started);
-    json.textContent = JSON.stringify(result, null, 2);
     card.dataset.ms = String(ms);
-    if (!response.ok || result.error) {
-      const why = result.error ? `${result.error.code}: ${result.error.message}` : response.status;
-      summary.textContent = `failed after ${ms} ms (${why})`;
-      summary.classList.add("error");
-      card.dataset.error = result.error ? result.error.code : String(response.status);
+    if (result !== null) card.append(jsonBlock(result, `JSON answer (HTTP ${response.status})`));
+    if (!response.ok || result === null || result.error) {
+      canvas.remove();
+      const retry = response.headers.get("Retry-After");
+      showFailure(card, summary, explain(response.status, result, retry), ms);
       return;
     }
     const faces = (result.faces || []).length;
@@ -109,7 +104,8 @@ async function refreshStatus() {
     if (!response.ok) throw new Error(s.error ? s.error.message : String(response.status));
     line.textContent =
       `detectors alive: ${s.detectors} · lag: ${s.lag} · pending: ${s.pending}` +
-      (s.models.length ? ` · model: ${s.models.join(", ")}` : "");
+      (s.models.length ? ` · model: ${s.models.join(", ")}` : "") +
+      (s.detectors === 0 ? " · " + explain(503, { error: { code: "no_detector" } }).advice : "");
     line.classList.toggle("bad", s.detectors === 0);
   } catch (err) {
     line.textContent = `service unavailable: ${err.message}`;

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -122,9 +123,10 @@ def test_crops_from_the_detector_and_from_a_cache_hit(
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
+GREEN = (0, 255, 102)  # the page's box and label colour (ingest/static/draw.js BOX)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not (CHROMIUM and DRIVER):
         pytest.skip("no Chromium here: apt-get install chromium chromium-driver (.ci/run does)")
@@ -135,52 +137,236 @@ def browser() -> Iterator[Any]:
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         options.add_argument(flag)
+    # A fixed window: how large a photo is shown (and so its labels' size) depends on it.
+    options.add_argument("--window-size=1280,1000")
+    options.add_argument("--force-device-scale-factor=1")
     # The driver named explicitly: Selenium Manager would otherwise try to download one.
     driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
+    driver.set_script_timeout(60)
     try:
         yield driver
     finally:
         driver.quit()
 
 
+def _open_page(browser: Any, gateway: str) -> Any:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(gateway + "/")
+    wait = WebDriverWait(browser, 90)  # generous: two cores shared with everything else
+    wait.until(lambda d: "detectors alive: 1" in d.find_element(By.ID, "status").text)
+    return wait
+
+
+def _upload(browser: Any, wait: Any, path: Path, cards: int = 1) -> Any:
+    """Chooses `path` in the page and waits for the card that answers it (drawn or failed)."""
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.ID, "files").send_keys(str(path))
+    done = ".card[data-faces], .card[data-error]"
+    try:
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, done)) == cards)
+    except Exception:
+        logs = browser.get_log("browser") if hasattr(browser, "get_log") else []
+        raise AssertionError(f"{browser.find_element(By.ID, 'results').text}\n{logs}") from None
+    return browser.find_elements(By.CSS_SELECTOR, done)[0]  # the newest card comes first
+
+
+def _canvas_pixels(browser: Any) -> np.ndarray:
+    """The newest card's canvas as drawn (its own pixels, not the scaled view)."""
+    url = browser.execute_script("return document.querySelector('.card canvas').toDataURL();")
+    return _pixels(base64.b64decode(url.split(",", 1)[1]))
+
+
+def _shown(browser: Any) -> dict[str, Any]:
+    return dict(
+        browser.execute_script(
+            """const c = document.querySelector('.card canvas');
+            const r = c.getBoundingClientRect();
+            return {width: c.width, height: c.height, shownWidth: r.width, shownHeight: r.height,
+                    viewport: window.innerHeight, font: Number(c.dataset.font),
+                    line: Number(c.dataset.line),
+                    labels: JSON.parse(c.dataset.labels || '[]')};"""
+        )
+    )
+
+
+def _near(pixel: np.ndarray, colour: tuple[int, ...], tolerance: int = 40) -> bool:
+    """Drawn in `colour`, give or take antialiasing on a fractional coordinate."""
+    return bool((np.abs(pixel - np.array(colour)) <= tolerance).all())
+
+
+def _rgb(css: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in css[css.index("(") + 1 : css.index(")")].split(",")[:3])
+
+
 def test_the_page_draws_the_faces_of_an_uploaded_photo(
     gateway: str, browser: Any, photo_png: dict[str, bytes], tmp_path: Path
 ) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     photo = tmp_path / "astronaut.png"
     photo.write_bytes(photo_png["astronaut"])
-    browser.get(gateway + "/")
-    wait = WebDriverWait(browser, 60)
-    wait.until(lambda d: "detectors alive: 1" in d.find_element(By.ID, "status").text)
-    browser.find_element(By.ID, "files").send_keys(str(photo))
-    try:
-        card = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, ".card[data-faces]"))
-    except Exception:
-        logs = browser.get_log("browser") if hasattr(browser, "get_log") else []
-        raise AssertionError(f"{browser.find_element(By.ID, 'results').text}\n{logs}") from None
+    wait = _open_page(browser, gateway)
+    card = _upload(browser, wait, photo)
     assert card.get_attribute("data-faces") == "1"
     assert card.get_attribute("data-cached") in ("true", "false")
     assert "ms" in card.find_element(By.CLASS_NAME, "summary").text
-    shown = json.loads(card.find_element(By.CSS_SELECTOR, "pre.json").text)
+    # The answer, pretty-printed in a block that folds: indented, a box on one line, never a
+    # lone number on a line (JSON.stringify(x, null, 2) put each coordinate on its own).
+    block = card.find_element(By.CSS_SELECTOR, "details.json")
+    assert block.get_attribute("open") is not None
+    text = block.find_element(By.TAG_NAME, "pre").get_attribute("textContent")
+    shown = json.loads(text)
     assert len(shown["faces"]) == 1 and shown["width"] == 512
-    x1, y1, x2, y2 = shown["faces"][0]["box"]
-    # The box's left edge, halfway down, is the box colour on the canvas; its centre is not.
-    probe = """
-        const c = document.querySelector('.card canvas');
-        const px = (x, y) => Array.from(c.getContext('2d').getImageData(x, y, 1, 1).data);
-        return [c.width, c.height, px(arguments[0], arguments[1]), px(arguments[2], arguments[1])];
-    """
+    assert '\n  "faces": [\n    {\n      "box": [' in text
+    assert re.search(r'^ {6}"box": \[[-\d., ]+\],?$', text, re.MULTILINE), text
+    assert re.search(r'^ {6}"kps": \[\[[-\d., \[\]]+\]\],?$', text, re.MULTILINE), text
+    assert not re.search(r"^\s*-?[\d.e+-]+,?$", text, re.MULTILINE), text
+    block.find_element(By.TAG_NAME, "summary").click()
+    assert block.get_attribute("open") is None
+    assert not block.find_element(By.TAG_NAME, "pre").is_displayed()
+    face = shown["faces"][0]
+    x1, y1, x2, y2 = face["box"]
+    view = _shown(browser)
+    assert (view["width"], view["height"]) == (shown["width"], shown["height"])
+    drawn = _canvas_pixels(browser)
     mid_y = round((y1 + y2) / 2)
-    width, height, edge, inside = browser.execute_script(
-        probe, round(x1), mid_y, round((x1 + x2) / 2)
-    )
-    assert (width, height) == (shown["width"], shown["height"])
-    assert edge[1] > 200 and edge[0] < 80, edge  # #00ff66
-    assert not (inside[1] > 200 and inside[0] < 80), inside
+    # The box's left edge, halfway down, is the box colour on the canvas; its centre is not.
+    assert _near(drawn[mid_y, round(x1)], GREEN), drawn[mid_y, round(x1)]
+    assert not _near(drawn[mid_y, round((x1 + x2) / 2)], GREEN)
+    # The legend names the five landmarks, in the colours drawn at each one.
+    entries = browser.find_elements(By.CSS_SELECTOR, "#legend li.landmark")
+    names = [e.text.strip() for e in entries]
+    assert names == ["left eye", "right eye", "nose", "left mouth corner", "right mouth corner"]
+    for entry, (kx, ky) in zip(entries, face["kps"], strict=True):
+        swatch = entry.find_element(By.CLASS_NAME, "swatch")
+        colour = _rgb(swatch.value_of_css_property("background-color"))
+        assert _near(drawn[round(ky), round(kx)], colour), (entry.text, colour)
     # The second upload of the same photo comes from the cache.
-    browser.find_element(By.ID, "files").send_keys(str(photo))
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card[data-faces]")) == 2)
-    newest = browser.find_elements(By.CSS_SELECTOR, ".card[data-faces]")[0]
+    newest = _upload(browser, wait, photo, cards=2)
     assert newest.get_attribute("data-cached") == "true"
+    # Nothing the page does needs more than the gateway's Content-Security-Policy allows (no
+    # inline script, handler or style attribute; the photo shown from a blob: URL).
+    refused = [m for m in browser.get_log("browser") if "Content Security Policy" in m["message"]]
+    assert not refused, refused
+
+
+def _overlap(a: list[float], b: list[float]) -> float:
+    """Area shared by two [x1, y1, x2, y2] rectangles."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def test_the_page_labels_cover_no_other_face(
+    gateway: str, browser: Any, photos: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    # Twenty faces tiled edge to edge: boxes touch or overlap, there is no room above most.
+    photo = tmp_path / "crowd.png"
+    Image.fromarray(photos["lfw_mosaic"]).save(photo)
+    wait = _open_page(browser, gateway)
+    card = _upload(browser, wait, photo)
+    assert card.get_attribute("data-faces") == "20"
+    view = _shown(browser)
+    boxes = [f["box"] for f in _faces_of(card)]
+    labels = [[r["x"], r["y"], r["x"] + r["w"], r["y"] + r["h"]] for r in view["labels"]]
+    assert len(labels) == len(boxes) == 20
+    # Readable: the label text is at least 12 CSS px as shown.
+    assert view["font"] * view["shownWidth"] / view["width"] >= 12, view
+    for i, label in enumerate(labels):
+        assert min(label[0], label[1]) >= 0
+        assert label[2] <= view["width"] and label[3] <= view["height"]
+        for j, box in enumerate(boxes):
+            assert j == i or _overlap(label, box) == 0, (i, label, j, box)
+        for k, other in enumerate(labels[:i]):
+            assert _overlap(label, other) == 0, (i, label, k, other)
+    # The same on the drawn pixels: inside each box, off every box's outline and off the box's
+    # own label, nothing is the label colour, and each label is drawn where the page says.
+    drawn = _canvas_pixels(browser)
+    green = (np.abs(drawn - np.array(GREEN)) <= 24).all(axis=2)  # the photo is grey: none
+    line = view["line"] + 1  # the outline, and its antialiased edge
+    outline = np.zeros_like(green)
+    for x1, y1, x2, y2 in boxes:
+        a, b, c, d = (round(v) for v in (x1, y1, x2, y2))
+        for rows, cols in (
+            (slice(b - line, b + line + 1), slice(a - line, c + line + 1)),
+            (slice(d - line, d + line + 1), slice(a - line, c + line + 1)),
+            (slice(b - line, d + line + 1), slice(a - line, a + line + 1)),
+            (slice(b - line, d + line + 1), slice(c - line, c + line + 1)),
+        ):
+            outline[max(0, rows.start) : rows.stop, max(0, cols.start) : cols.stop] = True
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        inside = np.zeros_like(green)
+        inside[round(y1) : round(y2), round(x1) : round(x2)] = True
+        lx1, ly1, lx2, ly2 = labels[i]
+        inside[max(0, int(ly1) - 1) : int(ly2) + 2, max(0, int(lx1) - 1) : int(lx2) + 2] = False
+        stray = np.argwhere(green & inside & ~outline)
+        assert len(stray) == 0, f"face {i} {boxes[i]}: label colour at (y, x) {stray[:5]}"
+        lx1, ly1, lx2, ly2 = (round(v) for v in labels[i])
+        assert green[ly1:ly2, lx1:lx2].mean() > 0.5, f"label {i} not drawn at {labels[i]}"
+
+
+def _faces_of(card: Any) -> list[dict[str, Any]]:
+    from selenium.webdriver.common.by import By
+
+    pre = card.find_element(By.CSS_SELECTOR, "details.json pre")
+    faces: list[dict[str, Any]] = json.loads(pre.get_attribute("textContent"))["faces"]
+    return faces
+
+
+def test_the_page_caps_a_tall_photo_to_the_viewport(
+    gateway: str, browser: Any, photos: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    tall = np.concatenate([photos["astronaut"]] * 5)  # 512 x 2560
+    photo = tmp_path / "tall.png"
+    Image.fromarray(tall).save(photo)
+    wait = _open_page(browser, gateway)
+    card = _upload(browser, wait, photo)
+    assert int(card.get_attribute("data-faces")) >= 1
+    view = _shown(browser)
+    assert (view["width"], view["height"]) == (512, 2560)
+    assert view["shownHeight"] <= view["viewport"], view
+    shown_ratio = view["shownWidth"] / view["shownHeight"]
+    assert abs(shown_ratio - 512 / 2560) < 0.01, view  # its shape kept
+    # Labels drawn for the size shown: as readable as on a photo shown full size.
+    assert view["font"] * view["shownWidth"] / view["width"] >= 12, view
+
+
+def test_the_page_says_what_went_wrong_in_the_servers_words(
+    gateway: str, browser: Any, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    body = b"hello, this is not a photo"
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(body)
+    server = httpx.post(
+        f"{gateway}/v1/detect?wait=true",
+        content=body,
+        headers={"content-type": "text/plain"},
+        timeout=30,
+    )
+    assert server.status_code == 415
+    message = server.json()["error"]["message"]
+    wait = _open_page(browser, gateway)
+    card = _upload(browser, wait, notes)
+    assert card.get_attribute("data-error") == "not_an_image"
+    problem = card.find_element(By.CLASS_NAME, "problem")
+    assert "JPEG, PNG, WebP or BMP" in problem.find_element(By.CLASS_NAME, "advice").text
+    assert message in problem.find_element(By.CLASS_NAME, "detail").text
+    assert not card.find_elements(By.TAG_NAME, "canvas")
+    # The other codes' sentences, from the page's own module (a gateway without a detector
+    # answers no_detector; a huge photo too_many_pixels).
+    explained = browser.execute_async_script(
+        """const done = arguments[arguments.length - 1];
+        import('/ui/present.js').then((m) => done([
+            m.explain(503, {error: {code: 'no_detector', message: 'none alive'}}, '1'),
+            m.explain(200, {error: {code: 'too_many_pixels', message: 'too big'}}, null),
+        ])).catch((e) => done(String(e)));"""
+    )
+    no_detector, pixels = explained
+    assert "`facestream detector` or `facestream up`" in no_detector["advice"]
+    assert no_detector["detail"] == "no_detector: none alive (retry after 1 s)"
+    assert "FACESTREAM_MAX_PIXELS" in pixels["advice"] and "too big" in pixels["detail"]

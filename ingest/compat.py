@@ -12,7 +12,9 @@ from fastapi.responses import JSONResponse
 from facestream.common.settings import Settings
 from facestream.common.streams.errors import REDIS_ERRORS
 from facestream.ingest.hits import answer_or_wait
+from facestream.ingest.http_errors import readable
 from facestream.ingest.http_input import read_request
+from facestream.ingest.liveness import NoDetector
 from facestream.ingest.publisher import Overloaded, PublishError, make_event
 
 if TYPE_CHECKING:
@@ -59,7 +61,8 @@ def add_compat_routes(app: FastAPI, settings: Settings) -> None:
         description="Multipart field `image` (or the raw body). Answers "
         '`{"boxes": [[x1, y1, x2, y2]], "keypoints": [[10 numbers]], "scores": []}` in '
         'original-image pixels, or `{"error": "..."}` with 400 (bad request, not an image, '
-        "too large, undecodable), 503 (overloaded; Retry-After) or 504 (no answer in time). "
+        "too large, undecodable), 503 (no detector running, overloaded or Redis unavailable; "
+        "Retry-After) or 504 (no answer in time). "
         "Same stream, cache, lock and detector as /v1/detect?wait=true.",
         openapi_extra={
             "requestBody": {
@@ -86,7 +89,7 @@ def add_compat_routes(app: FastAPI, settings: Settings) -> None:
                 "content": {"application/json": {"schema": _OLD_ERROR}},
             },
             503: {
-                "description": "overloaded",
+                "description": "no detector running, overloaded, or Redis unavailable",
                 "content": {"application/json": {"schema": _OLD_ERROR}},
             },
             504: {
@@ -100,17 +103,19 @@ def add_compat_routes(app: FastAPI, settings: Settings) -> None:
             image, _ = await read_request(request, settings)
             event = make_event(image, reply_to=app.state.replies.stream, limits=settings.limits())
             state = app.state
+            await state.liveness.require()
             result = await answer_or_wait(
                 state.hits, state.replies, state.publisher, event, settings.wait_timeout_ms / 1000
             )
-        except Overloaded as exc:
+        except (Overloaded, NoDetector) as exc:
             return old_error(503, exc.message, exc.retry_after_s)
         except PublishError as exc:
-            return old_error(400, exc.message)
-        except REDIS_ERRORS:
-            return old_error(503, "service unavailable", settings.retry_after_s)
+            return old_error(400, readable(exc.message))
+        except REDIS_ERRORS as exc:
+            _, message = app.state.trouble.answer(exc)
+            return old_error(503, message, settings.retry_after_s)
         if result is None:
             return old_error(504, "timeout")
         if "error" in result:
-            return old_error(400, result["error"]["message"])
+            return old_error(400, readable(str(result["error"]["message"])))
         return JSONResponse(old_shape(result))

@@ -16,16 +16,20 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from facestream.common.contract.schema import MAX_ID_CHARS
+from facestream.common.log import get_logger
 from facestream.common.settings import Settings
 from facestream.common.streams.errors import REDIS_ERRORS
 from facestream.ingest import metrics
+from facestream.ingest.headers import NOSNIFF
 from facestream.ingest.hits import answer_or_wait
+from facestream.ingest.http_errors import clean_result, readable
 from facestream.ingest.http_input import b64_default, parse_meta, read_body
 from facestream.ingest.publisher import BadRequest, PublishError, make_event
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-_JSON = [(b"content-type", b"application/json")]
+_JSON = [(b"content-type", b"application/json"), NOSNIFF]
+log = get_logger(__name__)
 
 
 class FastDetect:
@@ -50,16 +54,21 @@ class FastDetect:
             status, body, headers = await self._detect(scope, receive)
         except PublishError as exc:
             status = exc.status
-            body = _error(exc.code, exc.message)
+            body = _error(exc.code, readable(exc.message))
             headers = (
                 [(b"retry-after", str(getattr(exc, "retry_after_s", 1)).encode())]
                 if status == 503
                 else []
             )
-        except REDIS_ERRORS:
+        except REDIS_ERRORS as exc:
             status = 503
-            body = _error("unavailable", "the queue is unreachable; retry later")
+            body = _error(*self.app.state.trouble.answer(exc))
             headers = [(b"retry-after", str(self.s.retry_after_s).encode())]
+        except Exception:  # the same shape as FastAPI's last resort (ingest/http_errors.py)
+            log.exception("request_failed", path=scope["path"])
+            status = 500
+            body = _error("internal", "internal error; it was logged")
+            headers = []
         headers = [*_JSON, (b"content-length", str(len(body)).encode()), *headers]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -94,7 +103,9 @@ class FastDetect:
         )
         if not wait:
             entry = await state.publisher.publish(event)
-            return 202, orjson.dumps({"id": event.id, "sha256": event.sha256, "entry": entry}), []
+            accepted = {"id": event.id, "sha256": event.sha256, "entry": entry}
+            return 202, orjson.dumps(await state.liveness.accepted_body(accepted)), []
+        await state.liveness.require()
         result = await answer_or_wait(
             state.hits, state.replies, state.publisher, event, timeout_ms / 1000
         )
@@ -109,7 +120,7 @@ class FastDetect:
                 }
             )
             return 504, body, []
-        return 200, orjson.dumps(result, default=b64_default), []
+        return 200, orjson.dumps(clean_result(result), default=b64_default), []
 
 
 def _is_multipart(scope: Scope) -> bool:

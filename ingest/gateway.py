@@ -1,8 +1,9 @@
 """HTTP gateway (FastAPI on uvicorn): images in over HTTP, events onto the images stream.
 
 `POST /v1/detect` answers 202 with the id at once, or with `?wait=true` 200 with the result once
-a detector has answered (504 when `timeout_ms` passes first). Waiting uses the event's
-`reply_to`: one reply stream and one blocking reader per process (ingest/replies.py).
+a detector has answered (504 when `timeout_ms` passes first; 503 `no_detector` at once when no
+detector is alive). Waiting uses the event's `reply_to`: one reply stream and one blocking
+reader per process (ingest/replies.py). Errors: ingest/http_errors.py.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from contextlib import asynccontextmanager
 import orjson
 import redis.exceptions
 from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,9 +25,13 @@ from facestream.common.log import get_logger
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client
 from facestream.common.streams.errors import REDIS_ERRORS
+from facestream.common.streams.types import AsyncClient
 from facestream.ingest import metrics
+from facestream.ingest.apidocs import add_docs_routes
 from facestream.ingest.compat import add_compat_routes
+from facestream.ingest.headers import SecurityHeaders
 from facestream.ingest.hits import CacheAnswers, answer_or_wait
+from facestream.ingest.http_errors import RedisTrouble, add_error_handlers, clean_result, is_oom
 from facestream.ingest.http_input import (
     CROPS_DOC,
     REQUEST_BODY,
@@ -37,11 +41,9 @@ from facestream.ingest.http_input import (
     form_event,
     read_request,
 )
+from facestream.ingest.liveness import Liveness
 from facestream.ingest.looks import add_look_routes
-from facestream.ingest.publisher import (
-    AsyncPublisher,
-    PublishError,
-)
+from facestream.ingest.publisher import AsyncPublisher
 from facestream.ingest.replies import ReplyRouter
 
 log = get_logger(__name__)
@@ -83,6 +85,7 @@ def create_app(settings: Settings) -> FastAPI:
         client = async_client(settings)
         app.state.client = client
         app.state.publisher = AsyncPublisher(settings, client)
+        app.state.liveness = Liveness(settings, client)
         app.state.replies = ReplyRouter(client, keys, settings.reply_ttl_s)
         await app.state.replies.start()
         # Results the gateway answers from the cache name it as their producer.
@@ -106,33 +109,13 @@ def create_app(settings: Settings) -> FastAPI:
         description="Face detection over Redis Streams: publish an image, optionally wait "
         "for its faces. Result fields are those of the v1 result contract (docs/contract.md).",
         lifespan=lifespan,
+        # Served from an installed package by ingest/apidocs.py instead of a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
-
-    @app.exception_handler(PublishError)
-    async def on_publish_error(request: Request, exc: PublishError) -> JSONResponse:
-        headers = (
-            {"Retry-After": str(getattr(exc, "retry_after_s", 1))} if exc.status == 503 else None
-        )
-        return error(exc.status, exc.code, exc.message, headers=headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def on_bad_query(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        return error(400, "bad_request", problems)
-
-    async def on_redis_down(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("redis_unavailable", error=str(exc))
-        return error(
-            503,
-            "unavailable",
-            "the queue is unreachable; retry later",
-            headers={"Retry-After": str(settings.retry_after_s)},
-        )
-
-    for kind in REDIS_ERRORS:
-        app.add_exception_handler(kind, on_redis_down)
+    # Redis errors seen by requests, shared with the fast path and /readyz.
+    app.state.trouble = trouble = RedisTrouble()
+    add_error_handlers(app, settings, trouble)
 
     @app.post(
         "/v1/detect",
@@ -143,7 +126,11 @@ def create_app(settings: Settings) -> FastAPI:
             400: error_doc("bad request"),
             413: error_doc("image too large"),
             415: error_doc("not an image"),
-            503: error_doc("overloaded or Redis unreachable; see Retry-After"),
+            503: error_doc(
+                "no detector alive (`no_detector`, wait=true only), overloaded (`overloaded`), "
+                "Redis out of memory (`redis_oom`) or unreachable (`unavailable`); see "
+                "Retry-After"
+            ),
             504: error_doc("no result within timeout_ms (the image is still processed)"),
         },
     )
@@ -169,9 +156,12 @@ def create_app(settings: Settings) -> FastAPI:
             crops=crops,
         )
         publisher: AsyncPublisher = app.state.publisher
+        liveness: Liveness = app.state.liveness
         if not wait:
             entry = await publisher.publish(event)
-            return JSONResponse({"id": event.id, "sha256": event.sha256, "entry": entry}, 202)
+            accepted = {"id": event.id, "sha256": event.sha256, "entry": entry}
+            return JSONResponse(await liveness.accepted_body(accepted), 202)
+        await liveness.require()
         router: ReplyRouter = app.state.replies
         timeout_s = (timeout_ms or settings.wait_timeout_ms) / 1000
         result = await answer_or_wait(app.state.hits, router, publisher, event, timeout_s)
@@ -179,10 +169,13 @@ def create_app(settings: Settings) -> FastAPI:
             return error(
                 504, "timeout", "no result in time; it will still be published", id=event.id
             )
+        clean_result(result)
         return Response(orjson.dumps(result, default=b64_default), media_type="application/json")
 
     add_compat_routes(app, settings)
     add_look_routes(app, settings, keys)
+    docs_csp = add_docs_routes(app, "facestream gateway")
+    app.add_middleware(SecurityHeaders, docs_csp=docs_csp)
     app.add_middleware(MetricsMiddleware)
 
     @app.get("/metrics", include_in_schema=False)
@@ -205,6 +198,8 @@ def create_app(settings: Settings) -> FastAPI:
             groups = []  # no images stream yet
         except REDIS_ERRORS as exc:
             return JSONResponse({"status": "not_ready", "reason": f"redis: {exc}"}, 503)
+        if await out_of_memory(client, keys.parts[0].images) or app.state.trouble.oom_lately():
+            return JSONResponse({"status": "not_ready", "reason": "redis: " + OOM_REASON}, 503)
         names = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"] for g in groups}
         if settings.detector_group not in names:
             return JSONResponse(
@@ -220,6 +215,23 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"status": "ready"})
 
     return app
+
+
+OOM_REASON = "out of memory (maxmemory reached): writes are refused"
+
+
+async def out_of_memory(client: AsyncClient, stream: str) -> bool:
+    """Would Redis refuse a write for memory now? Asked with an XADD that can never add (id
+    0-0, NOMKSTREAM): Redis checks memory before running a write, so the answer is the OOM
+    error or the id error, and nothing is written. The gateway's ACL role has XADD on the
+    images streams, and not INFO."""
+    try:
+        await client.xadd(stream, {"probe": "1"}, id="0-0", nomkstream=True)
+    except redis.exceptions.ResponseError as exc:
+        return is_oom(exc)
+    except REDIS_ERRORS:
+        return False  # an outage: the ping before this one says so
+    return False
 
 
 def app_factory() -> ASGIApp:

@@ -24,6 +24,7 @@ from facestream.common.settings import Settings
 from facestream.common.streams.serving import live_detectors
 from facestream.ingest.drawing import draw_faces
 from facestream.ingest.hits import answer_or_wait
+from facestream.ingest.http_errors import readable
 from facestream.ingest.http_input import (
     REQUEST_BODY,
     error,
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
 STATIC = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
-    "draw.js": "text/javascript; charset=utf-8",
-    "present.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 # Errors a result can carry, as the HTTP status /v1/draw answers them with: the image's fault
@@ -126,7 +125,10 @@ def add_look_routes(app: FastAPI, settings: Settings, keys: Keys) -> None:
             413: error_doc("image too large"),
             415: error_doc("not an image"),
             422: error_doc("the detector could not read the image"),
-            503: error_doc("overloaded, Redis unreachable or inference failed; see Retry-After"),
+            503: error_doc(
+                "no detector alive, overloaded, Redis unreachable or inference failed; "
+                "see Retry-After"
+            ),
             504: error_doc("no result within timeout_ms"),
         },
     )
@@ -145,6 +147,7 @@ def add_look_routes(app: FastAPI, settings: Settings, keys: Keys) -> None:
         )
         state = app.state
         timeout_s = (timeout_ms or settings.wait_timeout_ms) / 1000
+        await state.liveness.require()  # none alive: 503 no_detector at once
         result = await answer_or_wait(state.hits, state.replies, state.publisher, event, timeout_s)
         if result is None:
             return error(504, "timeout", "no result in time; it will still be published")
@@ -158,14 +161,16 @@ async def _drawn(
         code = str(result["error"].get("code", "error"))
         if code in _RETRY:
             headers = {"Retry-After": str(settings.retry_after_s)}
-            return error(503, code, str(result["error"].get("message", "")), headers=headers)
-        return error(422, code, str(result["error"].get("message", "")))
+            return error(
+                503, code, readable(str(result["error"].get("message", ""))), headers=headers
+            )
+        return error(422, code, readable(str(result["error"].get("message", ""))))
     faces = result.get("faces") or []
     try:
         # Decoding and encoding a large photo takes tens of ms: off the event loop.
         drawn = await asyncio.to_thread(draw_faces, image, faces, settings.max_pixels)
     except PhotoError as exc:
-        return error(422, "undecodable", str(exc))
+        return error(422, "undecodable", readable(str(exc)))
     headers = {
         "X-Facestream-Faces": str(len(faces)),
         "X-Facestream-Cached": "true" if result.get("cached") else "false",

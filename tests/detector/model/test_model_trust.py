@@ -280,3 +280,18 @@ def test_a_detector_refuses_an_untrusted_model_with_one_line_and_exit_2(registry
     refused = [line for line in lines if "model_refused" in line]
     assert len(refused) == 1 and "writable by every user" in refused[0], lines
     assert "Traceback" not in done.stderr
+
+
+def test_builtin_int8_is_checked_the_same_way(tmp_path: Path) -> None:
+    """`builtin-int8`'s directory is refused before its manifest is read."""
+    from facestream.detector.model.quantize import QUANTIZED_NAME
+
+    folder = tmp_path / QUANTIZED_NAME
+    folder.mkdir()
+    (folder / "quantized.json").write_text("{}")
+    folder.chmod(0o777)
+    with pytest.raises(ModelLoadError, match=rf"{QUANTIZED_NAME}: writable by every user"):
+        load_model(Settings(model=QUANTIZED_NAME, model_dir=str(tmp_path)))
+    folder.chmod(0o755)
+    with pytest.raises(ModelLoadError, match="not a format 1 manifest"):
+        load_model(Settings(model=QUANTIZED_NAME, model_dir=str(tmp_path)))

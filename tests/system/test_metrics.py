@@ -247,3 +247,60 @@ def test_gateway_workers_share_one_metrics_page(
     assert [page.get(key) for page in pages] == [40.0] * 6
     # The shared files hold what gateway processes define, and nothing of the detectors'.
     assert "facestream_http_requests" in declared and declared <= GATEWAY, declared
+
+
+def test_up_gives_each_detector_and_sink_a_metrics_port(tmp_path: Any) -> None:
+    """`facestream up` prints one metrics URL per detector and sink; each serves that
+    process's service's metrics, and the gateway's /metrics only the gateway's."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from facestream.control.embedded import free_port
+    from tests.support.procs import ROOT
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "FACESTREAM_HTTP_PORT": str(port),
+        "FACESTREAM_LOG_FORMAT": "json",
+        "FACESTREAM_INTRA_OP_THREADS": "1",
+    }
+    env.pop("FACESTREAM_REDIS_URL", None)
+    env.pop("FACESTREAM_METRICS_PORT", None)
+    err = tmp_path / "up.err"
+    up = ["up", "--detectors", "2", "--dir", str(tmp_path / "fs")]
+    with err.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "facestream.control.cli", *up],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "ready;" not in err.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text()
+            time.sleep(0.2)
+        text = err.read_text()
+        printed = dict(re.findall(r"^metrics\s+(\S+)\s+(http://\S+/metrics)$", text, re.M))
+        assert set(printed) == {"detector-0", "detector-1", "sink-jsonl"}, text
+        assert len(set(printed.values())) == 3  # a port each
+        pages: dict[str, set[str]] = {}
+        for name, url in printed.items():
+            while True:  # the sink may open its port just after `up` says ready
+                try:
+                    pages[name] = families(url)
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, f"{name}: {url} never answered"
+                    time.sleep(0.2)
+        gateway = families(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, err.read_text()[-3000:]
+    assert pages == {"detector-0": DETECTOR, "detector-1": DETECTOR, "sink-jsonl": SINK}
+    assert gateway == GATEWAY

@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(default=24 * 1024 * 1024, ge=1024)
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(default=40_000_000, ge=1)
+    # Scans a (progressive) JPEG may have: each one re-decodes the whole picture, real photos
+    # have about 10, past it the image is refused `too_complex` before decoding.
+    max_jpeg_scans: int = Field(default=100, ge=1, le=100_000)
     max_meta_bytes: int = Field(default=4096, ge=0)
 
     # --- model ------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ class Inference:
                 max_side=spec.fit,
                 upscale=spec.norm.upscale,
                 resize=spec.resize,
+                max_scans=self.s.max_jpeg_scans,
             )
         except SchemaError as err:
             return err

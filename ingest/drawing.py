@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import ImageDraw, ImageFont
 
-from facestream.common.imaging.photo import open_oriented
+from facestream.common.imaging.photo import MAX_JPEG_SCANS, open_oriented
 
 BOX = (0, 255, 102)
 # Left eye, right eye, nose, left and right mouth corner: a colour each, so a swapped pair
@@ -22,10 +22,16 @@ LANDMARKS = ((255, 64, 64), (64, 128, 255), (255, 255, 0), (255, 0, 255), (0, 25
 JPEG_QUALITY = 92
 
 
-def draw_faces(image: bytes, faces: Sequence[Mapping[str, Any]], max_pixels: int) -> bytes:
-    """`image` (any allowed format) as a JPEG of the same size with `faces` drawn on it.
-    Raises PhotoError when the bytes cannot be opened."""
-    photo = open_oriented(image, max_pixels)
+def draw_faces(
+    image: bytes,
+    faces: Sequence[Mapping[str, Any]],
+    max_pixels: int,
+    max_scans: int = MAX_JPEG_SCANS,
+) -> bytes:
+    """`image` (any allowed format) as a JPEG of the same size with `faces` drawn on it, upright
+    (common/imaging/photo.py: the frame the faces were measured in). Raises PhotoError when the
+    bytes cannot be opened within the decode budget."""
+    photo = open_oriented(image, max_pixels, max_scans)
     pen = ImageDraw.Draw(photo)
     # Lines and labels scale with the photo, so both a thumbnail and a 24 MP shot read well.
     line = max(2, round(min(photo.size) / 320))

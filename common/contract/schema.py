@@ -36,6 +36,7 @@ class ErrorCode(StrEnum):
     UNDECODABLE = "undecodable"
     TOO_LARGE = "too_large"
     TOO_MANY_PIXELS = "too_many_pixels"
+    TOO_COMPLEX = "too_complex"
     HASH_MISMATCH = "hash_mismatch"
     INFERENCE_FAILED = "inference_failed"
     MAX_DELIVERIES = "max_deliveries"

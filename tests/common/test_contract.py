@@ -179,6 +179,7 @@ def test_error_codes_are_the_contracts() -> None:
         "undecodable",
         "too_large",
         "too_many_pixels",
+        "too_complex",
         "hash_mismatch",
         "inference_failed",
         "max_deliveries",

@@ -119,14 +119,18 @@ def orient(img: Image.Image) -> tuple[Image.Image, int]:
 
 def _wide_to_l(img: Image.Image) -> Image.Image:
     """16- and 32-bit single-channel pixels as 8-bit L, scaled by their depth: I;16 (and an I
-    image within 0..65535) keeps its high byte, values within 0..255 stay as they are, anything
-    else (negative or past 16 bits, or float) is stretched from its minimum to its maximum."""
+    image within 0..65535) keeps its high byte, values within 0..255 stay as they are (a float
+    image within 0..1 is scaled by 255), anything else (negative, past 16 bits) is stretched
+    from its minimum to its maximum. None of the accepted formats decodes to I or F today
+    (Pillow reads 16-bit PNG grey as I;16, other 16-bit PNGs straight to 8 bits)."""
     a = np.asarray(img)
     if img.mode.startswith("I;16"):
         return Image.fromarray((a >> 8).astype(np.uint8))
     finite = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = float(finite.min()), float(finite.max())
-    if lo >= 0 and hi <= 255:
+    if img.mode == "F" and lo >= 0 and hi <= 1:
+        out = finite * 255
+    elif lo >= 0 and hi <= 255:
         out = finite
     elif lo >= 0 and hi <= 65535 and img.mode == "I":
         out = np.floor(finite / 256)

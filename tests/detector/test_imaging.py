@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,8 +13,12 @@ from PIL import Image
 
 from facestream.common.contract.imagetypes import sniff_format
 from facestream.common.contract.schema import ErrorCode, SchemaError
-from facestream.detector.imaging import decode_image, fit_size
+from facestream.common.imaging.photo import open_oriented, to_rgb8
+from facestream.detector.imaging import decode_image, fit_size, image_size
+from facestream.ingest.drawing import draw_faces
 from tests.conftest import encode
+from tests.support.bombs import png_chunk, png_with_chunk_before_iend
+from tests.support.faces import detect, iou
 
 BIG = 1 << 30
 
@@ -145,3 +150,98 @@ def test_mmcv_resize_equals_opencv_on_float32(photos: dict[str, np.ndarray]) -> 
     )
     up = cv2.resize(photos["coffee"].astype(np.float32), (640, 427), interpolation=cv2.INTER_LINEAR)
     assert small.pixels.shape == (427, 640, 3) and float(np.max(np.abs(small.pixels - up))) < 1e-3
+
+
+# --- one orientation rule, one depth rule (issue #25) ------------------------------------------
+
+# How an upright picture is stored so that its EXIF orientation turns it back upright.
+STORED = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90}
+
+
+def stored_with_orientation(upright: np.ndarray, orientation: int, fmt: str) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    options: dict[str, object] = {"lossless": True} if fmt == "WEBP" else {}
+    stored = Image.fromarray(upright).transpose(STORED[orientation])
+    stored.save(buf, fmt, exif=exif.tobytes(), **options)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "JPEG"])
+@pytest.mark.parametrize("orientation", [6, 3])
+def test_orientation_is_applied_for_every_format(
+    photos: dict[str, np.ndarray], builtin_model: Any, fmt: str, orientation: int
+) -> None:
+    """The face is found where it is upright, in an upright-sized frame, whatever the format."""
+    upright = photos["grace_hopper"]  # 512 wide, 600 high, one face
+    data = stored_with_orientation(upright, orientation, fmt)
+    img = decode(data)
+    assert (img.width, img.height) == (512, 600)
+    assert image_size(data) == (512, 600)
+    want = detect(
+        builtin_model, encode(upright, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    )
+    got = detect(builtin_model, data)
+    assert len(want) == 1 and len(got) == 1
+    assert iou(got[0].box, want[0].box) > 0.9
+    # The gateway's crops and drawings open it the same way.
+    assert open_oriented(data, BIG).size == (512, 600)
+    assert Image.open(io.BytesIO(draw_faces(data, [], BIG))).size == (512, 600)
+
+
+def test_png_exif_after_the_pixels_counts_in_the_header_size(photos: dict[str, np.ndarray]) -> None:
+    """Some writers put eXIf after IDAT, where Pillow sees it only after decoding."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    tall = photos["astronaut"][:, :300]  # 300 wide, 512 high
+    late = png_with_chunk_before_iend(encode(tall), png_chunk(b"eXIf", exif.tobytes()))
+    assert image_size(late) == (512, 300)
+    img = decode(late)
+    assert (img.width, img.height) == (512, 300) and img.pixels.shape == (300, 512, 3)
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped(
+    photos: dict[str, np.ndarray], builtin_model: Any
+) -> None:
+    grey = photos["camera"]  # one face
+    wide = encode(grey.astype(np.uint16) * 257)  # the same picture at 16 bits
+    assert Image.open(io.BytesIO(wide)).mode == "I;16"
+    img = decode(wide, max_side=None)
+    assert np.array_equal(img.pixels[..., 0], grey)
+    want, got = detect(builtin_model, encode(grey)), detect(builtin_model, wide)
+    assert len(want) == 1 and len(got) == 1 and iou(got[0].box, want[0].box) > 0.99
+    assert np.array_equal(np.asarray(open_oriented(wide, BIG))[..., 0], grey)
+
+
+@pytest.mark.parametrize(
+    ("mode", "values", "expected"),
+    [
+        ("I;16B", [0, 257 * 100, 65535], [0, 100, 255]),
+        ("I", [0, 257 * 100, 65535], [0, 100, 255]),
+        ("I", [0, 100, 255], [0, 100, 255]),
+        ("I", [-1000, 0, 1000], [0, 128, 255]),
+        ("F", [0.0, 0.5, 1.0], [0, 128, 255]),
+    ],
+)
+def test_wide_pixels_scale_to_eight_bits(
+    mode: str, values: list[float], expected: list[int]
+) -> None:
+    dtype = {"I;16B": ">u2", "I": "<i4", "F": "<f4"}[mode]
+    img = Image.frombytes(mode, (3, 1), np.array(values, dtype=dtype).tobytes())
+    out = np.asarray(to_rgb8(img))
+    assert out.shape == (1, 3, 3) and out[0, :, 0].tolist() == expected
+
+
+def test_transparency_is_over_white(photos: dict[str, np.ndarray]) -> None:
+    rgba = np.zeros((4, 4, 4), np.uint8)  # transparent black ...
+    rgba[:2, :, :] = (10, 20, 30, 255)  # ... under an opaque top half
+    png = encode(rgba)
+    px = decode(png).pixels
+    assert px[0, 0].tolist() == [10, 20, 30] and px[3, 3].tolist() == [255, 255, 255]
+    la = Image.fromarray(rgba[..., [0, 3]], "LA")
+    assert np.asarray(to_rgb8(la))[3, 3].tolist() == [255, 255, 255]
+    pal = Image.fromarray(photos["coffee"][:8, :8]).quantize(4)
+    pal.info["transparency"] = 0
+    out = np.asarray(to_rgb8(pal))
+    assert (out[np.asarray(pal) == 0] == 255).all()

@@ -42,6 +42,8 @@ const ADVICE = {
     "result is published to the results stream.",
   overloaded: "The service is overloaded: too many photos wait already. Try again shortly.",
   unavailable: "The service cannot reach its queue (Redis). Try again shortly.",
+  redis_oom: "The service's queue (Redis) is full: nothing was queued. Try again shortly.",
+  internal: "The service failed on this request (its log says why).",
   too_large: "The file is over the service's size limit (FACESTREAM_MAX_IMAGE_BYTES).",
   too_many_pixels:
     "The photo has more pixels than the service accepts (FACESTREAM_MAX_PIXELS): " +
@@ -50,11 +52,16 @@ const ADVICE = {
   unsupported_media_type:
     "This file is not a photo the service reads: send a JPEG, PNG, WebP or BMP.",
   undecodable: "The photo could not be decoded: it is corrupt, truncated or not an image.",
+  too_complex:
+    "The photo is encoded in more passes than the service decodes (FACESTREAM_MAX_JPEG_SCANS): " +
+    "save it as a baseline JPEG or a PNG.",
   inference_failed: "The detector failed while running the model on this photo. Try again.",
   max_deliveries: "The detector gave up on this photo after several tries.",
   hash_mismatch: "The photo's bytes changed on the way (their checksum does not match).",
   bad_request: "The service refused the request.",
   bad_event: "The service refused the request.",
+  not_found: "The page asked for an address the service does not have.",
+  method_not_allowed: "The page asked the service in a way it does not answer.",
 };
 
 // {code, advice, detail} for a failed answer: `detail` is the server's own message (with the

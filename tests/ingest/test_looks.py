@@ -370,3 +370,44 @@ def test_the_page_says_what_went_wrong_in_the_servers_words(
     assert "`facestream detector` or `facestream up`" in no_detector["advice"]
     assert no_detector["detail"] == "no_detector: none alive (retry after 1 s)"
     assert "FACESTREAM_MAX_PIXELS" in pixels["advice"] and "too big" in pixels["detail"]
+
+
+@pytest.fixture(scope="module")
+def lonely_gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A gateway with no detector behind it."""
+    port = free_port()
+    procs = Procs(
+        tmp_path_factory.mktemp("lonely"), base_env(redis_url, f"lonely{uuid.uuid4().hex[:8]}")
+    )
+    procs.start("gateway", ["-m", "facestream.ingest"], FACESTREAM_HTTP_PORT=str(port))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        # Not /readyz: that waits for a detector's consumer group, which never comes.
+        procs.wait_for(
+            lambda: httpx.get(f"{url}/healthz", timeout=2).status_code == 200, "gateway up"
+        )
+        yield url
+    finally:
+        codes = procs.stop()
+        assert codes == [0], procs.logs()
+
+
+def test_the_page_says_no_detector_runs(
+    lonely_gateway: str, browser: Any, photo_png: dict[str, bytes], tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    photo = tmp_path / "astronaut.png"
+    photo.write_bytes(photo_png["astronaut"])
+    browser.get(lonely_gateway + "/")
+    wait = WebDriverWait(browser, 90)
+    status = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#status.bad"))
+    assert "detectors alive: 0" in status.text and "`facestream up`" in status.text
+    card = _upload(browser, wait, photo)
+    assert card.get_attribute("data-error") == "no_detector"
+    problem = card.find_element(By.CLASS_NAME, "problem")
+    advice = problem.find_element(By.CLASS_NAME, "advice").text
+    assert advice.startswith("No detector is running: start one with `facestream detector`")
+    detail = problem.find_element(By.CLASS_NAME, "detail").text
+    assert detail.startswith("no_detector: no detector is running") and "retry after" in detail

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 STATIC = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
+    "draw.js": "text/javascript; charset=utf-8",
+    "present.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 # Errors a result can carry, as the HTTP status /v1/draw answers them with: the image's fault

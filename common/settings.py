@@ -86,6 +86,13 @@ class Settings(BaseSettings):
     # Turn off only when another consumer group also reads the images stream.
     delete_acked_images: bool = True
     reply_maxlen: int = Field(default=10_000, ge=1)
+    # ... and in bytes: each reply keeps at most reply_max_bytes / (its own size) entries, so
+    # a gateway's reply stream of answers this size stays under it (docs/reliability.md).
+    reply_max_bytes: int = Field(default=64 * 1024**2, ge=64 * 1024)
+    # A result's crops (crops=true): at most this many, and this many bytes of JPEG; the
+    # faces past either carry none and `crops_omitted` counts them (docs/contract.md).
+    max_crops: int = Field(default=64, ge=0)
+    max_crop_bytes: int = Field(default=1024**2, ge=0)
 
     # --- recovery ---------------------------------------------------------------------------
     # Entries pending longer than this on any member are claimed by a live one (XAUTOCLAIM);
@@ -102,6 +109,11 @@ class Settings(BaseSettings):
     results_keep: int = Field(default=200, ge=0)
     trim_every_ms: int = Field(default=10_000, ge=100)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # Background tasks (common/supervise.py): one failing this many times within the window
+    # stops the process, exit 1; each restart waits 0.5 s, doubling up to the cap.
+    task_max_failures: int = Field(default=5, ge=1)
+    task_failure_window_s: float = Field(default=60.0, gt=0)
+    task_backoff_max_s: float = Field(default=10.0, gt=0)
 
     # --- cache, Bloom filter, lock ----------------------------------------------------------
     cache_ttl_s: int = Field(default=86_400, ge=1)
@@ -168,6 +180,9 @@ class Settings(BaseSettings):
     http_body_timeout_s: float = Field(default=60.0, ge=0)
     http_max_connections: int = Field(default=1000, ge=1)
     wait_timeout_ms: int = Field(default=10_000, ge=1)
+    # /v1/draw: the pixels of the draws one gateway process holds at once (each decoded at
+    # full size, 3 bytes a pixel); a draw past it is answered 503 `overloaded` (0: no limit).
+    draw_max_pixels: int = Field(default=64_000_000, ge=0)
     # A waiting request whose image is cached is answered by the gateway (ingest/hits.py), and
     # one for an image its process already waits on shares that wait (ingest/joins.py).
     gateway_hits: bool = True

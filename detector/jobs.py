@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
 from facestream.common.contract.keys import Partition
 from facestream.common.contract.schema import ErrorCode, Face, ImageEvent, Result, SchemaError
-from facestream.common.imaging.align import faces_with_crops
-from facestream.common.imaging.photo import PhotoError
+from facestream.common.imaging.align import CropCaps, faces_with_crops
 from facestream.common.log import get_logger
 from facestream.common.streams.member import MemberCounters
 
@@ -57,11 +57,14 @@ class ResultFactory:
     consumer: str
     counters: Counters = field(default_factory=Counters)
     max_pixels: int = 40_000_000
+    caps: CropCaps = field(default_factory=CropCaps)
+    # One crop cut at a time per detector: each holds a full-size decode (3 bytes a pixel).
+    _cutting: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
 
     def faces(self, job: Job, faces: list[Face], width: int, height: int, cached: bool) -> Result:
+        """The result of a job; without crops even when the event asked for them: those are
+        cut by `cut_crops`, off the event loop, before the result is written."""
         ev = job.event
-        if ev.crops:
-            faces = self._crops(job, faces)
         return Result(
             id=ev.id,
             model=self.model,
@@ -78,14 +81,34 @@ class ResultFactory:
             ts_ms=ev.ts_ms,
         )
 
-    def _crops(self, job: Job, faces: list[Face]) -> list[Face]:
-        """Crops for an event that asked for them. A full-size decode on this thread: crops
-        are opt-in, and a photo that fails here was decoded once already, so it is rare."""
+    async def cut_crops(self, wanted: list[tuple[Result, bytes]]) -> None:
+        """Fill in the crops of results whose event asked for them (result, image bytes), in
+        a worker thread: a many-face photo at full size takes seconds, which on the event
+        loop stalled every other answer and the detector's heartbeats. Results of one image
+        with the same faces share one decode and one set of crops."""
+        if not wanted:
+            return
+        async with self._cutting:
+            await asyncio.to_thread(self._cut_all, wanted)
+
+    def _cut_all(self, wanted: list[tuple[Result, bytes]]) -> None:
+        done: dict[str, tuple[list[Face], list[Face], int]] = {}  # sha -> (given, cut, omitted)
+        for result, image in wanted:
+            given = result.faces or []
+            seen = done.get(result.sha256 or "")
+            if seen is None or seen[0] != given:
+                cut, omitted = self._cut(result, image, given)
+                seen = (given, cut, omitted)
+                if result.sha256:
+                    done[result.sha256] = seen
+            result.faces, result.crops_omitted = seen[1], seen[2]
+
+    def _cut(self, result: Result, image: bytes, faces: list[Face]) -> tuple[list[Face], int]:
         try:
-            return faces_with_crops(job.event.image, faces, self.max_pixels)
-        except PhotoError as exc:
-            log.warning("crops_failed", entry=job.entry, reason=str(exc))
-            return faces
+            return faces_with_crops(image, faces, self.max_pixels, self.caps)
+        except Exception as exc:  # a crop is an extra: its failure must not lose the answer
+            log.warning("crops_failed", entry=result.entry, reason=f"{type(exc).__name__}: {exc}")
+            return faces, len(faces)
 
     def error(
         self,

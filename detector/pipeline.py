@@ -23,11 +23,13 @@ from facestream.common.contract.keys import Partition
 from facestream.common.contract.schema import (
     EVENT_FIELD,
     ErrorCode,
+    Face,
     ImageEvent,
     Result,
     SchemaError,
     decode_event,
 )
+from facestream.common.imaging.align import CropCaps
 from facestream.common.log import get_logger
 from facestream.detector import metrics
 from facestream.detector.context import Context
@@ -49,8 +51,9 @@ class BatchProcessor:
         self.model = model
         self.locks = ctx.locks
         self.writer = Writer(ctx)
+        caps = CropCaps(settings.max_crops, settings.max_crop_bytes)
         self.results = ResultFactory(
-            ctx.model_tag, settings.consumer, ctx.counters, settings.max_pixels
+            ctx.model_tag, settings.consumer, ctx.counters, settings.max_pixels, caps
         )
         self.counters = ctx.counters
         self.limits = settings.limits()
@@ -161,7 +164,7 @@ class BatchProcessor:
         if out:
             # The loop reads and resolves the next batch while this one is written: the
             # detector's CPU work and Redis's overlap instead of taking turns.
-            self._spawn(self.writes, self.writer.write(out))
+            self._spawn(self.writes, self._write(out))
 
     async def _resolve(
         self,
@@ -193,8 +196,7 @@ class BatchProcessor:
             for job in jobs:
                 # Entries imported from the old design carry no size: read the header.
                 width, height = outcome.size or image_size(job.event.image) or (0, 0)
-                result = self.results.faces(job, outcome.faces, width, height, True)
-                out.add(job.part, result, job.event.reply_to)
+                self._answer(out, job, outcome.faces, width, height, True)
         elif isinstance(outcome, Acquired):
             metrics.CACHE_MISS.inc(len(self.flights.jobs(sha)))
             self.flights.park(sha)
@@ -241,6 +243,18 @@ class BatchProcessor:
                 if self.flights.state(sha) is State.RESOLVING:
                     self._defer(sha, delays[sha])
             raise
+        await self._write(out)
+
+    def _answer(
+        self, out: Emission, job: Job, faces: list[Face], width: int, height: int, cached: bool
+    ) -> None:
+        result = self.results.faces(job, faces, width, height, cached)
+        crops_from = job.event.image if job.event.crops else None
+        out.add(job.part, result, job.event.reply_to, crops_from)
+
+    async def _write(self, out: Emission) -> None:
+        """Crops first (in a worker thread), then the write."""
+        await self.results.cut_crops(out.crops)
         await self.writer.write(out)
 
     # --- stage 3: infer -------------------------------------------------------------------
@@ -303,8 +317,7 @@ class BatchProcessor:
                 else:  # lock lost mid-inference: still answer, but leave the cache alone
                     log.warning("lock_lost_before_write", sha256=sha)
                 for i, job in enumerate(group):
-                    result = self.results.faces(job, faces, image.width, image.height, i > 0)
-                    out.add(job.part, result, job.event.reply_to)
+                    self._answer(out, job, faces, image.width, image.height, i > 0)
             else:
                 if token is not None:
                     out.releases.append((lock_key, token))
@@ -316,7 +329,7 @@ class BatchProcessor:
                     out.add(job.part, result, job.event.reply_to)
         log.debug("inferred", images=inferred, ms=round((time.perf_counter() - started) * 1000, 1))
         try:
-            await self.writer.write(out)
+            await self._write(out)
         finally:
             for sha in shas:
                 self.locks.drop(self.keys.lock(sha, tag))

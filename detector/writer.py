@@ -39,12 +39,47 @@ class Emission:
     ack_only: list[tuple[Partition, str]] = field(default_factory=list)
     # Given up after too many deliveries: (partition, error result, event payload, deliveries).
     dead: list[tuple[Partition, Result, bytes, int]] = field(default_factory=list)
+    # Results whose event asked for crops, with the image to cut them from: cut before the
+    # write (ResultFactory.cut_crops), off the event loop.
+    crops: list[tuple[Result, bytes]] = field(default_factory=list)
 
-    def add(self, part: Partition, result: Result, reply_to: str | None = None) -> None:
+    def add(
+        self,
+        part: Partition,
+        result: Result,
+        reply_to: str | None = None,
+        crops_from: bytes | None = None,
+    ) -> None:
         self.results.append((part, result, reply_to))
+        if crops_from is not None:
+            self.crops.append((result, crops_from))
 
     def __bool__(self) -> bool:
         return bool(self.results or self.cache_puts or self.releases or self.ack_only or self.dead)
+
+
+# What Redis adds to a stream entry besides its payload: the entry's header, field name and
+# share of its node, and the allocator's rounding up to a size class (jemalloc's classes are at
+# most a quarter apart: a 66 KB reply takes 80 KiB).
+REPLY_ENTRY_OVERHEAD = 64
+# The stream's own structures, and the one node of small entries that MAXLEN ~ may keep over.
+REPLY_STREAM_OVERHEAD = 8 * 1024
+
+
+def reply_cost(size: int) -> int:
+    """The memory one reply of `size` bytes can take in its stream."""
+    return size + size // 4 + REPLY_ENTRY_OVERHEAD
+
+
+def reply_maxlen(size: int, max_bytes: int, max_entries: int) -> int:
+    """How many entries a reply stream keeps after a reply of `size` bytes: as many of this
+    size as fit in `max_bytes` (at least this one), at most `max_entries`. Reply streams are
+    written only with XADD (the detector's role may not read or trim them otherwise), so the
+    byte bound rides on each XADD's MAXLEN. The gateway reads each reply as it lands; what is
+    trimmed is almost always read already. A stream of equal-sized answers stays under
+    `max_bytes`; answers of two sizes (with and without crops) under about twice that."""
+    room = max(0, max_bytes - REPLY_STREAM_OVERHEAD)
+    return max(1, min(max_entries, room // reply_cost(size)))
 
 
 class WriteError(RuntimeError):
@@ -98,9 +133,8 @@ class Writer(Stage):
                 self.scripts.lock_release(pipe, lock_key, token)
             for (_, _, reply_to), payload in zip(out.results, payloads, strict=True):
                 if reply_to is not None:
-                    pipe.xadd(
-                        reply_to, {RESULT_FIELD: payload}, maxlen=s.reply_maxlen, approximate=True
-                    )
+                    maxlen = reply_maxlen(len(payload), s.reply_max_bytes, s.reply_maxlen)
+                    pipe.xadd(reply_to, {RESULT_FIELD: payload}, maxlen=maxlen, approximate=True)
                     # A reply to a gateway that is gone must not recreate a key that lives
                     # forever.
                     pipe.pexpire(reply_to, s.reply_ttl_s * 1000)

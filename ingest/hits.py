@@ -28,8 +28,7 @@ from facestream.common.contract.schema import (
     pack_result,
     unpack_faces,
 )
-from facestream.common.imaging.align import faces_with_crops
-from facestream.common.imaging.photo import PhotoError
+from facestream.common.imaging.align import CropCaps, faces_with_crops
 from facestream.common.log import get_logger
 from facestream.common.settings import Settings
 from facestream.common.streams.bloom import BloomFilter, resolve_bloom_mode
@@ -49,6 +48,8 @@ TAG_EVERY_S = 2.0  # how stale the gateway's idea of the served model may be
 
 # Per image of a batch: None (ask the detectors) or (packed faces, width, height).
 Found = tuple[bytes, int, int] | None
+CutKey = tuple[str, bytes]  # an image's sha256 and its packed faces
+Cut = asyncio.Future[tuple[list[Face], int]]  # the faces with crops, how many left without
 
 
 class CacheAnswers:
@@ -68,6 +69,9 @@ class CacheAnswers:
         self._copies: PerCycle[dict[str, Any], None] = PerCycle(self._publish_copies)
         self.joins = Joins(consumer, self._copies)
         self._next = 0
+        self._caps = CropCaps(settings.max_crops, settings.max_crop_bytes)
+        self._cutting = asyncio.Semaphore(1)
+        self._cut: dict[CutKey, Cut] = {}  # crops being cut, by image and faces
 
     async def answer(self, event: ImageEvent) -> dict[str, Any] | None:
         """The result from the cache, already published; None: publish the event. (Only with
@@ -130,12 +134,13 @@ class CacheAnswers:
             found, published = await self._lookup_and_publish(tag, bloom, events, of, drafts)
         answers: list[Answer | Exception] = []
         unpublished: list[tuple[int, dict[str, Any]]] = []
+        cuts: dict[CutKey, Cut] = {}
         for event, sha, draft, hit, done in zip(events, of, drafts, found, published, strict=True):
             if hit is None:
                 answers.append(None)
                 continue
             try:
-                body = await self._body(event, sha, tag, done_ms, draft, *hit)
+                body = await self._body(event, sha, tag, done_ms, draft, *hit, cycle=cuts)
             except (ValueError, msgpack.UnpackException) as exc:
                 # Only a foreign writer leaves such an entry: detectors pack what they store.
                 log.error("cache_entry_unreadable", id=event.id, sha256=sha, reason=str(exc))
@@ -165,10 +170,12 @@ class CacheAnswers:
         faces: bytes,
         w: int,
         h: int,
+        *,
+        cycle: dict[CutKey, Cut],
     ) -> dict[str, Any]:
         if event.crops:
             result = self._result(event, sha, tag, done_ms, w, h)
-            result.faces = await self._crops(event, unpack_faces(faces))
+            result.faces, result.crops_omitted = await self._crops(event, sha, faces, cycle)
             return result.to_dict()
         # The packed faces are already the result's {box, score, kps} maps: decoded as they
         # are, with no Face objects made and unmade per hit.
@@ -219,14 +226,31 @@ class CacheAnswers:
         rows = dict(zip(asked, await pipe.execute(), strict=True)) if asked else {}
         return [_found(rows[sha]) if sha in rows else None for sha in of]
 
-    async def _crops(self, event: ImageEvent, faces: list[Face]) -> list[Face]:
+    async def _crops(
+        self, event: ImageEvent, sha: str, packed: bytes, cycle: dict[CutKey, Cut]
+    ) -> tuple[list[Face], int]:
         """A cached entry holds coordinates only: the crops of a hit need the image decoded
-        again (off the loop; docs/contract.md, "Crops", says what that costs)."""
-        try:
-            return await asyncio.to_thread(faces_with_crops, event.image, faces, self.s.max_pixels)
-        except PhotoError as exc:
-            log.warning("crops_failed", id=event.id, reason=str(exc))
-            return faces
+        again, in a worker thread (docs/contract.md, "Crops", says what that costs), one at a
+        time per process (each holds a full-size decode). Requests for one image waiting
+        together share one cut: the faces and crops of an image are the same for each."""
+        key = (sha, packed)
+        shared = cycle.get(key) or self._cut.get(key)
+        if shared is None:
+            shared = asyncio.ensure_future(self._cut_once(event, unpack_faces(packed)))
+            self._cut[key] = shared
+            shared.add_done_callback(lambda _: self._cut.pop(key, None))
+        cycle[key] = shared  # the cycle's later requests for it are answered in turn
+        return await asyncio.shield(shared)
+
+    async def _cut_once(self, event: ImageEvent, faces: list[Face]) -> tuple[list[Face], int]:
+        async with self._cutting:
+            try:
+                return await asyncio.to_thread(
+                    faces_with_crops, event.image, faces, self.s.max_pixels, self._caps
+                )
+            except Exception as exc:  # a crop is an extra: its failure must not lose the answer
+                log.warning("crops_failed", id=event.id, reason=f"{type(exc).__name__}: {exc}")
+                return faces, len(faces)
 
     def _result(
         self,

@@ -10,12 +10,14 @@ request. Without this a popular new photo sent by many users at once queued one 
 request (the image bytes through Redis, a read, a deferral and an answer in a detector each)
 behind its single inference: at 200 users the benchmark sent ~38 events per inference.
 
-A request or a leader that asked for crops goes its own way (crops are cut per event). A
-follower whose leader gets no usable answer (an error, no answer in time, Redis away) publishes
-its own event with the time it has left, so every request still gets exactly one result: its
-own error, or its result on the results stream after its own time out. A follower whose request
-is dropped while it waits (the client gone, the server stopping) is still owed its result: a
-task left behind publishes it once the leader is answered.
+Requests that asked for crops share a wait only with each other (the leader's answer carries
+the crops, the same for every request of one image): sixty waiting `crops=true` requests for one
+many-face photo were sixty events and sixty answers of ~1 MB each on the gateway's reply stream;
+now they are one. A follower whose leader gets no usable answer (an error, no answer in time,
+Redis away) publishes its own event with the time it has left, so every request still gets
+exactly one result: its own error, or its result on the results stream after its own time
+out. A follower whose request is dropped while it waits (the client gone, the server stopping)
+is still owed its result: a task left behind publishes it once the leader is answered.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class Joins:
     def __init__(self, consumer: str, publish: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
         self.consumer = consumer
         self._publish = publish  # adds one result to the results stream
-        self._leaders: dict[str, asyncio.Future[Answer]] = {}
+        self._leaders: dict[tuple[str, bool], asyncio.Future[Answer]] = {}  # (sha256, crops)
         self._owed: set[asyncio.Task[None]] = set()
 
     async def wait(
@@ -53,12 +55,10 @@ class Joins:
         own: Own,
     ) -> Answer:
         """`event`'s answer: the leader's, copied, or `own(seconds left)` (publish and wait)."""
-        if event.crops:
-            return await own(timeout_s)
-        sha = event.sha256 or event.content_sha256()
-        leader = self._leaders.get(sha)
+        key = (event.sha256 or event.content_sha256(), event.crops)
+        leader = self._leaders.get(key)
         if leader is None:
-            return await self._lead(sha, timeout_s, own)
+            return await self._lead(key, timeout_s, own)
         started = time.monotonic()
         try:
             # Shielded: a follower that stops waiting must not cancel the leader's answer.
@@ -100,16 +100,16 @@ class Joins:
     def leading(self) -> int:
         return len(self._leaders)
 
-    async def _lead(self, sha: str, timeout_s: float, own: Own) -> Answer:
+    async def _lead(self, key: tuple[str, bool], timeout_s: float, own: Own) -> Answer:
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._leaders[sha] = fut
+        self._leaders[key] = fut
         answer: Answer = None
         try:
             answer = await own(timeout_s)
             return answer
         finally:
             # Gone before the followers run: a request after this answer finds the cache.
-            del self._leaders[sha]
+            del self._leaders[key]
             fut.set_result(answer)
 
     def _copy(self, answer: dict[str, Any], event: ImageEvent) -> dict[str, Any]:

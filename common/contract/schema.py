@@ -255,6 +255,9 @@ class Result:
     meta: dict[str, Any] | None = None
     ts_ms: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Only in results whose event asked for crops: faces left without one by the caps (or
+    # because the image could not be decoded again), so a reader knows crops are missing.
+    crops_omitted: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -269,6 +272,8 @@ class Result:
             body["error"] = self.error
         else:
             body["faces"] = [f.to_wire(with_crop=True) for f in self.faces or []]
+            if self.crops_omitted is not None:
+                body["crops_omitted"] = self.crops_omitted
         body.update(
             cached=self.cached,
             source=self.source,

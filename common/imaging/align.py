@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -68,11 +69,37 @@ def crop_jpeg(photo: Image.Image, kps: Sequence[Sequence[float]]) -> bytes:
     return out.getvalue()
 
 
-def faces_with_crops(image: bytes, faces: list[Face], max_pixels: int) -> list[Face]:
+@dataclass(frozen=True, slots=True)
+class CropCaps:
+    """What one result's crops may add: at most `max_crops` crops and `max_bytes` of JPEG."""
+
+    max_crops: int = 64
+    max_bytes: int = 1024 * 1024
+
+
+def faces_with_crops(
+    image: bytes, faces: list[Face], max_pixels: int, caps: CropCaps | None = None
+) -> tuple[list[Face], int]:
     """New Face objects carrying their crops (the given ones may be shared by other results
-    and the cache write, so they are not changed). Decodes the image once at full size: on a
-    cache hit that decode is the whole cost of the crops (docs/contract.md, "Crops")."""
+    and the cache write, so they are not changed), and how many faces were left without one.
+
+    Crops are cut in the faces' order until either cap would be passed; the faces after that
+    carry none (docs/contract.md, "Crops"). Decodes the image once at full size, and only when
+    at least one crop will be cut: on a cache hit that decode is the whole cost of the crops.
+    """
+    caps = caps or CropCaps()
     if not faces:
-        return faces
+        return faces, 0
+    if caps.max_crops <= 0 or caps.max_bytes <= 0:
+        return list(faces), len(faces)
     photo = open_oriented(image, max_pixels)
-    return [Face(f.box, f.score, f.kps, crop_jpeg(photo, f.kps)) for f in faces]
+    out: list[Face] = []
+    used = 0
+    for face in faces[: caps.max_crops]:
+        crop = crop_jpeg(photo, face.kps)
+        if used + len(crop) > caps.max_bytes:
+            break
+        used += len(crop)
+        out.append(Face(face.box, face.score, face.kps, crop))
+    omitted = len(faces) - len(out)
+    return out + list(faces[len(out) :]), omitted

@@ -152,14 +152,36 @@ def test_a_dropped_follower_is_still_owed_its_result() -> None:
     asyncio.run(main())
 
 
-def test_requests_for_crops_never_share_a_wait() -> None:
+def test_requests_for_crops_share_a_wait_only_with_each_other() -> None:
     async def main() -> None:
         rec = Recorder()
         joins = Joins("gateway:t", rec.publish)
         lead, _ = await lead_and_follow(rec, joins, FACES, n=0)
+        # A request for crops cannot use an answer without them: it leads its own wait...
         crops = event("c", crops=True)
-        await joins.wait(crops, 5, rec.own(crops, FACES))
+        with_crops = {**FACES, "id": "c", "faces": [{"crop": b"jpeg"}], "crops_omitted": 0}
+        answered = asyncio.Event()
+
+        async def own_crops(left_s: float) -> Answer:
+            rec.events.append(("c", left_s))
+            await answered.wait()
+            return with_crops
+
+        first = asyncio.create_task(joins.wait(crops, 5, own_crops))
+        await asyncio.sleep(0)
+        assert joins.leading == 2
+        # ... and later requests for crops of the same image copy its answer, crops and all.
+        others = [
+            asyncio.create_task(joins.wait(event(f"c{i}", crops=True), 5, rec.own(event(f"c{i}"))))
+            for i in range(3)
+        ]
+        await asyncio.sleep(0.01)
+        answered.set()
+        assert await first == with_crops
+        copies = [await o for o in others]
         assert [e for e, _ in rec.events] == ["lead", "c"]
+        assert [c["id"] for c in copies] == ["c0", "c1", "c2"]
+        assert all(c["faces"] == [{"crop": b"jpeg"}] and c["crops_omitted"] == 0 for c in copies)
         rec.release.set()
         await lead
 

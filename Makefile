@@ -6,7 +6,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test test-valkey test-cluster test-chaos-long test-acl test-bloom lint clean
+README_VENV ?= .venv-readme
+
+.PHONY: setup run test test-readme test-valkey test-cluster test-chaos-long test-acl test-bloom lint clean
 
 $(BIN)/.installed: pyproject.toml scripts/install.sh
 	sh scripts/install.sh $(VENV) dev
@@ -25,6 +27,17 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest -m "not chaos_long"
+
+# The README's "Using it" commands, run as written in a new empty directory against the
+# installed wheel in a new virtual environment (not this editable checkout): what a user who
+# runs `pip install` gets. `make test` runs the same test on the development install.
+test-readme: setup
+	rm -rf build dist $(README_VENV)
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation -w dist .
+	$(PYTHON) -m venv $(README_VENV)
+	$(README_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		"$$(ls dist/facestream-*.whl)[demo]"
+	FACESTREAM_README_BIN=$(CURDIR)/$(README_VENV)/bin $(BIN)/python -m pytest -q -s tests/system/test_readme.py
 
 # The long chaos tests (kill -9 / SIGSTOP of redis-server and detectors under load), printing
 # their figures; CI runs them as a step of their own.
@@ -78,4 +91,4 @@ test-acl: setup
 		tests/detector/test_backpressure.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(README_VENV) build dist .mypy_cache .ruff_cache .pytest_cache

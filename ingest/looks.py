@@ -22,6 +22,7 @@ from facestream.common.contract.keys import Keys
 from facestream.common.imaging.photo import PhotoError
 from facestream.common.settings import Settings
 from facestream.common.streams.serving import live_detectors
+from facestream.ingest.draw_budget import DrawBudget, give_back, header_pixels
 from facestream.ingest.drawing import draw_faces
 from facestream.ingest.hits import answer_or_wait
 from facestream.ingest.http_errors import readable
@@ -64,6 +65,7 @@ def static_file(name: str) -> bytes:
 
 def add_look_routes(app: FastAPI, settings: Settings, keys: Keys) -> None:
     pages = {name: static_file(name) for name in STATIC}  # read once: a handful of KiB
+    draws = DrawBudget(settings.draw_max_pixels)
 
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -150,10 +152,31 @@ def add_look_routes(app: FastAPI, settings: Settings, keys: Keys) -> None:
         state = app.state
         timeout_s = (timeout_ms or settings.wait_timeout_ms) / 1000
         await state.liveness.require()  # none alive: 503 no_detector at once
-        result = await answer_or_wait(state.hits, state.replies, state.publisher, event, timeout_s)
-        if result is None:
-            return error(504, "timeout", "no result in time; it will still be published")
-        return await _drawn(result, image, settings, started)
+        pixels = header_pixels(image)
+        if not draws.admit(pixels):  # ingest/draw_budget.py
+            return error(
+                503,
+                "overloaded",
+                f"draws of {draws.in_flight} pixels are in progress (limit "
+                f"{settings.draw_max_pixels}); retry later",
+                headers={"Retry-After": str(settings.retry_after_s)},
+            )
+        try:
+            result = await answer_or_wait(
+                state.hits, state.replies, state.publisher, event, timeout_s
+            )
+            if result is None:
+                return error(504, "timeout", "no result in time; it will still be published")
+            return await _drawn(result, image, settings, started)
+        finally:
+            draws.release(pixels)
+
+
+def _draw(image: bytes, faces: list[dict[str, Any]], max_pixels: int) -> bytes:
+    try:
+        return draw_faces(image, faces, max_pixels)
+    finally:
+        give_back(header_pixels(image))  # a large draw's memory back to the system
 
 
 async def _drawn(
@@ -170,7 +193,7 @@ async def _drawn(
     faces = result.get("faces") or []
     try:
         # Decoding and encoding a large photo takes tens of ms: off the event loop.
-        drawn = await asyncio.to_thread(draw_faces, image, faces, settings.max_pixels)
+        drawn = await asyncio.to_thread(_draw, image, faces, settings.max_pixels)
     except PhotoError as exc:
         return error(422, "undecodable", readable(str(exc)))
     headers = {

@@ -67,6 +67,10 @@ async def serve(settings: Settings) -> int:
         f"{counters.images_inferred} images inferred",
         file=sys.stderr,
     )
+    if detector.member.failed:
+        # Exit non-zero: whatever runs this process starts a fresh one.
+        print(f"detector: task {detector.member.failed} kept failing", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -52,13 +52,31 @@ class DynamicBatcher:
 
     async def run(self) -> None:
         """The inference thread's lifetime; cancel it to stop (the call in hand finishes,
-        `close` waits for it; what is still queued is left, as its entries stay pending)."""
-        self._thread = threading.Thread(target=self._work, name="infer", daemon=True)
+        `close` waits for it; what is still queued is left, as its entries stay pending).
+        A thread that ends by itself (an error outside a model call) ends this with its
+        error, so the supervisor logs it and runs a new thread on the same queue."""
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[BaseException | None] = loop.create_future()
+        with self._changed:
+            self._stopping = False  # a restart after a failure
+
+        def work() -> None:
+            error: BaseException | None = None
+            try:
+                self._work()
+            except BaseException as exc:
+                error = exc
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: no one to tell
+                    loop.call_soon_threadsafe(_ended, ended, error)
+
+        self._thread = threading.Thread(target=work, name="infer", daemon=True)
         self._thread.start()
         try:
-            await asyncio.Event().wait()  # until cancelled
+            error = await ended
         finally:
             self._stop()
+        raise RuntimeError("the inference thread ended") from error
 
     def _stop(self) -> None:
         with self._changed:
@@ -125,3 +143,8 @@ def _settle(settled: list[Settled], error: Exception | None) -> None:
             fut.set_exception(error or RuntimeError("no answer"))
         else:
             fut.set_result(faces)
+
+
+def _ended(ended: asyncio.Future[BaseException | None], error: BaseException | None) -> None:
+    if not ended.done():
+        ended.set_result(error)

@@ -4,6 +4,11 @@ stream, whose handler answers each batch.
 Cache hits are served at once while inference runs in a thread pool, and deferred images
 (another worker holds their lock) are re-checked on a backoff; while inference is saturated the
 readers keep reading and only misses wait (detector/pipeline.py says where the bounds are).
+
+Its background tasks run on the member's supervisor (common/supervise.py): the inference
+thread, the lock keeper, trimming, the gauges and the served-model entry. The entry is
+refreshed only while every critical one runs, so a detector with a task down drops out of
+`/v1/status` and the gateways' cache answers instead of being counted as alive.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import redis.exceptions
 
@@ -27,6 +32,7 @@ from facestream.common.streams.scripts import Scripts
 from facestream.common.streams.serving import advertise, withdraw
 from facestream.common.streams.trim import trim_acked
 from facestream.common.streams.types import AsyncClient
+from facestream.common.supervise import RestartPolicy
 from facestream.detector import metrics
 from facestream.detector.context import Context
 from facestream.detector.jobs import Counters
@@ -64,12 +70,17 @@ class Detector(Handler):
         self.scripts = Scripts(client)
         self.counters = Counters()
         self.locks = LockKeeper(self.scripts, settings.lock_ttl_ms)
-        self.member = Member(client, subscription(settings, self.keys), self, "detector")
+        self.member = Member(
+            client,
+            subscription(settings, self.keys),
+            self,
+            "detector",
+            RestartPolicy.of(settings),
+        )
         self.stop = self.member.stop
         self.processor: BatchProcessor | None = None
         self._lost_seen = 0
-        self._background: list[asyncio.Task[None]] = []
-        self._background_stop = asyncio.Event()
+        self._held_back = False  # the served-model entry is not being refreshed
 
     async def run(self) -> Counters:
         await self.member.run()
@@ -104,11 +115,16 @@ class Detector(Handler):
         )
         self.processor = BatchProcessor(ctx, self.model)
         await self._advertise()
-        self._background = [
-            asyncio.create_task(self.locks.run(self.client, self._background_stop)),
-            asyncio.create_task(self._housekeeping(self._background_stop)),
-            asyncio.create_task(self.processor.batcher.run()),
-        ]
+        batcher, every = self.processor.batcher, s.trim_every_ms / 1000
+        supervise = self.member.supervisor.start
+        supervise("inference", batcher.run)
+        stopped = self.member.supervisor.stopped
+        supervise("lock_keeper", lambda: self.locks.run(self.client, stopped))
+        supervise("trim", lambda: self._every(every, "trim", self.trim))
+        supervise(
+            "gauges", lambda: self._every(every, "gauges", self.refresh_gauges), critical=False
+        )
+        supervise("advertise", lambda: self._every(every, "advertise", self._advertise_if_alive))
         log.info(
             "detector_ready",
             model=self.model.tag,
@@ -153,6 +169,13 @@ class Detector(Handler):
         """On stop: finish inference in hand, and give images deferred on another worker's lock
         a grace period to be answered from the cache; what is left stays pending for others."""
         p = self.p
+        if self.member.failed is not None:
+            # A task gave up (inference, perhaps): wait for the work in hand no longer than
+            # the grace; what is not done by then stays pending for the other detectors.
+            deadline = time.monotonic() + self.s.shutdown_grace_s
+            while p.tasks and (left := deadline - time.monotonic()) > 0:
+                await asyncio.wait(list(p.tasks), timeout=left)
+            return
         await p.drain()
         deadline = time.monotonic() + self.s.shutdown_grace_s
         while p.deferred_jobs() and time.monotonic() < deadline:
@@ -170,16 +193,26 @@ class Detector(Handler):
         key = self.keys.serving(self.s.detector_group)
         await advertise(self.client, key, self.s.consumer, self.model.tag, ttl_ms)
 
+    async def _advertise_if_alive(self) -> None:
+        """Refresh the served-model entry only while every critical task runs: else let it
+        lapse, so nothing counts this detector alive while it cannot do all its work."""
+        down = self.member.supervisor.down()
+        if down:
+            if not self._held_back:
+                log.warning("not_advertising", tasks_down=down, hint="the entry lapses")
+            self._held_back = True
+            return
+        if self._held_back:
+            log.info("advertising_again")
+        self._held_back = False
+        await self._advertise()
+
     async def close(self) -> None:
+        # The member's supervisor has stopped the background tasks by now.
         if self.processor is not None:
             with contextlib.suppress(*REDIS_ERRORS):  # else it expires
                 key = self.keys.serving(self.s.detector_group)
                 await withdraw(self.client, key, self.s.consumer)
-        self._background_stop.set()
-        for task in self._background[2:]:
-            task.cancel()  # the batcher waits for work forever
-        await asyncio.gather(*self._background, return_exceptions=True)
-        if self.processor is not None:
             self.processor.close()
 
     def summary(self) -> Mapping[str, object]:
@@ -191,28 +224,38 @@ class Detector(Handler):
             **self.counters.as_dict(),
         }
 
-    async def _housekeeping(self, stop: asyncio.Event) -> None:
-        """Periodically: keep the streams this detector writes to bounded (never losing unread
-        entries), and refresh the lag / pending / dead-letter gauges."""
-        streams = [part.results for part in self.keys.parts] if self.s.trim_results else []
-        if not self.s.delete_acked_images:  # else answered image entries are deleted at once
-            streams += [part.images for part in self.keys.parts]
-        outage = Outage(log, "housekeeping")
-        while not stop.is_set():
+    async def _every(
+        self, interval_s: float, what: str, step: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Run `step` every `interval_s` until the supervisor stops. Redis away is waited out
+        here (one line when it goes, one when it is back); any other error ends the task, for
+        the supervisor to log and restart."""
+        outage = Outage(log, what)
+        stopped = self.member.supervisor.stopped
+        while not stopped.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.s.trim_every_ms / 1000)
+                await asyncio.wait_for(stopped.wait(), interval_s)
+            if stopped.is_set():
+                return
             try:
-                for stream in streams:
-                    removed = await trim_acked(self.client, stream)
-                    if removed:
-                        log.debug("trimmed", stream=stream, entries=removed)
-                await self.refresh_gauges()
-                await self._advertise()
+                await step()
                 outage.ok()
             except Exception as exc:
                 if not isinstance(exc, REDIS_ERRORS) and not connection_race(exc):
                     raise
                 outage.failed(exc)
+
+    async def trim(self) -> None:
+        """Keep the streams this detector writes to bounded, never losing unread entries."""
+        results = {part.results for part in self.keys.parts}
+        streams = sorted(results) if self.s.trim_results else []
+        if not self.s.delete_acked_images:  # else answered image entries are deleted at once
+            streams += [part.images for part in self.keys.parts]
+        for stream in streams:
+            keep = self.s.results_keep if stream in results else 0
+            removed = await trim_acked(self.client, stream, keep)
+            if removed:
+                log.debug("trimmed", stream=stream, entries=removed)
 
     async def refresh_gauges(self) -> None:
         for stream in [name for p in self.keys.parts for name in (p.images, p.results)]:

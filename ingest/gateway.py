@@ -86,7 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.client = client
         app.state.publisher = AsyncPublisher(settings, client)
         app.state.liveness = Liveness(settings, client)
-        app.state.replies = ReplyRouter(client, keys, settings.reply_ttl_s)
+        app.state.replies = ReplyRouter.of(client, keys, settings)
         await app.state.replies.start()
         # Results the gateway answers from the cache name it as their producer.
         app.state.hits = CacheAnswers(

@@ -14,17 +14,24 @@ user may not trim, expire or delete anything). The name carries 128 random bits:
 user may read `reply:gw-*`, so an unguessable name is what keeps one gateway's answers from
 another (the names are only in events, which the ingest user cannot read).
 
-The reader survives any entry (a malformed one is logged, counted and skipped) and any error;
-`healthy` is false while it cannot read or once it has stopped, and /readyz says so.
+The reader survives any entry (a malformed one is logged, counted and skipped) and waits out
+Redis being away. Any other error ends it: it runs under a supervisor (common/supervise.py)
+that logs the error and restarts it, carrying on from the last entry it read. `healthy` is
+false while it cannot read or is waiting to be restarted, and /readyz says so. A reader that
+keeps failing stops the gateway as SIGTERM would (requests in flight are finished) and the
+process exits 1, for whatever runs it to start a fresh one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import os
+import signal
+import sys
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,9 +40,11 @@ import msgpack
 from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import RESULT_FIELD, ImageEvent
 from facestream.common.log import get_logger
-from facestream.common.streams.errors import REDIS_ERRORS
+from facestream.common.settings import Settings
+from facestream.common.streams.errors import REDIS_ERRORS, connection_race
 from facestream.common.streams.outage import Outage
 from facestream.common.streams.types import AsyncClient
+from facestream.common.supervise import RestartPolicy, Supervisor
 from facestream.ingest import metrics
 from facestream.ingest.publisher import AsyncPublisher
 
@@ -53,22 +62,51 @@ class Waiter:
     key: tuple[str, str] = field(default=("", ""))
 
 
+def _stop_gateway(task: str) -> None:
+    # uvicorn's own SIGTERM handling: no new requests, those in flight finished, then the
+    # lifespan's shutdown, where `stop` exits non-zero.
+    signal.raise_signal(signal.SIGTERM)
+
+
 class ReplyRouter:
-    def __init__(self, client: AsyncClient, keys: Keys, ttl_s: int, block_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        client: AsyncClient,
+        keys: Keys,
+        ttl_s: int,
+        block_ms: int = 1000,
+        policy: RestartPolicy | None = None,
+        on_give_up: Callable[[str], None] | None = None,
+    ) -> None:
         self.client = client
         self.stream = keys.reply_stream(f"gw-{uuid.uuid4().hex}")
         self.ttl_ms = ttl_s * 1000
         self.block_ms = block_ms
         self._waiters: dict[tuple[str, str], list[Waiter]] = {}
         self._early: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
-        self._task: asyncio.Task[None] | None = None
+        self._policy = policy or RestartPolicy()
+        # The gateway's own stop unless told otherwise (tests, an embedding application).
+        self._exit_on_stop = on_give_up is None
+        self._on_give_up = on_give_up or _stop_gateway
+        self._supervisor: Supervisor | None = None
         self._reading = False
+        self._last = "0-0"  # the last entry read: a restarted reader carries on after it
+        self.gave_up = False
         self.bad = 0
+
+    @classmethod
+    def of(cls, client: AsyncClient, keys: Keys, settings: Settings) -> ReplyRouter:
+        """The gateway's router: its restarts as FACESTREAM_TASK_* say."""
+        return cls(client, keys, settings.reply_ttl_s, policy=RestartPolicy.of(settings))
 
     @property
     def healthy(self) -> bool:
         """The reader runs and its last read worked."""
-        return self._reading and self._task is not None and not self._task.done()
+        return (
+            self._reading
+            and self._supervisor is not None
+            and self._supervisor.running("reply_reader")
+        )
 
     def expect(self, event_id: str, sha256: str) -> Waiter:
         """Register before publishing, so a fast answer cannot arrive unheard."""
@@ -138,35 +176,43 @@ class ReplyRouter:
         log.warning("bad_reply", entry=entry, error=why)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self._supervisor = Supervisor(self._policy, self._give_up, log)
+        self._supervisor.start("reply_reader", self._run)
+
+    def _give_up(self, task: str) -> None:
+        self.gave_up = True
+        self._on_give_up(task)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._supervisor is not None:
+            await self._supervisor.close()
+        if self.gave_up and self._exit_on_stop:
+            # After uvicorn's graceful shutdown: exit 1, not the 0 of a requested stop.
+            log.error("gateway_exiting", reason="the reply reader kept failing", code=1)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
 
     async def _run(self) -> None:
-        last = "0-0"
         outage = Outage(log, "reply_reader")
-        while True:
+        assert self._supervisor is not None, "started"
+        stopped = self._supervisor.stopped
+        while not stopped.is_set():
             try:
                 reply: Any = await self.client.xread(
-                    {self.stream: last}, count=500, block=self.block_ms
+                    {self.stream: self._last}, count=500, block=self.block_ms
                 )
                 self._reading = True
                 outage.ok()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Redis away, or anything else: never end the reader
+            except Exception as exc:
                 self._reading = False
-                if not isinstance(exc, REDIS_ERRORS):
-                    log.exception("reply_reader_failed")
+                if not isinstance(exc, REDIS_ERRORS) and not connection_race(exc):
+                    raise  # not an outage: the supervisor logs it and restarts the reader
                 await asyncio.sleep(outage.failed(exc))
                 continue
             for _, entries in reply or []:
                 for entry_id, fields in entries:
-                    last = entry_id.decode()
+                    self._last = last = entry_id.decode()
                     try:
                         self._deliver(msgpack.unpackb(fields[RESULT_FIELD], raw=False))
                     except Exception as exc:  # anyone who may XADD here may write anything

@@ -43,6 +43,9 @@ async def serve(kind: str, settings: Settings) -> int:
         f"{c.dead} dead-lettered, {c.skipped} duplicates skipped",
         file=sys.stderr,
     )
+    if runner.member.failed:
+        print(f"sink {kind}: task {runner.member.failed} kept failing", file=sys.stderr)
+        return 1
     return 0
 
 

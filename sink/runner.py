@@ -24,6 +24,7 @@ from facestream.common.streams.acked import SinkDeadLetter
 from facestream.common.streams.member import Batch, Handler, Member, MemberCounters, Subscription
 from facestream.common.streams.scripts import Scripts, Step
 from facestream.common.streams.types import AsyncClient, AsyncPipeline, Entry
+from facestream.common.supervise import RestartPolicy
 from facestream.sink import metrics
 
 log = get_logger(__name__)
@@ -89,7 +90,8 @@ class SinkRunner(Handler):
             claim_idle_ms=settings.claim_idle_ms,
             claim_every_ms=settings.claim_every_ms,
         )
-        self.member = Member(client, sub, self, "sink")
+        # Its background task (the name claim's heartbeat) runs under the member's supervisor.
+        self.member = Member(client, sub, self, "sink", RestartPolicy.of(settings))
         self.stop = self.member.stop
 
     async def run(self) -> SinkCounters:

@@ -2,7 +2,8 @@
 
 A lock is `SET key token NX PX ttl`; release and extend check the token in Lua (a holder whose
 lock expired and was taken over must not delete or extend the new holder's lock). While work
-runs, `LockKeeper.run` extends every held lock each third of the TTL.
+runs, `LockKeeper.run` extends every held lock each third of the TTL (as a supervised task,
+common/supervise.py: Redis away is waited out here, anything else is the supervisor's).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import secrets
 import time
 
 from facestream.common.log import get_logger
+from facestream.common.streams.errors import REDIS_ERRORS, connection_race
 from facestream.common.streams.outage import Outage
 from facestream.common.streams.scripts import Scripts
 from facestream.common.streams.types import AsyncClient, AsyncPipeline
@@ -73,11 +75,15 @@ class LockKeeper:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
+            if stop.is_set():
+                return
             try:
                 await self.extend_all(client)
                 outage.ok()
-            except Exception as exc:  # Redis away: the next tick retries
-                outage.failed(exc)
+            except Exception as exc:
+                if not isinstance(exc, REDIS_ERRORS) and not connection_race(exc):
+                    raise  # a bug, not an outage: the supervisor logs it and restarts us
+                outage.failed(exc)  # Redis away: the next tick retries
 
 
 class ConsumerNameInUse(RuntimeError):

@@ -10,6 +10,11 @@ it does with them (answer, write, acknowledge) is its business.
 
 A group deleted from under a running member (its stream deleted) is created again at once:
 what the deleted stream held is gone, but what is published from then on is answered.
+
+The member's background tasks (the name claim's heartbeat, and whatever the handler starts on
+`member.supervisor`) run under one supervisor (common/supervise.py): a failed task is logged
+and restarted; one that keeps failing stops the member as a signal would (the batch in hand is
+finished) and `failed` names it, so the entry point exits non-zero.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from facestream.common.streams.outage import Outage, until_available
 from facestream.common.streams.recovery import Reclaimer
 from facestream.common.streams.scripts import Scripts
 from facestream.common.streams.types import AsyncClient, Entry
+from facestream.common.supervise import RestartPolicy, Supervisor
 
 log = get_logger(__name__)
 
@@ -226,12 +232,21 @@ class _Reader:
 
 
 class Member:
-    def __init__(self, client: AsyncClient, sub: Subscription, handler: Handler, what: str) -> None:
+    def __init__(
+        self,
+        client: AsyncClient,
+        sub: Subscription,
+        handler: Handler,
+        what: str,
+        policy: RestartPolicy | None = None,
+    ) -> None:
         self.client = client
         self.sub = sub
         self.handler = handler
         self.what = what  # "detector", "sink": names the start and stop log lines
         self.stop = asyncio.Event()
+        self.supervisor = Supervisor(policy or RestartPolicy(), self._give_up, log)
+        self.failed: str | None = None  # the background task that kept failing, if one did
         self.scripts = Scripts(client)
         self.readers = [
             _Reader(
@@ -252,6 +267,11 @@ class Member:
             for index, stream in enumerate(sub.streams)
             for lane in range(sub.readers)
         ]
+
+    def _give_up(self, task: str) -> None:
+        # The normal stop: finish what is in hand, then the entry point exits non-zero.
+        self.failed = task
+        self.stop.set()
 
     def rewind(self) -> None:
         """Re-read the pending list (every stream's first reader)."""
@@ -290,25 +310,26 @@ class Member:
         )
         started_ok = await until_available(self._start, self.stop, log) if token else None
         if token is None or started_ok is None:
+            await self.supervisor.close()  # whatever a failed start had begun
             await self.handler.close()
             return  # stopped before Redis came
         keeper = LockKeeper(self.scripts, sub.claim_ttl_ms)
         keeper.hold(sub.claim_key, token)
-        keeper_stop = asyncio.Event()
-        heartbeat = asyncio.create_task(keeper.run(self.client, keeper_stop))
+        stopped = self.supervisor.stopped
+        self.supervisor.start("consumer_claim", lambda: keeper.run(self.client, stopped))
         started = time.monotonic()
         try:
             await asyncio.gather(*(reader.run() for reader in self.readers))
             await self.handler.finish()
         finally:
-            keeper_stop.set()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+            await self.supervisor.close()
             await self.handler.close()
             with contextlib.suppress(*REDIS_ERRORS):  # else it expires
                 await self.scripts.lock_release(self.client, sub.claim_key, token)
             log.info(
                 f"{self.what}_stopped",
                 seconds=round(time.monotonic() - started, 1),
+                **({"failed_task": self.failed} if self.failed else {}),
                 **self.handler.summary(),
             )
 

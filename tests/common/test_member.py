@@ -211,3 +211,60 @@ def test_a_transport_error_leaked_by_redis_py_counts_as_a_lost_connection(redis_
     if os.environ.get("FACESTREAM_TEST_CLUSTER") == "1":
         pytest.skip("a plain connection to one node is what this needs; the cluster runs skip it")
     assert asyncio.run(main()) == (True, False)
+
+
+def test_a_background_task_that_keeps_failing_stops_the_member_gracefully(
+    make_settings: MakeSettings,
+) -> None:
+    """A handler's supervised task that fails on every start: the member stops as on SIGTERM
+    (what it read is still handled and acknowledged), `failed` names the task, and the
+    name claim is released."""
+    from facestream.common.supervise import RestartPolicy
+
+    settings = make_settings()
+    keys = Keys(settings.prefix)
+
+    class Broken(Recording):
+        member: Member
+
+        async def start(self) -> None:
+            async def broken() -> None:
+                await asyncio.sleep(0.2)  # after the first batch was read
+                raise RuntimeError("a bug in a background loop")
+
+            self.member.supervisor.start("broken", broken)
+
+        async def handle(self, batch: Batch) -> None:
+            await asyncio.sleep(1.0)  # in hand when the task is given up (at ~0.5 s)
+            await super().handle(batch)
+
+    async def main() -> tuple[Broken, str | None, int, list[dict[str, Any]]]:
+        client = async_client(settings)
+        handler = Broken(client, keys.results, "g")
+        sub = Subscription(
+            streams=(keys.results,),
+            group="g",
+            consumer=settings.consumer,
+            claim_key=keys.consumer_claim("g", settings.consumer),
+            claim_ttl_ms=settings.consumer_claim_ttl_ms,
+            count=10,
+            block_ms=50,
+        )
+        policy = RestartPolicy(max_failures=2, window_s=5.0, backoff_max_s=0.1)
+        member = handler.member = Member(client, sub, handler, "sink", policy)
+        for i in range(3):
+            await client.xadd(keys.results, {"result": str(i).encode()})
+        with structlog.testing.capture_logs() as logs:
+            await asyncio.wait_for(member.run(), 10)
+        claim = int(await client.exists(sub.claim_key))
+        await client.aclose()
+        return handler, member.failed, claim, logs
+
+    handler, failed, claim, logs = asyncio.run(main())
+    assert failed == "broken"
+    assert len(handler.seen) == 3  # the batch in hand was finished and acknowledged
+    assert claim == 0
+    events = [e["event"] for e in logs]
+    assert events.count("task_failed") == 1 and "task_gave_up" in events
+    [stopped] = [e for e in logs if e["event"] == "sink_stopped"]
+    assert stopped["failed_task"] == "broken"

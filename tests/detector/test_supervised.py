@@ -145,6 +145,7 @@ runpy.run_module("facestream.detector", run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_a_detector_process_whose_task_keeps_failing_exits_1(
     redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
@@ -169,3 +170,42 @@ def test_a_detector_process_whose_task_keeps_failing_exits_1(
     events = [line["event"] for line in lines]
     assert code == 1, procs.logs()
     assert "task_gave_up" in events and "detector_stopped" in events
+
+
+def test_an_inference_thread_that_dies_is_started_again_on_the_same_queue(
+    builtin_model: Any, photo_png: dict[str, bytes]
+) -> None:
+    """The thread dies outside a model call (its queue step raises): the supervisor logs it
+    and a new thread answers what was queued, as the old one would have."""
+    from facestream.common.supervise import RestartPolicy, Supervisor
+    from facestream.detector.batcher import DynamicBatcher
+    from tests.support.helpers import decoded
+
+    prepared = builtin_model.prepare(decoded(photo_png["astronaut"]))
+
+    async def go() -> tuple[list[list[Any]], list[str], list[dict[str, Any]]]:
+        batcher = DynamicBatcher(builtin_model, max_batch=1, max_wait_ms=0)
+        take, died = batcher._take, 0
+
+        def dies_once() -> Any:
+            nonlocal died
+            if not died:
+                died += 1
+                raise RuntimeError("a bug in the queue step")
+            return take()
+
+        batcher._take = dies_once  # type: ignore[method-assign]
+        gave_up: list[str] = []
+        sup = Supervisor(RestartPolicy(max_failures=3, window_s=5.0), gave_up.append)
+        with structlog.testing.capture_logs() as logs:
+            sup.start("inference", batcher.run)
+            answer = await asyncio.wait_for(batcher.detect([prepared]), 10)
+            await sup.close()
+        batcher.close()
+        return answer, gave_up, logs
+
+    answer, gave_up, logs = asyncio.run(go())
+    assert answer == [builtin_model.detect([prepared.image])[0]]
+    assert gave_up == []
+    [failed] = [e for e in logs if e["event"] == "task_failed"]
+    assert failed["task"] == "inference"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import pytest
 import redis
 from starlette.testclient import TestClient
 
@@ -120,6 +121,7 @@ runpy.run_module("facestream.ingest", run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_a_gateway_whose_reply_reader_keeps_failing_exits_1(
     redis_url: str, prefix: str, tmp_path: Path
 ) -> None:

@@ -175,9 +175,11 @@ def open_oriented(data: bytes, max_pixels: int, max_scans: int = MAX_JPEG_SCANS)
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
-    """Width and height after EXIF orientation, from the header alone; None if unreadable."""
+    """Width and height after EXIF orientation, from the header alone; None if unreadable or
+    over the decode budget. Cheap enough for an event loop: Pillow reads the segments before the
+    pixel data in Python, and the budget check bounds how many there are."""
     fmt = sniff_format(data)
-    if fmt is None:
+    if fmt is None or decode_cost_problem(data, fmt, MAX_JPEG_SCANS) is not None:
         return None
     try:
         with warnings.catch_warnings():

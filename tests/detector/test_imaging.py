@@ -190,6 +190,28 @@ def test_orientation_is_applied_for_every_format(
     assert Image.open(io.BytesIO(draw_faces(data, [], BIG))).size == (512, 600)
 
 
+def test_mpo_orientation_and_draft(photos: dict[str, np.ndarray]) -> None:
+    """Pillow opens a JPEG with a multi-picture index as MPO: oriented and drafted as a JPEG."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = Image.fromarray(photos["grace_hopper"]).transpose(Image.Transpose.ROTATE_90)
+    buf = io.BytesIO()
+    stored.save(buf, "MPO", save_all=True, append_images=[stored], exif=exif.tobytes())
+    data = buf.getvalue()
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    assert image_size(data) == (512, 600)
+    img = decode(data, max_side=300)
+    assert (img.width, img.height) == (512, 600) and img.pixels.shape == (300, 256, 3)
+    assert open_oriented(data, BIG).size == (512, 600)
+
+
+def test_header_size_is_refused_over_the_budget() -> None:
+    """image_size runs on the detector's event loop: a flood of segments gets None at once."""
+    jpeg = encode(np.zeros((8, 8, 3), np.uint8), "JPEG")
+    assert image_size(jpeg) == (8, 8)
+    assert image_size(jpeg[:2] + b"\xff\xfe\x00\x02" * 70_000 + jpeg[2:]) is None
+
+
 def test_png_exif_after_the_pixels_counts_in_the_header_size(photos: dict[str, np.ndarray]) -> None:
     """Some writers put eXIf after IDAT, where Pillow sees it only after decoding."""
     exif = Image.Exif()

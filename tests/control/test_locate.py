@@ -78,7 +78,7 @@ def test_the_default_url_is_used_only_when_it_holds_facestream(
     nothing = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", prefix=prefix)
     nothing.model_fields_set.discard("redis_url")
     client = redis.Redis.from_url(nothing.redis_url, socket_connect_timeout=1)
-    with pytest.raises(locate.NotFound, match="no facestream found: .* nothing answers"):
+    with pytest.raises(locate.NotFound, match=r"no facestream found: .* nothing answers"):
         locate.check(nothing, client)
 
 

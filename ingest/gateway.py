@@ -122,7 +122,11 @@ def create_app(settings: Settings) -> FastAPI:
         openapi_extra={"requestBody": REQUEST_BODY},
         responses={
             200: {"description": "the result (with wait=true)"},
-            202: {"description": "accepted; the result goes to the results stream"},
+            202: {
+                "description": "accepted; the result goes to the results stream. Body: `id`, "
+                "`sha256`, `entry` (its images-stream entry), `detectors` (how many are alive) "
+                "and, when none is, `warning` (it is answered once one starts)"
+            },
             400: error_doc("bad request"),
             413: error_doc("image too large"),
             415: error_doc("not an image"),

@@ -35,7 +35,7 @@ OUT_OF_MEMORY = (
     "Redis is out of memory (maxmemory reached, writes refused): nothing was queued; "
     "retry later, or ask the operator to raise maxmemory or drain the streams"
 )
-OOM_REMEMBERED_S = 10.0  # how long /readyz reports an OOM answer seen on a request
+OOM_REMEMBERED_S = 5.0  # how long /readyz reports an OOM answer seen on a request
 
 
 def readable(message: str) -> str:

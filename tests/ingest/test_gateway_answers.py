@@ -285,6 +285,7 @@ def test_redis_out_of_memory_is_named_and_not_ready(
             )
             accepted = httpx.post(f"{url}/v1/detect", content=photo_png["camera"], timeout=30)
         finally:
+            admin.close()
             assert procs.stop() == [0], procs.logs()
     for resp in (refused, multipart):
         assert resp.status_code == 503, resp.text

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image
@@ -44,6 +46,15 @@ _TRANSPOSE = {
 _UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, KeyError)
 
 
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Pillow warns about hostile input (bomb-sized headers, thousands of bad EXIF tags in one
+    image); the outcome is in the result, so the warnings are dropped rather than logged."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 class PhotoError(ValueError):
     """The bytes cannot be opened as an allowed image within the budget; `code` is the result's
     error code (docs/contract.md)."""
@@ -63,9 +74,7 @@ def open_checked(data: bytes, max_pixels: int, max_scans: int = MAX_JPEG_SCANS) 
     if problem is not None:
         raise PhotoError(f"{problem}: refused before decoding", ErrorCode.TOO_COMPLEX)
     try:
-        with warnings.catch_warnings():
-            # Our own pixel cap applies; Pillow's bomb warning would only be noise.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _quiet():
             img = Image.open(io.BytesIO(data), formats=(fmt,))
     except Image.DecompressionBombError as exc:
         # Pillow's own guard fires at open for sizes far past its limit (and ours).
@@ -90,13 +99,14 @@ def header_orientation(img: Image.Image, data: bytes) -> int:
     """The EXIF orientation (1..8) without decoding pixels. A PNG may carry its eXIf chunk after
     the pixel data, where Pillow only looks after decoding: that one is read from the bytes."""
     try:
-        if img.format == "PNG" and "exif" not in img.info:
-            payload = png_exif(data)
-            if payload is not None:
-                exif = Image.Exif()
-                exif.load(payload)
-                return _tag(exif.get(ORIENTATION_TAG))
-        return _tag(img.getexif().get(ORIENTATION_TAG))
+        with _quiet():
+            if img.format == "PNG" and "exif" not in img.info:
+                payload = png_exif(data)
+                if payload is not None:
+                    exif = Image.Exif()
+                    exif.load(payload)
+                    return _tag(exif.get(ORIENTATION_TAG))
+            return _tag(img.getexif().get(ORIENTATION_TAG))
     except _UNREADABLE:
         return 1  # an unreadable EXIF block orients nothing, as in orient()
 
@@ -160,8 +170,7 @@ def upright_rgb8(img: Image.Image) -> tuple[Image.Image, int]:
     """An opened image decoded, turned upright and made 8-bit RGB; the orientation applied.
     Raises PhotoError when the pixels cannot be decoded."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _quiet():
             upright, orientation = orient(img)
             return to_rgb8(upright), orientation
     except _UNREADABLE as exc:
@@ -182,8 +191,7 @@ def image_size(data: bytes) -> tuple[int, int] | None:
     if fmt is None or decode_cost_problem(data, fmt, MAX_JPEG_SCANS) is not None:
         return None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _quiet():
             img = Image.open(io.BytesIO(data), formats=(fmt,))
             w, h = img.size
     except (*_UNREADABLE, Image.DecompressionBombError):

@@ -50,7 +50,7 @@ def page(registry: CollectorRegistry, multiprocess_dir: str | None = None) -> by
     return generate_latest(shared)
 
 
-def serve(port: int | None, registry: CollectorRegistry) -> None:
-    """Expose `registry` over HTTP on `port`, all interfaces (None or 0: off)."""
+def serve(port: int | None, registry: CollectorRegistry, host: str = "0.0.0.0") -> None:
+    """Expose `registry` over HTTP on `port` of `host` (None or 0: off)."""
     if port:
-        start_http_server(port, registry=registry)
+        start_http_server(port, addr=host, registry=registry)

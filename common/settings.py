@@ -206,6 +206,9 @@ class Settings(BaseSettings):
     # Detectors and sinks serve Prometheus metrics on this port (0: off); the gateway serves
     # them at /metrics on its own port.
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    # ... on this interface: all of them by default (a Prometheus in another container
+    # scrapes them); `facestream up` keeps its processes' metrics on loopback.
+    metrics_host: str = "0.0.0.0"
     # Gateway worker processes (FACESTREAM_HTTP_WORKERS > 1) keep their metric values in files
     # here, so /metrics on any worker sums them all. Set by the gateway for its workers (a
     # fresh temporary directory); only set it to choose the directory.

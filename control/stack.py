@@ -78,6 +78,7 @@ class Stack:
         if metrics:  # each process its own port: a scrape target per process
             port = free_port()
             base["FACESTREAM_METRICS_PORT"] = str(port)
+            base["FACESTREAM_METRICS_HOST"] = "127.0.0.1"  # like the gateway: this machine only
             self.metrics[name] = f"http://127.0.0.1:{port}/metrics"
         out: IO[bytes] | None = None
         if self.log_dir is not None:

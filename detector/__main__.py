@@ -47,7 +47,7 @@ async def serve(settings: Settings) -> int:
     model = ready_model(settings)
     if model is None:
         return 2
-    metrics.serve(settings.metrics_port)
+    metrics.serve(settings.metrics_port, settings.metrics_host)
     client = async_client(settings)
     detector = Detector(settings, client, model)
     stop_on_signals(detector.stop.set, "detector")

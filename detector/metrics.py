@@ -68,6 +68,6 @@ BLOOM_NEVER = BLOOM.labels("never")
 RESULT_BY_OUTCOME = {o: RESULTS.labels(o) for o in ("inferred", "cached", "error")}
 
 
-def serve(port: int | None) -> None:
-    """Expose the detector's metrics on `port` (None or 0: off)."""
-    metrics.serve(port, REGISTRY)
+def serve(port: int | None, host: str = "0.0.0.0") -> None:
+    """Expose the detector's metrics on `port` of `host` (None or 0: off)."""
+    metrics.serve(port, REGISTRY, host)

@@ -29,7 +29,7 @@ def make_sink(kind: str, settings: Settings) -> Sink:
 
 
 async def serve(kind: str, settings: Settings) -> int:
-    metrics.serve(settings.metrics_port)
+    metrics.serve(settings.metrics_port, settings.metrics_host)
     client = async_client(settings)
     runner = SinkRunner(settings, client, make_sink(kind, settings))
     stop_on_signals(runner.stop.set, f"sink {kind}")

@@ -20,6 +20,6 @@ DEAD_LETTERS = Counter(
 )
 
 
-def serve(port: int | None) -> None:
-    """Expose the sink's metrics on `port` (None or 0: off)."""
-    metrics.serve(port, REGISTRY)
+def serve(port: int | None, host: str = "0.0.0.0") -> None:
+    """Expose the sink's metrics on `port` of `host` (None or 0: off)."""
+    metrics.serve(port, REGISTRY, host)

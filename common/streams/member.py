@@ -245,7 +245,8 @@ class Member:
         self.handler = handler
         self.what = what  # "detector", "sink": names the start and stop log lines
         self.stop = asyncio.Event()
-        self.supervisor = Supervisor(policy or RestartPolicy(), self._give_up, log)
+        self.policy = policy or RestartPolicy()
+        self.supervisor = Supervisor(self.policy, self._give_up, log)
         self.failed: str | None = None  # the background task that kept failing, if one did
         self.scripts = Scripts(client)
         self.readers = [
@@ -303,14 +304,21 @@ class Member:
         sub = self.sub
         # Every log line of this task and the tasks it starts names the consumer.
         structlog.contextvars.bind_contextvars(consumer=sub.consumer)
+        # A fresh one per run: a member run again starts its tasks again.
+        self.supervisor = Supervisor(self.policy, self._give_up, log)
+        self.failed = None
         token = await until_available(
             lambda: claim_consumer_name(self.client, sub.claim_key, sub.claim_ttl_ms),
             self.stop,
             log,
         )
-        started_ok = await until_available(self._start, self.stop, log) if token else None
+        try:
+            started_ok = await until_available(self._start, self.stop, log) if token else None
+        except BaseException:
+            await self.supervisor.close()  # whatever the failed start had begun
+            raise
         if token is None or started_ok is None:
-            await self.supervisor.close()  # whatever a failed start had begun
+            await self.supervisor.close()
             await self.handler.close()
             return  # stopped before Redis came
         keeper = LockKeeper(self.scripts, sub.claim_ttl_ms)

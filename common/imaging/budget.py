@@ -38,8 +38,8 @@ BMP_RLE = {1: "RLE8", 2: "RLE4"}
 
 
 def _jpeg_problem(data: bytes, max_scans: int) -> str | None:
-    scans = segments = 0
-    pos = 2  # past SOI
+    # Segments up to the first scan: Pillow reads these in Python, one loop turn each.
+    segments, pos = 0, 2  # past SOI
     while True:
         found = _MARKER.search(data, pos)
         if found is None or found.start() + 4 > len(data):
@@ -47,22 +47,46 @@ def _jpeg_problem(data: bytes, max_scans: int) -> str | None:
         pos = found.start()
         marker = data[pos + 1]
         if marker == _EOI:
-            return None  # the rest (an MPO's further pictures) is never decoded
+            return None
         segments += 1
         if segments > MAX_SEGMENTS:
             return f"JPEG with more than {MAX_SEGMENTS} marker segments"
+        if marker == _SOS:
+            break
+        pos += 2 if marker in _STANDALONE else 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return _scans_past(data, pos, max_scans, segments)
+
+
+def _scans_past(data: bytes, pos: int, max_scans: int, segments: int) -> str | None:
+    """Scans counted from the first SOS at `pos` (entropy-coded data skipped by a regular
+    expression, in C), and the segments between them."""
+    scans = 0
+    while True:
+        marker = data[pos + 1]
+        if marker == _EOI:
+            return None  # the rest (an MPO's further pictures) is never decoded
         if marker in _STANDALONE:
             pos += 2
-            continue
-        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
         if marker == _SOS:
             scans += 1
             if scans > max_scans:
-                return f"progressive JPEG with more than {max_scans} scans (limit {max_scans})"
+                return f"JPEG with more than {max_scans} scans (limit {max_scans})"
             end = _SCAN_END.search(data, pos)
             if end is None:
                 return None
             pos = end.start()
+        else:
+            found = _MARKER.search(data, pos)
+            if found is None:
+                return None
+            pos = found.start()
+        if pos + 4 > len(data):
+            return None
+        segments += 1
+        if segments > MAX_SEGMENTS:
+            return f"JPEG with more than {MAX_SEGMENTS} marker segments"
 
 
 def _png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:

@@ -91,7 +91,7 @@ def test_crops_are_cut_in_a_worker_thread_while_the_loop_runs(
     # One decode and one set of crops for the three results of one image, not on the loop.
     assert len(threads) == 1 and threads[0] is not threading.main_thread()
     # Measured loosely (the machine is shared): on the loop, one gap would be the whole cut.
-    assert took > 0.2 and worst_gap < took / 2, (took, worst_gap)
+    assert took > 0.1 and worst_gap < took / 2, (took, worst_gap)
     for r in results:
         assert r.crops_omitted == 200 - 64  # the default cap
         assert sum(1 for f in r.faces or [] if f.crop) == 64

@@ -165,8 +165,9 @@ def test_a_hit_asking_for_crops_is_published_once_with_its_crops(
     body = detect(url, image, "c-2", crops=True)
     assert body["cached"] is True and body["consumer"].startswith("gateway:")
     assert body["faces"] and all(f["crop"] for f in body["faces"])
+    assert body["crops_omitted"] == 0  # under the caps: every face has its crop
     mine = [p for p in results(r, prefix) if p["id"] == "c-2"]
-    assert len(mine) == 1
+    assert len(mine) == 1 and mine[0]["crops_omitted"] == 0
     assert [bool(f.get("crop")) for f in mine[0]["faces"]] == [True] * len(body["faces"])
 
 

@@ -37,7 +37,7 @@ _STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RST0..7, SOI: no len
 BMP_RLE = {1: "RLE8", 2: "RLE4"}
 
 
-def _jpeg_problem(data: bytes, max_scans: int) -> str | None:
+def _jpeg_problem(data: bytes, max_scans: int, header_only: bool) -> str | None:
     # Segments up to the first scan: Pillow reads these in Python, one loop turn each.
     segments, pos = 0, 2  # past SOI
     while True:
@@ -54,7 +54,7 @@ def _jpeg_problem(data: bytes, max_scans: int) -> str | None:
         if marker == _SOS:
             break
         pos += 2 if marker in _STANDALONE else 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
-    return _scans_past(data, pos, max_scans, segments)
+    return None if header_only else _scans_past(data, pos, max_scans, segments)
 
 
 def _scans_past(data: bytes, pos: int, max_scans: int, segments: int) -> str | None:
@@ -127,11 +127,14 @@ def _bmp_problem(data: bytes) -> str | None:
     return f"run-length-encoded BMP ({rle}) is not accepted: send it as PNG or uncompressed BMP"
 
 
-def decode_cost_problem(data: bytes, fmt: str, max_scans: int) -> str | None:
+def decode_cost_problem(
+    data: bytes, fmt: str, max_scans: int, *, header_only: bool = False
+) -> str | None:
     """Why decoding these bytes (already sniffed as `fmt`) would cost more than the budget
-    allows, or None when it is within it."""
+    allows, or None when it is within it. `header_only`: only what opening the image (reading
+    its header, no pixels) would cost, so a JPEG's scans are not counted."""
     if fmt == "JPEG":
-        return _jpeg_problem(data, max_scans)
+        return _jpeg_problem(data, max_scans, header_only)
     if fmt == "PNG":
         return _png_problem(data)
     if fmt == "BMP":

@@ -7,8 +7,8 @@ here, so all three agree on:
 - the budget, checked before anything is decoded: an allowed format by its magic bytes, the
   structure within budget (common/imaging/budget.py: JPEG scans, segment and chunk counts, no
   RLE BMP) and the pixel cap from the header;
-- one orientation rule: the EXIF orientation Pillow reads (EXIF in JPEG, MPO, PNG, WebP,
-  TIFF; XMP where there is no EXIF tag) is applied whatever the format, and sizes are reported
+- one orientation rule: the EXIF orientation Pillow reads (from JPEG, MPO, PNG and WebP alike;
+  from XMP where there is no EXIF tag) is applied whatever the format, and sizes are reported
   after it;
 - one depth rule: 16-bit and 32-bit pixels are scaled to 8 bits (never clipped), transparency
   is composited over white.
@@ -136,7 +136,7 @@ def _wide_to_l(img: Image.Image) -> Image.Image:
     a = np.asarray(img)
     if img.mode.startswith("I;16"):
         return Image.fromarray((a >> 8).astype(np.uint8))
-    finite = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    finite = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = float(finite.min()), float(finite.max())
     if img.mode == "F" and lo >= 0 and hi <= 1:
         out = finite * 255
@@ -188,7 +188,7 @@ def image_size(data: bytes) -> tuple[int, int] | None:
     over the decode budget. Cheap enough for an event loop: Pillow reads the segments before the
     pixel data in Python, and the budget check bounds how many there are."""
     fmt = sniff_format(data)
-    if fmt is None or decode_cost_problem(data, fmt, MAX_JPEG_SCANS) is not None:
+    if fmt is None or decode_cost_problem(data, fmt, MAX_JPEG_SCANS, header_only=True):
         return None
     try:
         with _quiet():

@@ -19,7 +19,7 @@ from facestream.common.contract.schema import ErrorCode, SchemaError
 from facestream.common.imaging.budget import MAX_SEGMENTS
 from facestream.common.imaging.photo import PhotoError, open_oriented
 from facestream.common.settings import Settings
-from facestream.detector.imaging import decode_image
+from facestream.detector.imaging import decode_image, image_size
 from facestream.detector.worker import Detector
 from facestream.ingest.drawing import draw_faces
 from facestream.ingest.publisher import make_event
@@ -63,6 +63,8 @@ def test_a_scan_bomb_is_refused_before_decoding(bomb: bytes) -> None:
     err = refused(bomb)
     assert err.code == ErrorCode.TOO_COMPLEX
     assert "more than 100 scans" in err.message
+    # Reading its size decodes nothing, so the scans do not matter there.
+    assert image_size(bomb) == (2000, 1500)
 
 
 def test_the_gateways_decodes_refuse_it_too(bomb: bytes, photo_png: dict[str, bytes]) -> None:

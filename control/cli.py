@@ -18,6 +18,7 @@ from facestream.common.log import configure
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import redact, sync_client
 from facestream.common.streams.errors import REDIS_ERRORS
+from facestream.common.streams.serving import live_detectors
 from facestream.control import locate, model_cli, ops_cli
 
 
@@ -310,15 +311,27 @@ def health(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     client = sync_client(settings)
     try:
-        alive = {name: bool(client.exists(keys.consumer_claim(group, name))) for name in names}
+        # The heartbeat says the process runs; a detector's served-model entry also says its
+        # background tasks do (it stops refreshing it while one is down: common/supervise.py).
+        beating = {name: bool(client.exists(keys.consumer_claim(group, name))) for name in names}
+        serving = (
+            live_detectors(client.hgetall(keys.serving(group))) if args.role == "detector" else {}
+        )
     except REDIS_ERRORS as exc:
         print(f"unhealthy: redis {redact(settings.redis_url)}: {exc}", file=sys.stderr)
         return 1
     finally:
         client.close()
-    for name, ok in alive.items():
-        print(f"{'healthy' if ok else 'unhealthy'}: {args.role} {name} in {group}")
-    return 0 if all(alive.values()) else 1
+    healthy = True
+    for name, beats in beating.items():
+        why = ""
+        if not beats:
+            why = " (no heartbeat: not running)"
+        elif args.role == "detector" and name not in serving:
+            why = " (running, but not serving: a background task is down, see its log)"
+        healthy = healthy and not why
+        print(f"{'unhealthy' if why else 'healthy'}: {args.role} {name} in {group}{why}")
+    return 0 if healthy else 1
 
 
 def health_members(args: argparse.Namespace, settings: Settings) -> list[str]:

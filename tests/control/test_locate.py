@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,29 @@ def test_trim_keeps_the_newest_results(redis_url: str, prefix: str, r: redis.Red
     assert asyncio.run(trim(20)) == 0  # fewer than `keep` in all: nothing goes
     assert asyncio.run(trim(4)) == 6
     assert [e.decode() for e, _ in r.xrange(stream)] == ids[-4:]
+
+
+def test_health_of_a_detector_that_beats_but_does_not_serve(
+    redis_url: str,
+    prefix: str,
+    r: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from facestream.control.cli import main
+
+    monkeypatch.setenv("FACESTREAM_REDIS_URL", redis_url)
+    monkeypatch.setenv("FACESTREAM_PREFIX", prefix)
+    monkeypatch.setattr("facestream.control.cli.configure", lambda settings: None)
+    keys = Keys(prefix, 1)
+    r.xadd(keys.parts[0].images, {"event": b"x"})  # a facestream Redis
+    r.set(keys.consumer_claim("detectors", "d1"), "token", px=60_000)  # its heartbeat
+
+    assert main(["health", "detector", "--consumer", "d1"]) == 1
+    assert "not serving: a background task is down" in capsys.readouterr().out
+    until = int(time.time() * 1000) + 60_000
+    r.hset(keys.serving("detectors"), "d1", f"{until}:some-model")
+    assert main(["health", "detector", "--consumer", "d1"]) == 0
+    assert "healthy: detector d1 in detectors" in capsys.readouterr().out
+    assert main(["health", "detector", "--consumer", "gone"]) == 1
+    assert "no heartbeat" in capsys.readouterr().out

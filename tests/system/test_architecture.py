@@ -19,11 +19,12 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
 def tree_copy(dest: Path) -> Path:
-    """The packages, the facestream/ links and pyproject.toml, as in a checkout."""
+    """The packages, the facestream/ links, pyproject.toml and setup.py, as in a checkout."""
     for name in PACKAGES:
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "facestream", dest / "facestream", symlinks=True)
     shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
+    shutil.copy(ROOT / "setup.py", dest / "setup.py")
     return dest
 
 
@@ -122,3 +123,29 @@ def test_the_wheel_installs_one_top_level_package(tmp_path: Path) -> None:
         assert f"facestream/{name}/__init__.py" in names
     assert "facestream/common/streams/lua/emit.lua" in names
     assert "facestream/detector/model/loader.py" in names
+    assert "facestream/py.typed" in names  # the whole package typed for downstream mypy
+
+
+PIP_WHEEL = (sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation")
+
+
+@pytest.mark.slow
+def test_a_clone_without_symlinks_fails_the_build_loudly(tmp_path: Path) -> None:
+    """With core.symlinks=false git writes each link as a text file holding its target; the
+    build must stop and say so, not ship a wheel with only facestream/__init__.py."""
+    tree = tmp_path / "tree"
+    (tree / "facestream").mkdir(parents=True)
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(ROOT / name, tree / name)
+    shutil.copy(ROOT / "facestream" / "__init__.py", tree / "facestream" / "__init__.py")
+    for name in PACKAGES:
+        (tree / "facestream" / name).write_text(f"../{name}")  # what git writes for a link
+    done = subprocess.run(
+        [*PIP_WHEEL, "--wheel-dir", str(tmp_path / "out"), str(tree)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    assert "this clone was made without symlinks" in done.stdout + done.stderr
+    assert not list(tmp_path.rglob("*.whl"))

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from facestream.common.contract.keys import Partition
 from facestream.common.contract.schema import ErrorCode, Face, ImageEvent, Result, SchemaError
 from facestream.common.imaging.align import CropCaps, faces_with_crops
+from facestream.common.imaging.photo import MAX_JPEG_SCANS
 from facestream.common.log import get_logger
 from facestream.common.streams.member import MemberCounters
 
@@ -58,6 +59,7 @@ class ResultFactory:
     counters: Counters = field(default_factory=Counters)
     max_pixels: int = 40_000_000
     caps: CropCaps = field(default_factory=CropCaps)
+    max_scans: int = MAX_JPEG_SCANS
     # One crop cut at a time per detector: each holds a full-size decode (3 bytes a pixel).
     _cutting: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
 
@@ -105,7 +107,7 @@ class ResultFactory:
 
     def _cut(self, result: Result, image: bytes, faces: list[Face]) -> tuple[list[Face], int]:
         try:
-            return faces_with_crops(image, faces, self.max_pixels, self.caps)
+            return faces_with_crops(image, faces, self.max_pixels, self.caps, self.max_scans)
         except Exception as exc:  # a crop is an extra: its failure must not lose the answer
             log.warning("crops_failed", entry=result.entry, reason=f"{type(exc).__name__}: {exc}")
             return faces, len(faces)

@@ -53,7 +53,12 @@ class BatchProcessor:
         self.writer = Writer(ctx)
         caps = CropCaps(settings.max_crops, settings.max_crop_bytes)
         self.results = ResultFactory(
-            ctx.model_tag, settings.consumer, ctx.counters, settings.max_pixels, caps
+            ctx.model_tag,
+            settings.consumer,
+            ctx.counters,
+            settings.max_pixels,
+            caps,
+            settings.max_jpeg_scans,
         )
         self.counters = ctx.counters
         self.limits = settings.limits()

@@ -16,29 +16,20 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import io
-import warnings
 from collections.abc import Callable
 
-from PIL import Image
-
-from facestream.common.contract.imagetypes import ALLOWED_FORMATS
+from facestream.common.imaging.photo import image_size
 
 # Below this many pixels a draw's buffers are small and trimming would cost more than it gives.
 TRIM_FROM_PIXELS = 4_000_000
 
 
 def header_pixels(image: bytes) -> int:
-    """The photo's pixel count from its header (no decode); 0 when the header is unreadable
-    (the detector will answer it `undecodable`, and nothing is drawn)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(image), formats=ALLOWED_FORMATS) as img:
-                w, h = img.size
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
-        return 0
-    return max(0, w) * max(0, h)
+    """The photo's pixel count from its header (no decode, the decode budget's header checks
+    first: this runs on the event loop); 0 when the header is unreadable or over that budget
+    (the detector answers it `undecodable` or `too_complex`, and nothing is drawn)."""
+    size = image_size(image)
+    return size[0] * size[1] if size else 0
 
 
 class DrawBudget:

@@ -246,7 +246,12 @@ class CacheAnswers:
         async with self._cutting:
             try:
                 return await asyncio.to_thread(
-                    faces_with_crops, event.image, faces, self.s.max_pixels, self._caps
+                    faces_with_crops,
+                    event.image,
+                    faces,
+                    self.s.max_pixels,
+                    self._caps,
+                    self.s.max_jpeg_scans,
                 )
             except Exception as exc:  # a crop is an extra: its failure must not lose the answer
                 log.warning("crops_failed", id=event.id, reason=f"{type(exc).__name__}: {exc}")

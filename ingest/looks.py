@@ -172,9 +172,9 @@ def add_look_routes(app: FastAPI, settings: Settings, keys: Keys) -> None:
             draws.release(pixels)
 
 
-def _draw(image: bytes, faces: list[dict[str, Any]], max_pixels: int) -> bytes:
+def _draw(image: bytes, faces: list[dict[str, Any]], settings: Settings) -> bytes:
     try:
-        return draw_faces(image, faces, max_pixels)
+        return draw_faces(image, faces, settings.max_pixels, settings.max_jpeg_scans)
     finally:
         give_back(header_pixels(image))  # a large draw's memory back to the system
 
@@ -193,7 +193,7 @@ async def _drawn(
     faces = result.get("faces") or []
     try:
         # Decoding and encoding a large photo takes tens of ms: off the event loop.
-        drawn = await asyncio.to_thread(_draw, image, faces, settings.max_pixels)
+        drawn = await asyncio.to_thread(_draw, image, faces, settings)
     except PhotoError as exc:
         return error(422, "undecodable", readable(str(exc)))
     headers = {

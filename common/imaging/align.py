@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from facestream.common.contract.schema import Face
-from facestream.common.imaging.photo import open_oriented
+from facestream.common.imaging.photo import MAX_JPEG_SCANS, open_oriented
 
 CROP_SIZE = 112
 TEMPLATE = np.array(
@@ -78,7 +78,11 @@ class CropCaps:
 
 
 def faces_with_crops(
-    image: bytes, faces: list[Face], max_pixels: int, caps: CropCaps | None = None
+    image: bytes,
+    faces: list[Face],
+    max_pixels: int,
+    caps: CropCaps | None = None,
+    max_scans: int = MAX_JPEG_SCANS,
 ) -> tuple[list[Face], int]:
     """New Face objects carrying their crops (the given ones may be shared by other results
     and the cache write, so they are not changed), and how many faces were left without one.
@@ -92,7 +96,7 @@ def faces_with_crops(
         return faces, 0
     if caps.max_crops <= 0 or caps.max_bytes <= 0:
         return list(faces), len(faces)
-    photo = open_oriented(image, max_pixels)
+    photo = open_oriented(image, max_pixels, max_scans)
     out: list[Face] = []
     used = 0
     for face in faces[: caps.max_crops]:

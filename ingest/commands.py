@@ -100,9 +100,10 @@ def event_id(path: Path) -> str:
 class Drawer:
     """Writes each answered photo with its faces drawn into one directory (`--draw`)."""
 
-    def __init__(self, directory: Path, max_pixels: int) -> None:
+    def __init__(self, directory: Path, max_pixels: int, max_scans: int) -> None:
         self.dir = directory
         self.max_pixels = max_pixels
+        self.max_scans = max_scans
         self.used: set[str] = set()
         directory.mkdir(parents=True, exist_ok=True)
 
@@ -119,7 +120,7 @@ class Drawer:
         out = self.dir / name
         try:
             # Read again rather than held: at most WINDOW images stay in memory.
-            drawn = draw_faces(path.read_bytes(), faces, self.max_pixels)
+            drawn = draw_faces(path.read_bytes(), faces, self.max_pixels, self.max_scans)
             out.write_bytes(drawn)
         except (OSError, PhotoError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
@@ -173,7 +174,9 @@ def detect(
     crops: bool = False,
 ) -> int:
     keys = Keys(settings.prefix, settings.partitions)
-    drawer = Drawer(draw, settings.max_pixels) if draw is not None else None
+    drawer = (
+        Drawer(draw, settings.max_pixels, settings.max_jpeg_scans) if draw is not None else None
+    )
     reply = keys.reply_stream(f"cli-{uuid.uuid4().hex[:12]}")
     publisher = Publisher(settings, client)
     waiter = Waiter(client, reply)

@@ -195,7 +195,7 @@ async def _drawn(
         # Decoding and encoding a large photo takes tens of ms: off the event loop.
         drawn = await asyncio.to_thread(_draw, image, faces, settings)
     except PhotoError as exc:
-        return error(422, "undecodable", readable(str(exc)))
+        return error(422, str(exc.code), readable(str(exc)))
     headers = {
         "X-Facestream-Faces": str(len(faces)),
         "X-Facestream-Cached": "true" if result.get("cached") else "false",

@@ -17,12 +17,13 @@ here, so all three agree on:
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from facestream.common.contract.imagetypes import sniff_format
 from facestream.common.contract.schema import ErrorCode
@@ -44,6 +45,15 @@ _TRANSPOSE = {
 }
 # What Pillow raises on bytes it cannot read.
 _UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, KeyError)
+# Pillow names the file object it could not read (`<_io.BytesIO object at 0x7f...>`): a Python
+# repr that means nothing to whoever reads the result.
+_OBJECT_REPR = re.compile(r"\s*<[^<>]*\bat 0x[0-9a-fA-F]+>")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, UnidentifiedImageError):
+        return "the header is not readable"
+    return _OBJECT_REPR.sub("", str(exc)).strip() or type(exc).__name__
 
 
 @contextmanager
@@ -80,7 +90,7 @@ def open_checked(data: bytes, max_pixels: int, max_scans: int = MAX_JPEG_SCANS) 
         # Pillow's own guard fires at open for sizes far past its limit (and ours).
         raise PhotoError(str(exc), ErrorCode.TOO_MANY_PIXELS) from None
     except _UNREADABLE as exc:
-        raise PhotoError(f"cannot decode image: {exc}") from None
+        raise PhotoError(f"cannot decode {fmt} image: {_reason(exc)}") from None
     w, h = img.size
     if w <= 0 or h <= 0:
         raise PhotoError("image has no pixels")
@@ -174,7 +184,7 @@ def upright_rgb8(img: Image.Image) -> tuple[Image.Image, int]:
             upright, orientation = orient(img)
             return to_rgb8(upright), orientation
     except _UNREADABLE as exc:
-        raise PhotoError(f"cannot decode image: {exc}") from None
+        raise PhotoError(f"cannot decode {img.format or 'the'} image: {_reason(exc)}") from None
 
 
 def open_oriented(data: bytes, max_pixels: int, max_scans: int = MAX_JPEG_SCANS) -> Image.Image:

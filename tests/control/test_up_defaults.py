@@ -147,6 +147,17 @@ def test_detect_draw_with_a_very_long_file_name(stack: dict[str, Any], tmp_path:
     assert all(len(r["id"]) <= 128 for r in rows)
 
 
+def test_an_unreadable_image_is_answered_in_words(stack: dict[str, Any], tmp_path: Path) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))  # the magic, then nothing usable
+    done = run(stack, "detect", str(broken))
+    assert done.returncode == 1
+    (row,) = [json.loads(line) for line in done.stdout.splitlines()]
+    assert row["error"]["code"] == "undecodable"
+    assert row["error"]["message"] == "cannot decode PNG image: the header is not readable"
+    assert " at 0x" not in done.stdout + done.stderr
+
+
 def test_up_with_no_detectors_runs_none(tmp_path: Path) -> None:
     err = tmp_path / "up.err"
     proc = subprocess.Popen(

@@ -76,7 +76,7 @@ CLUSTER_TESTS := tests/detector/test_answers.py tests/detector/test_cache.py \
 	tests/common/test_bloom_locks.py tests/common/test_member.py tests/ingest/test_publisher.py \
 	tests/sink/test_sinks.py tests/ingest/test_gateway.py tests/ingest/test_gateway_hits.py \
 	tests/system/test_partitions.py tests/control/test_ops.py tests/control/test_migration.py \
-	tests/system/test_metrics.py
+	tests/system/test_metrics.py tests/detector/test_crops.py
 test-cluster: setup
 	FACESTREAM_TEST_CLUSTER=1 $(BIN)/python -m pytest -q $(CLUSTER_TESTS)
 
@@ -88,7 +88,7 @@ ACL_TESTS := tests/control/test_security.py
 test-acl: setup
 	$(BIN)/python -m pytest -q $(ACL_TESTS)
 	FACESTREAM_TEST_ACL=1 $(BIN)/python -m pytest -q $(CLUSTER_TESTS) tests/ingest/test_hostile.py \
-		tests/detector/test_backpressure.py
+		tests/detector/test_backpressure.py tests/ingest/test_gateway_answers.py
 
 clean:
 	rm -rf $(VENV) $(README_VENV) build dist .mypy_cache .ruff_cache .pytest_cache

@@ -28,7 +28,15 @@ def add_parser(sub: Any) -> None:
         "--from-dir",
         help="export from this already downloaded copy of the model instead of downloading",
     )
-    fetch.add_argument("--revision", help="the hub revision to download (default: the pinned one)")
+    fetch.add_argument(
+        "--revision",
+        help="the hub revision to download (default: v1.1, then the hub's default revision)",
+    )
+    fetch.add_argument(
+        "--model-id",
+        help="the hub name to download (default: damo/cv_ddsar_face-detection_iclr23-damofd, "
+        "then iic/cv_ddsar_face-detection_iclr23-damofd)",
+    )
     quantize = actions.add_parser(
         "quantize",
         help="make builtin-int8: the built-in model quantised to int8, calibrated on the "
@@ -45,7 +53,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from facestream.detector.model.damofd import FetchError
+    from facestream.detector.model.damofd_hub import FetchError
     from facestream.detector.model.loader import ModelLoadError
     from facestream.detector.model.quantize import QuantizeError
     from facestream.detector.model.registry import RegistryError
@@ -81,13 +89,22 @@ def fetch(args: argparse.Namespace, settings: Settings) -> int:
             Path(args.cache_dir).expanduser() if args.cache_dir else None,
             Path(args.from_dir).expanduser() if args.from_dir else None,
             step,
-            revision=args.revision or damofd.REVISION,
+            revision=args.revision,
+            model_id=args.model_id,
         )
     finally:
         progress.advance(1, note="done")
         progress.close()
+    absent = entry.check.get("num_batches_tracked_missing", 0)
+    if absent:
+        # A real checkpoint may lack them (ModelScope's own loader is not strict either).
+        print(
+            f"the checkpoint has no num_batches_tracked for {absent} BatchNorm layers: "
+            "training-only counters, unused at inference; every weight was loaded",
+            file=sys.stderr,
+        )
     print(
-        f"installed {entry.name} in {root / entry.name} (weights sha256 "
+        f"installed {entry.name} from {entry.source} in {root / entry.name} (weights sha256 "
         f"{entry.weights_sha256[:12]}, export max |diff| {entry.check['max_abs_diff']:.2g}, "
         f"face found on the sample photo, IoU {entry.check['iou']:.2f}); "
         f"serve it with FACESTREAM_MODEL={entry.name} FACESTREAM_MODEL_DIR={root}"

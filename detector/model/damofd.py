@@ -1,17 +1,17 @@
 """`facestream model fetch damofd`: DamoFD-0.5G (ICLR 2023) from ModelScope, exported to ONNX,
 checked and installed in the registry.
 
-No mmcv, no mmdet: ModelScope's client only downloads the snapshot; the network is built in
-plain PyTorch (damofd_net.py) and the checkpoint loaded with strict key checking. Needs torch
->= 2.5 (the TorchScript exporter behind `dynamo=False`), modelscope to download, scikit-image
-for the sample photo: the `damofd` extra. Nothing here runs at detector start.
+No mmcv, no mmdet: ModelScope's client only downloads the snapshot (damofd_hub.py); the network
+is built in plain PyTorch (damofd_net.py) and the checkpoint loaded with strict key checking
+(only BatchNorm's unused step counters may be absent). Needs torch >= 2.5 (the TorchScript
+exporter behind `dynamo=False`), modelscope to download, scikit-image for the sample photo:
+the `damofd` extra. Nothing here runs at detector start.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,29 +23,31 @@ import numpy as np
 
 from facestream.common.log import get_logger
 from facestream.common.settings import Settings
+from facestream.detector.model.damofd_hub import (
+    CHECKPOINT,
+    MODEL_IDS,
+    Candidate,
+    FetchError,
+    Hub,
+    candidates,
+    download,
+    locate,
+    modelscope_hub,
+    read_snapshot,
+)
 from facestream.detector.model.graph import SIGMOID_KEY
 from facestream.detector.model.registry import RegistryEntry, write_entry
 from facestream.detector.model.resize import bilinear_float, fit_size
 from facestream.detector.model.types import DecodedImage
 
-MODEL_ID = "damo/cv_ddsar_face-detection_iclr23-damofd"
-# The hub revision fetched: a tag, so a re-published snapshot never changes what is installed
-# silently (`--revision` picks another; the entry records the one used).
-REVISION = "v1.0.0"
+MODEL_ID = MODEL_IDS[0]
 NAME = "damofd"
-CONFIG = "configuration.json"  # ModelScope's: its model type must be damofd
-MODEL_CONFIG = "DamoFD_lms.py"  # mmdet-style config: present in a real snapshot, never executed
-CHECKPOINT = "pytorch_model.pt"  # a dict with `state_dict`
 INPUT_SIZE = 640
 MIN_TORCH = (2, 5)
 HINT = "pip install 'facestream[damofd]'"
 
 log = get_logger(__name__)
 Step = Callable[[str], None]
-
-
-class FetchError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -89,48 +91,9 @@ def require(downloading: bool) -> None:
         )
 
 
-def download(cache_dir: Path | None, revision: str) -> Path:
-    from modelscope.hub.snapshot_download import snapshot_download
-
-    try:
-        path = snapshot_download(
-            MODEL_ID, revision=revision, cache_dir=str(cache_dir) if cache_dir else None
-        )
-    except Exception as exc:
-        raise FetchError(
-            f"downloading {MODEL_ID} (revision {revision}) from ModelScope failed: {exc}. "
-            "Without internet, fetch on a machine that has it and copy the installed "
-            "directory, or pass a downloaded copy with --from-dir (docs/models.md)"
-        ) from None
-    return Path(path)
-
-
-def read_snapshot(source: Path) -> dict[str, Any]:
-    """The checkpoint's state_dict, after checking the snapshot is DamoFD's."""
-    import torch
-
-    for name in (CONFIG, CHECKPOINT):
-        if not (source / name).is_file():
-            raise FetchError(f"{source}: no {name}; not a snapshot of {MODEL_ID}")
-    try:
-        config = json.loads((source / CONFIG).read_text(encoding="utf-8"))
-        kind = config.get("model", {}).get("type")
-    except (ValueError, AttributeError) as exc:
-        raise FetchError(f"{source / CONFIG}: unreadable: {exc}") from None
-    if kind != "damofd":
-        raise FetchError(f"{source / CONFIG}: model type {kind!r}, expected 'damofd'")
-    try:
-        # Tensors and plain containers only: a checkpoint is data, never code to run.
-        checkpoint = torch.load(source / CHECKPOINT, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise FetchError(f"{source / CHECKPOINT}: not a loadable checkpoint: {exc}") from None
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise FetchError(f"{source / CHECKPOINT}: no state_dict in the checkpoint")
-    return state
-
-
-def build(state: dict[str, Any]) -> Any:
+def build(state: dict[str, Any]) -> tuple[Any, int]:
+    """The network with the checkpoint's weights, and how many BatchNorm step counters the
+    checkpoint lacked (accepted: unused at inference)."""
     from facestream.detector.model.damofd_net import DamoFD, load_strict
 
     net = DamoFD()
@@ -139,7 +102,14 @@ def build(state: dict[str, Any]) -> Any:
         raise FetchError(
             f"the checkpoint does not fit DamoFD-0.5G ({mismatch.describe()}); nothing installed"
         )
-    return net.eval()
+    absent = len(mismatch.absent_counters)
+    log.info(
+        "damofd_checkpoint_loaded",
+        tensors=len(state),
+        num_batches_tracked_missing=absent,
+        note="BatchNorm step counters, unused at inference: left at 0" if absent else None,
+    )
+    return net.eval(), absent
 
 
 def check_sample(settings: Settings, entry: RegistryEntry, graph: bytes, sample: Sample) -> float:
@@ -199,12 +169,22 @@ def fetch(
     source: Path | None,
     step: Step | None = None,
     *,
-    revision: str = REVISION,
+    revision: str | None = None,
+    model_id: str | None = None,
+    hub: Hub | None = None,
     sample: Sample | None = None,
 ) -> RegistryEntry:
-    """Download (unless `source` is a downloaded copy), build, export, check, install."""
+    """Download (unless `source` is a downloaded copy), build, export, check, install.
+
+    Downloads try each published name at v1.1, then at the hub's default (damofd_hub.py);
+    `revision` / `model_id` replace those lists. `hub` replaces ModelScope's client."""
     say = step or (lambda _msg: None)
-    require(downloading=source is None)
+    if source is not None and (revision or model_id):
+        raise FetchError(
+            "--revision and --model-id choose what to download; with --from-dir nothing is "
+            "downloaded (the entry records the copy's checkpoint digest)"
+        )
+    require(downloading=source is None and hub is None)
     from facestream.detector.model.damofd_net import STRIDES
     from facestream.detector.model.export import (
         ExportMismatch,
@@ -215,9 +195,13 @@ def fetch(
     )
 
     say("download")
-    path = source if source is not None else download(cache_dir, revision)
+    fetched: Candidate | None = None
+    if source is None:
+        fetched, path = download(candidates(model_id, revision), cache_dir, hub or modelscope_hub)
+    else:
+        path = locate(source)
     say("build")
-    net = build(read_snapshot(path))
+    net, absent = build(read_snapshot(path))
     say("export")
     wrapped = SCRFDOutputs(net, net)
     meta = {SIGMOID_KEY: "1", "facestream.pad_square": "1", "facestream.input_size": "640"}
@@ -230,7 +214,7 @@ def fetch(
     entry = RegistryEntry(
         name=NAME,
         family="scrfd",
-        source=f"modelscope:{MODEL_ID}" + (f"@{revision}" if source is None else ""),
+        source=_source(fetched),
         input_size=INPUT_SIZE,
         # ModelScope's SCRFDPreprocessor: RGB, (x - 127.5) / 128, keep-ratio resize to fit
         # 640 (small images scaled up), padded to a 640 x 640 square with zeros.
@@ -248,13 +232,31 @@ def fetch(
         onnx_sha256=hashlib.sha256(graph).hexdigest(),
         exporter=versions("torch", "onnx", "modelscope"),
         check=check.as_dict(),
+        model_id=fetched.model_id if fetched else None,
+        revision=fetched.revision if fetched else None,
     )
     chosen = sample or astronaut()
     iou = check_sample(settings, entry, graph, chosen)
     entry = RegistryEntry(
-        **{**entry.__dict__, "check": {**check.as_dict(), "sample": chosen.name, "iou": iou}}
+        **{
+            **entry.__dict__,
+            "check": {
+                **check.as_dict(),
+                "sample": chosen.name,
+                "iou": iou,
+                "num_batches_tracked_missing": absent,
+            },
+        }
     )
     log.info("damofd_export_checked", sample_iou=round(iou, 3), **check.as_dict())
     say("install")
     write_entry(root, entry, graph)
     return entry
+
+
+def _source(fetched: Candidate | None) -> str:
+    if fetched is None:  # --from-dir: which name or revision the copy came from is not known
+        return f"modelscope:{MODEL_ID}"
+    if fetched.revision is None:
+        return f"modelscope:{fetched.model_id} (hub default revision)"
+    return f"modelscope:{fetched.model_id}@{fetched.revision}"

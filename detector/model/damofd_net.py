@@ -19,7 +19,7 @@ keypoints, plain distances (no DFL; the unused integral's buffer is still in the
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import torch
@@ -262,11 +262,20 @@ class DamoFD(nn.Module):
         return result
 
 
+# BatchNorm's count of training steps: read only while training with momentum=None, never at
+# inference. mmcv's load_checkpoint (ModelScope's loader) is not strict, and a public
+# converter written against the real checkpoint ignores these buffers when absent, so a
+# published checkpoint may lack them: they are the one thing a checkpoint may leave out.
+COUNTER = "num_batches_tracked"
+
+
 @dataclass(frozen=True)
 class KeyMismatch:
     missing: list[str]
     unexpected: list[str]
     wrong_shape: list[str]
+    # BatchNorm step counters absent from the checkpoint: accepted, left at the network's 0.
+    absent_counters: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.missing or self.unexpected or self.wrong_shape)
@@ -284,21 +293,39 @@ class KeyMismatch:
         return "; ".join(parts)
 
 
-def load_strict(net: nn.Module, state: dict[str, torch.Tensor]) -> KeyMismatch:
-    """Loads `state` into `net` when every key and shape matches; else returns what differs
-    and leaves `net` untouched."""
+def load_strict(net: nn.Module, state: dict[str, object]) -> KeyMismatch:
+    """Loads `state` into `net` when every weight and buffer is there with its shape (only
+    BatchNorm's `num_batches_tracked` counters may be absent) and nothing else is; else
+    returns what differs and leaves `net` untouched."""
     # mmcv's load_checkpoint strips a DataParallel wrapper's prefix the same way.
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = net.state_dict()
+    absent = sorted(set(own) - set(state))
+    counters = [k for k in absent if _is_counter(net, k)]
+    wrong = [
+        f"{k} (not a tensor: {type(v).__name__})"
+        for k, v in state.items()
+        if k in own and not isinstance(v, torch.Tensor)
+    ]
+    wrong += [
+        f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape)
+    ]
     mismatch = KeyMismatch(
-        missing=sorted(set(own) - set(state)),
+        missing=[k for k in absent if k not in counters],
         unexpected=sorted(set(state) - set(own)),
-        wrong_shape=sorted(
-            f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-            for k, v in own.items()
-            if k in state and tuple(state[k].shape) != tuple(v.shape)
-        ),
+        wrong_shape=sorted(wrong),
+        absent_counters=counters,
     )
     if not mismatch:
-        net.load_state_dict(state, strict=True)
+        complete = {**{k: own[k] for k in counters}, **state}
+        net.load_state_dict(complete, strict=True)
     return mismatch
+
+
+def _is_counter(net: nn.Module, key: str) -> bool:
+    owner, _, leaf = key.rpartition(".")
+    if leaf != COUNTER:
+        return False
+    return isinstance(net.get_submodule(owner), nn.modules.batchnorm._BatchNorm)

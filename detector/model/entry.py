@@ -48,6 +48,10 @@ class EntrySchema(BaseModel):
     onnx_sha256: str = Field(pattern=SHA256_PATTERN)
     exporter: dict[str, str] = Field(default_factory=dict)
     check: dict[str, Any] = Field(default_factory=dict)
+    # Where a download came from (null when installed from a local copy; revision null: the
+    # hub's default revision at fetch time).
+    model_id: str | None = Field(default=None, max_length=256)
+    revision: str | None = Field(default=None, max_length=256)
 
     @field_validator("strides")
     @classmethod

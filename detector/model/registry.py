@@ -54,6 +54,8 @@ class RegistryEntry:
     onnx_sha256: str  # the exported graph, checked at load
     exporter: dict[str, str] = field(default_factory=dict)  # tool versions used to export
     check: dict[str, Any] = field(default_factory=dict)  # export-vs-PyTorch figures
+    model_id: str | None = None  # the hub's name downloaded; None: installed from a local copy
+    revision: str | None = None  # the hub revision downloaded; None: the hub's default
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:

@@ -1,8 +1,12 @@
 """DamoFD without mmcv: the plain-PyTorch network's parameter names against ModelScope's code,
 and `facestream model fetch damofd` from a fake hub snapshot in the real layout.
 
+The fetch's download goes through ModelScope's `snapshot_download`; the hub is unreachable from
+tests, so the fetch fixture replaces that one function with a fake that answers as the hub does
+(its own NotExistError for a name or revision it lacks) and hands over a snapshot built here.
+
 The snapshot's weights are random (the real ones are on the hub, unreachable from tests), with
-the score head crafted as tests/tiny_scrfd.py does so a few dozen anchors pass the threshold.
+the score head crafted so a few dozen anchors pass the threshold (tests/support/damofd_snapshot.py).
 Random weights cannot find the astronaut's face, which is the sample check real fetches run;
 so these tests hand the fetch a sample whose "face" is the box the same network finds through
 an independent path (PyTorch + ModelScope's post-processing re-implemented in numpy), and check
@@ -22,62 +26,18 @@ torch = pytest.importorskip("torch", reason="needs torch (scripts/install.sh dev
 
 from facestream.common.settings import Settings  # noqa: E402
 from facestream.detector.model import damofd  # noqa: E402
-from facestream.detector.model.damofd_net import STRIDES, STRUCTURE, DamoFD  # noqa: E402
+from facestream.detector.model.damofd_hub import FetchError, read_snapshot  # noqa: E402
+from facestream.detector.model.damofd_net import COUNTER, STRIDES, STRUCTURE, DamoFD  # noqa: E402
 from facestream.detector.model.loader import load_model  # noqa: E402
-from facestream.detector.model.resize import bilinear_float, fit_size  # noqa: E402
+from tests.support.damofd_snapshot import (  # noqa: E402
+    FakeHub,
+    crafted,
+    reference_sample,
+    snapshot,
+)
 from tests.support.faces import detect  # noqa: E402
-from tests.support.scrfd_reference import postprocess  # noqa: E402
 
 KEYS_FILE = Path(__file__).with_name("damofd_keys.txt")
-
-
-def crafted(seed: int = 0, cls_bias: float = -4.0) -> DamoFD:
-    torch.manual_seed(seed)
-    net = DamoFD().eval()
-    with torch.no_grad():
-        cls = net.bbox_head.stride_cls["0"]
-        cls.weight.normal_(0.0, 0.2)
-        cls.bias.fill_(cls_bias)
-        net.bbox_head.stride_reg["0"].bias.fill_(1.5)
-    return net
-
-
-def snapshot(root: Path, net: DamoFD, rename: dict[str, str] | None = None) -> Path:
-    """A directory laid out as ModelScope's snapshot of the model."""
-    root.mkdir(parents=True, exist_ok=True)
-    config = {"framework": "pytorch", "task": "face-detection", "model": {"type": "damofd"}}
-    (root / damofd.CONFIG).write_text(json.dumps(config))
-    (root / damofd.MODEL_CONFIG).write_text("# mmdet-style config: never executed by facestream\n")
-    state = {f"module.{k}": v for k, v in net.state_dict().items()}  # as DataParallel saved it
-    for old, new in (rename or {}).items():
-        if new:
-            state[f"module.{new}"] = state.pop(f"module.{old}")
-        else:
-            del state[f"module.{old}"]
-    torch.save({"meta": {"epoch": 640}, "state_dict": state}, root / damofd.CHECKPOINT)
-    return root
-
-
-def reference_sample(net: DamoFD, pixels: np.ndarray) -> damofd.Sample:
-    """The sample the fetch must pass: the best face ModelScope's pipeline would return."""
-    h, w = pixels.shape[:2]
-    tw, th = fit_size(w, h, 640, upscale=True, rule="mmcv")
-    resized = bilinear_float(pixels, tw, th)
-    x = np.zeros((1, 3, 640, 640), np.float32)
-    x[0, :, :th, :tw] = (resized.transpose(2, 0, 1) - 127.5) / 128.0
-    with torch.no_grad():
-        scores, boxes, kps = net(torch.from_numpy(x))
-    ref = postprocess(
-        [s[0].numpy() for s in scores],
-        [b[0].numpy() for b in boxes],
-        [k[0].numpy() for k in kps],
-        STRIDES,
-        (th, tw),
-        (tw / w, th / h),
-    )
-    assert len(ref.scores) > 0
-    box = tuple(float(v) for v in ref.boxes[0])
-    return damofd.Sample("astronaut (crafted network's face)", pixels, box, min_iou=0.99)  # type: ignore[arg-type]
 
 
 def test_backbone_names_and_outputs_equal_modelscope() -> None:
@@ -117,20 +77,26 @@ def test_neck_and_head_keys_pinned() -> None:
     assert sum(p.numel() for p in net.parameters()) == 269_729
 
 
+DAMO, IIC = damofd.MODEL_IDS
+
+
 @pytest.fixture(scope="module")
 def fetched(tmp_path_factory: pytest.TempPathFactory, photos: dict[str, np.ndarray]) -> Any:
+    """A fetch as a user's would go where the hub serves the model under `iic/` only, with a
+    checkpoint that has no num_batches_tracked buffers."""
+    pytest.importorskip("modelscope.hub.errors", reason="the hub's errors come from modelscope")
     tmp = tmp_path_factory.mktemp("damofd")
     net = crafted()
-    source = snapshot(tmp / "snapshot", net)
+    hub = FakeHub(snapshot(tmp / "snapshot", net, counters=False), {(IIC, "v1.1")})
     sample = reference_sample(net, photos["astronaut"])
     steps: list[str] = []
     settings = Settings(model_dir=str(tmp / "models"))
-    entry = damofd.fetch(settings, tmp / "models", None, source, steps.append, sample=sample)
-    return tmp, net, entry, steps
+    entry = damofd.fetch(settings, tmp / "models", None, None, steps.append, hub=hub, sample=sample)
+    return tmp, net, entry, steps, hub
 
 
-def test_fetch_from_a_snapshot_installs_a_checked_model(fetched: Any) -> None:
-    tmp, _, entry, steps = fetched
+def test_fetch_installs_a_checked_model(fetched: Any) -> None:
+    tmp, _, entry, steps, _ = fetched
     assert steps == ["download", "build", "export", "check", "install"]
     assert entry.check["max_abs_diff"] <= 1e-4 and entry.check["iou"] >= 0.99
     assert entry.strides == STRIDES and entry.anchors_per_cell == 2 and entry.pad_square
@@ -138,10 +104,20 @@ def test_fetch_from_a_snapshot_installs_a_checked_model(fetched: Any) -> None:
     assert (tmp / "models" / "damofd" / "model.onnx").is_file()
 
 
+def test_fetch_tries_damo_then_iic_and_records_which(fetched: Any) -> None:
+    tmp, hub = fetched[0], fetched[4]
+    assert hub.calls == [(DAMO, "v1.1"), (IIC, "v1.1")]
+    written = json.loads((tmp / "models" / "damofd" / "entry.json").read_text())
+    assert (written["model_id"], written["revision"]) == (IIC, "v1.1")
+    assert written["source"] == f"modelscope:{IIC}@v1.1"
+    # The checkpoint had none of the 41 BatchNorm counters: accepted, and recorded.
+    assert written["check"]["num_batches_tracked_missing"] == 41
+
+
 def test_by_name_and_by_path_serve_the_same_faces(
     fetched: Any, photo_png: dict[str, bytes]
 ) -> None:
-    tmp, _, _, _ = fetched
+    tmp = fetched[0]
     by_name = load_model(Settings(model="damofd", model_dir=str(tmp / "models")))
     by_path = load_model(Settings(model=str(tmp / "models" / "damofd" / "model.onnx")))
     assert by_path.layout["scores"] == "probabilities" and by_path.spec.letterbox
@@ -151,20 +127,64 @@ def test_by_name_and_by_path_serve_the_same_faces(
 
 
 @pytest.mark.parametrize(
-    ("rename", "listed"),
-    [
-        ({"neck.fpn_convs.0.conv.weight": "neck.fpn_convs.0.weight"}, "missing: neck.fpn_convs"),
-        ({"bbox_head.scales.2.scale": ""}, "missing: bbox_head.scales.2.scale"),
-    ],
+    ("counters", "prefix", "wrapped"),
+    [(True, "module.", True), (False, "module.", True), (False, "", False), (True, "", True)],
+    ids=["with-counters", "without-counters", "bare-state-dict", "no-prefix"],
 )
-def test_a_snapshot_with_other_keys_is_refused_with_the_list(
-    tmp_path: Path, rename: dict[str, str], listed: str
+def test_checkpoints_with_or_without_counters_load_every_weight(
+    tmp_path: Path, counters: bool, prefix: str, wrapped: bool
 ) -> None:
-    source = snapshot(tmp_path / "s", crafted(), rename)
-    with pytest.raises(damofd.FetchError, match=listed) as info:
+    """num_batches_tracked may be absent (mmcv's loader, ModelScope's, does not require it);
+    every other tensor is loaded, and the network computes what the saved one computes."""
+    net = crafted(seed=3)
+    source = snapshot(tmp_path / "s", net, counters=counters, prefix=prefix, wrapped=wrapped)
+    built, absent = damofd.build(read_snapshot(source))
+    assert absent == (0 if counters else 41)
+    theirs = net.state_dict()
+    for key, value in built.state_dict().items():
+        if COUNTER not in key:
+            assert torch.equal(value, theirs[key]), key
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        for mine, saved in zip(built(x), net(x), strict=True):
+            assert all(torch.equal(a, b) for a, b in zip(mine, saved, strict=True))
+
+
+SHAPE = "bbox_head.stride_cls.0.bias"
+REAL = "bbox_head.scales.2.scale"
+BN_COUNTER = "backbone.module_list.0.module_list.1.netblock.num_batches_tracked"
+
+
+@pytest.mark.parametrize(
+    ("change", "listed"),
+    [
+        # Renamed: the real name missing, the other one unexpected.
+        (
+            {"rename": {"neck.fpn_convs.0.conv.weight": "neck.fpn_convs.0.weight"}},
+            r"missing: neck\.fpn_convs\.0\.conv\.weight; unexpected: neck\.fpn_convs\.0\.weight",
+        ),
+        # A real weight missing is refused even when the counters are absent too: only the
+        # weight is listed.
+        ({"rename": {REAL: ""}, "counters": False}, rf"\(missing: {REAL}\)"),
+        (
+            {"extra": {"bbox_head.extra_conv.weight": torch.zeros(2, 2)}},
+            "unexpected: bbox_head.extra_conv.weight",
+        ),
+        ({"extra": {SHAPE: torch.zeros(3)}}, rf"wrong shape: {SHAPE} \(3,\) != \(2,\)"),
+        # A counter that is there must have its shape: only absence is tolerated.
+        ({"extra": {BN_COUNTER: torch.zeros(2)}}, rf"wrong shape: {BN_COUNTER} \(2,\) != \(\)"),
+        ({"extra": {SHAPE: [0.0, 0.0]}}, rf"wrong shape: {SHAPE} \(not a tensor: list\)"),
+    ],
+    ids=["renamed", "weight-missing", "extra-key", "wrong-shape", "counter-shape", "not-a-tensor"],
+)
+def test_a_checkpoint_that_does_not_fit_is_refused_with_the_keys(
+    tmp_path: Path, change: dict[str, Any], listed: str
+) -> None:
+    source = snapshot(tmp_path / "s", crafted(), **change)
+    with pytest.raises(FetchError, match=listed) as info:
         damofd.fetch(Settings(), tmp_path / "models", None, source)
-    if rename.get("neck.fpn_convs.0.conv.weight"):
-        assert "unexpected: neck.fpn_convs.0.weight" in str(info.value)
+    message = str(info.value)
+    assert "\n" not in message and message.endswith("nothing installed")
     assert not (tmp_path / "models").exists()
 
 
@@ -173,7 +193,7 @@ def test_a_network_that_finds_no_face_is_refused(
 ) -> None:
     sample = reference_sample(crafted(), photos["astronaut"])
     source = snapshot(tmp_path / "s", crafted(cls_bias=-40.0))  # scores ~0 everywhere
-    with pytest.raises(damofd.FetchError, match="does not find the face on the sample photo"):
+    with pytest.raises(FetchError, match="does not find the face on the sample photo"):
         damofd.fetch(Settings(), tmp_path / "models", None, source, sample=sample)
     assert not (tmp_path / "models").exists()
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from facestream.common.progress import Progress
 from facestream.common.settings import Settings
+from facestream.control import model_eval
 
 FETCHABLE = ("damofd",)
 
@@ -50,9 +51,15 @@ def add_parser(sub: Any) -> None:
     )
     info.add_argument("name", nargs="?", help="a name, a path to an .onnx; FACESTREAM_MODEL")
     info.add_argument("--json", action="store_true")
+    model_eval.add_arguments(
+        actions.add_parser(
+            "eval", help="accuracy on WIDER FACE val: AP per subset, landmarks' NME, images/s"
+        )
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from facestream.detector.evaluation.widerface import GroundTruthError
     from facestream.detector.model.damofd_hub import FetchError
     from facestream.detector.model.loader import ModelLoadError
     from facestream.detector.model.quantize import QuantizeError
@@ -65,8 +72,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             return quantize(settings)
         if args.action == "list":
             return listing(args, settings)
+        if args.action == "eval":
+            return model_eval.run(args, settings)
         return info(args, settings)
-    except (FetchError, RegistryError, ModelLoadError, QuantizeError) as exc:
+    except (FetchError, RegistryError, ModelLoadError, QuantizeError, GroundTruthError) as exc:
         print(f"facestream model {args.action}: {exc}", file=sys.stderr)
         return 2
 

@@ -1,5 +1,5 @@
 """The Flask + Redis face-detection service that facestream replaces, rebuilt for the
-side-by-side benchmark (docs/performance.md, "Side by side with the old design").
+side-by-side benchmark (docs/performance.md, "What is measured").
 
 It keeps that design's own code path: the web worker that took the request does everything
 (multipart parsing, sha256, Bloom check, cache read, spin lock, inference, cache write). Only

@@ -100,7 +100,7 @@ def test_int8_matches_fp32_on_photos_it_was_not_calibrated_on(
     builtin_model: Any, int8_model: Any, int8_dir: Path, photos: dict[str, np.ndarray]
 ) -> None:
     # Strictly, 42 of these 43 fp32 faces are matched (recall 0.977): one LFW face that fp32
-    # scores 0.9045 falls just under the 0.9 threshold in int8 (docs/performance.md).
+    # scores 0.9045 falls just under the 0.9 threshold in int8 (docs/models.md).
     lower = Settings(model=QUANTIZED_NAME, model_dir=str(int8_dir), score_threshold=0.88)
     assert_parity(builtin_model, int8_model, held_out(photos), near_threshold=load_model(lower))
 

@@ -26,7 +26,7 @@ torch = pytest.importorskip("torch", reason="needs torch (scripts/install.sh dev
 
 from facestream.common.settings import Settings  # noqa: E402
 from facestream.detector.model import damofd  # noqa: E402
-from facestream.detector.model.damofd_hub import FetchError, read_snapshot  # noqa: E402
+from facestream.detector.model.damofd_hub import MODEL_IDS, FetchError, read_snapshot  # noqa: E402
 from facestream.detector.model.damofd_net import COUNTER, STRIDES, STRUCTURE, DamoFD  # noqa: E402
 from facestream.detector.model.loader import load_model  # noqa: E402
 from tests.support.damofd_snapshot import (  # noqa: E402
@@ -77,7 +77,7 @@ def test_neck_and_head_keys_pinned() -> None:
     assert sum(p.numel() for p in net.parameters()) == 269_729
 
 
-DAMO, IIC = damofd.MODEL_IDS
+DAMO, IIC = MODEL_IDS
 
 
 @pytest.fixture(scope="module")

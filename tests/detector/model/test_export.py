@@ -8,13 +8,16 @@ model's raw outputs on the same pixels.
 
 With the real weights (FACESTREAM_DAMOFD_DIR = a downloaded copy of the ModelScope model, and
 modelscope, mmcv-full 1.x and mmdet 2.x installed for the reference only): `facestream model
-fetch` from that copy, and our detector against ModelScope's own face-detection pipeline.
+fetch` from that copy, and our detector against ModelScope's own face-detection pipeline,
+photos stored turned with an EXIF orientation (PNG, WebP) included. Without them, our decoded
+pixels against ModelScope's image loader on such photos.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -164,6 +167,46 @@ def test_batches_equal_single_images(exported: Any, photos: dict[str, np.ndarray
     assert model.detect(images) == [model.detect([im])[0] for im in images]
 
 
+# --- EXIF orientation as ModelScope reads it ---------------------------------------------------
+
+# How an upright photo is stored so that its EXIF orientation turns it back upright.
+STORED = {3: "ROTATE_180", 6: "ROTATE_90", 8: "ROTATE_270"}
+
+
+def stored_turned(upright: np.ndarray, fmt: str, orientation: int) -> bytes:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored = Image.fromarray(upright).transpose(getattr(Image.Transpose, STORED[orientation]))
+    options: dict[str, object] = {"lossless": True} if fmt == "WEBP" else {}
+    buf = io.BytesIO()
+    stored.save(buf, fmt, exif=exif.tobytes(), **options)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_decoded_pixels_equal_modelscopes_loader(
+    tmp_path: Path, photos: dict[str, np.ndarray], fmt: str, orientation: int
+) -> None:
+    """ModelScope's face-detection pipeline reads a file with `LoadImage`, which applies the
+    EXIF orientation for every format (`ImageOps.exif_transpose`): ours must give the same
+    upright pixels before the resize, whatever the format."""
+    pytest.importorskip("modelscope.preprocessors.image", reason="ModelScope's loader is the ref")
+    from modelscope.preprocessors.image import LoadImage
+
+    data = stored_turned(photos["grace_hopper"], fmt, orientation)  # 512 x 600: turns show
+    path = tmp_path / f"photo.{fmt.lower()}"
+    path.write_bytes(data)
+    theirs = LoadImage.convert_to_ndarray(str(path))
+    ours = decode_image(
+        data, max_bytes=BIG, max_pixels=BIG, max_side=None, upscale=False, resize="mmcv"
+    ).pixels
+    assert theirs.shape == ours.shape == photos["grace_hopper"].shape
+    assert np.array_equal(theirs, ours)
+
+
 # --- the real DamoFD weights -----------------------------------------------------------------
 
 DAMOFD_DIR = os.environ.get("FACESTREAM_DAMOFD_DIR")
@@ -216,4 +259,22 @@ def test_damofd_equals_modelscope_pipeline(tmp_path: Path, photos: dict[str, np.
         )
         box, score, kps = differences(model.detect([image])[0], ref)
         print(f"{name}: damofd vs ModelScope max |diff| box {box:.3g} px, score {score:.3g}")
+        assert box <= 1.0 and score <= 1e-3 and kps <= 1.0
+    # Stored turned, upright by EXIF, in formats other than JPEG too: ModelScope's loader turns
+    # every format (read from a file, as its pipeline does for a path).
+    for name, fmt, orientation in (("grace_hopper", "PNG", 6), ("lfw_mosaic", "WEBP", 8)):
+        data = stored_turned(photos[name], fmt, orientation)
+        path = tmp_path / f"{name}.{fmt.lower()}"
+        path.write_bytes(data)
+        image = decode_image(
+            data, max_bytes=BIG, max_pixels=BIG, max_side=640, upscale=True, resize="mmcv"
+        )
+        out = reference_pipeline(str(path))
+        ref = Detections(
+            np.asarray(out["boxes"], np.float64).reshape(-1, 4),
+            np.asarray(out["scores"], np.float64),
+            np.asarray(out["keypoints"], np.float64).reshape(-1, 10),
+        )
+        box, score, kps = differences(model.detect([image])[0], ref)
+        print(f"{name} ({fmt}, EXIF {orientation}): damofd vs ModelScope max |diff| box {box:.3g}")
         assert box <= 1.0 and score <= 1e-3 and kps <= 1.0

@@ -3,6 +3,8 @@ ignore rule, score normalisation, the threshold sweep and VOC's integral."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,7 @@ from facestream.detector.evaluation.protocol import (
     xyxy,
 )
 from facestream.detector.evaluation.widerface import ImageTruth
+from tests.system.test_architecture import lint, tree_copy
 
 NO_KPS = np.zeros((0, 5, 2))
 
@@ -144,3 +147,18 @@ def test_known_by_construction_random_rankings() -> None:
         expected = reference_ap(ranks, faces) if ranks else 0.0
         assert out["all"].ap == pytest.approx(expected, abs=1e-9), (ranks, faces)
         assert out["all"].recall == pytest.approx(found / faces)
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["import redis  # noqa: F401\n", "from facestream.detector import worker  # noqa: F401\n"],
+)
+def test_the_evaluation_stays_off_redis_and_the_serving_runtime(
+    tmp_path: Path, source: str
+) -> None:
+    """Its import contract (pyproject.toml) fails on a copy of the tree that breaks it."""
+    tree = tree_copy(tmp_path)
+    (tree / "detector" / "evaluation" / "violation.py").write_text(source)
+    done = lint(tree)
+    assert done.returncode != 0
+    assert "accuracy evaluation" in done.stdout.split("Broken contracts")[1]

@@ -24,18 +24,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a directory laid out as WIDER FACE val: WIDER_val/images/<event>/<name>.jpg and "
         "wider_face_split/ (and eval_tools/ground_truth/ for easy / medium / hard)",
     )
-    parser.add_argument("--model", help="a name or a path to an .onnx (default FACESTREAM_MODEL)")
-    parser.add_argument("--gt-dir", help="where the .mat / .txt ground truth is, if elsewhere")
+    parser.add_argument(
+        "--model",
+        metavar="NAME|PATH",
+        help="a name or a path to an .onnx (default FACESTREAM_MODEL)",
+    )
+    parser.add_argument(
+        "--gt-dir", metavar="DIR", help="where the .mat / .txt ground truth is, if elsewhere"
+    )
     parser.add_argument(
         "--landmarks",
+        metavar="FILE",
         help="RetinaFace's label.txt with five landmarks per face (default: a label.txt found "
         "in DIR); adds the NME of the five points",
     )
-    parser.add_argument("--limit", type=_positive, help="evaluate at most N images")
-    parser.add_argument("--every", type=_positive, default=1, help="every K-th image (default 1)")
+    parser.add_argument("--limit", type=_positive, metavar="N", help="evaluate at most N images")
+    parser.add_argument(
+        "--every", type=_positive, default=1, metavar="K", help="every K-th image (default 1)"
+    )
     parser.add_argument(
         "--score-threshold",
         type=_unit,
+        metavar="T",
         default=DEFAULT_SCORE_THRESHOLD,
         help="keep faces scoring at least this for the PR curve (default "
         f"{DEFAULT_SCORE_THRESHOLD}: the protocol needs the low-score end of the curve)",
@@ -134,17 +144,17 @@ def _number(value: float) -> float | None:
 
 
 def _table(report: dict[str, Any]) -> None:
-    subset = "every" if report["every"] == 1 else f"every {report['every']}th"
+    subset = "every image" if report["every"] == 1 else f"one image in {report['every']}"
     limit = f", at most {report['limit']}" if report["limit"] else ""
     print(f"model {report['model']} (tag {report['tag']}) on {report['dataset']}")
     print(f"ground truth: {', '.join(report['ground_truth'])}")
     if report["note"]:
         print(f"note: {report['note']}")
     print(
-        f"{report['images']} images ({subset} image{limit}), "
+        f"{report['images']} images ({subset}{limit}), "
         f"{report['images_per_s']} images/s, faces scoring >= {report['score_threshold']}"
     )
-    print(f"{'subset':<8} {'AP':>7} {'recall':>7} {'faces':>7}")
+    print(f"{'subset':<8} {'AP %':>7} {'recall':>7} {'faces':>7}")
     for name, row in report["subsets"].items():
         ap = "-" if row["ap"] is None else f"{100 * row['ap']:.2f}"
         recall = "-" if row["recall"] is None else f"{100 * row['recall']:.2f}"

@@ -1,4 +1,4 @@
-"""`facestream model fetch | list | info`: the models a detector can serve."""
+"""`facestream model fetch | quantize | list | info | eval`: the models a detector can serve."""
 
 from __future__ import annotations
 

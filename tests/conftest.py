@@ -81,6 +81,15 @@ def prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
+@pytest.fixture(autouse=True)
+def _cli_logs_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`facestream.control.cli.main` configures logging, as an entry point must; called inside
+    pytest it would bind every cached logger to this test's captured stderr, which is closed
+    when the test ends, and the next test that logs would fail on the closed file. Processes
+    the tests start configure their own."""
+    monkeypatch.setattr("facestream.control.cli.configure", lambda settings: None)
+
+
 @pytest.fixture
 def make_settings(redis_url: str, prefix: str) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:

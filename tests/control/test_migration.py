@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ import redis
 from redis.asyncio import Redis
 
 from facestream.common.contract.keys import Keys
+from facestream.common.settings import Settings
+from facestream.common.streams.connection import sync_client
 from facestream.control.cli import main
 from facestream.control.embedded import EmbeddedRedis, free_port
 from facestream.detector.worker import Detector
@@ -97,11 +100,20 @@ def test_compat_overloaded_is_503(redis_url: str, tmp_path: Path, photo_png: dic
     url = f"http://127.0.0.1:{port}"
     try:
         procs.wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200, "gateway up")
+        nobody = httpx.post(f"{url}/face-detection", content=photo_png["camera"], timeout=30)
+        # A detector that advertises itself and never reads: the first request is queued and
+        # times out, the second finds the lag over its limit.
+        client = sync_client(Settings(redis_url=redis_url))  # a cluster too (make test-cluster)
+        until = int(time.time() * 1000) + 60_000
+        client.hset(Keys("compat-bp", 1).serving("detectors"), "idle", f"{until}:some-model")
+        client.close()
+        time.sleep(0.6)  # the gateway re-reads who is alive at most every 0.5 s
         first = httpx.post(f"{url}/face-detection", content=photo_png["camera"], timeout=30)
         second = httpx.post(f"{url}/face-detection", content=photo_png["camera"], timeout=30)
     finally:
         procs.stop()
-    assert first.status_code == 504 and first.json() == {"error": "timeout"}  # no detector
+    assert nobody.status_code == 503 and "no detector" in nobody.json()["error"]
+    assert first.status_code == 504 and first.json() == {"error": "timeout"}
     assert second.status_code == 503 and "error" in second.json()
     assert second.headers["retry-after"]
 

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
 
     # --- detector consumer ------------------------------------------------------------------
     # Stable across restarts so a restarted process re-reads its own pending entries; two live
-    # processes may not share one (the detector refuses to start, see detector/identity.py).
+    # processes may not share one (the member refuses to start: common/streams/member.py).
     consumer: str = Field(default_factory=socket.gethostname, min_length=1)
     read_count: int = Field(default=64, ge=1, le=10_000)
     # Concurrent readers per partition in one detector: while one batch is looked up and

@@ -38,7 +38,6 @@ class DynamicBatcher:
         self._thread: threading.Thread | None = None
         # Written by the inference thread only; read for the detector's summary.
         self.batch_sizes: Counter[int] = Counter()
-        self.busy_s = 0.0
 
     async def detect(self, images: list[Prepared]) -> list[list[Face]]:
         loop = asyncio.get_running_loop()
@@ -110,7 +109,6 @@ class DynamicBatcher:
                 continue
             finally:
                 elapsed = time.perf_counter() - started
-                self.busy_s += elapsed
                 self.batch_sizes[len(batch)] += 1
                 metrics.INFERENCE.observe(elapsed)
                 metrics.BATCH.observe(len(batch))

@@ -31,15 +31,6 @@ class Job:
 
 
 @dataclass(slots=True)
-class Deferred:
-    """Entries whose image another worker is inferring: re-check the cache later."""
-
-    jobs: list[Job]
-    due: float  # monotonic seconds
-    delay_ms: int
-
-
-@dataclass(slots=True)
 class Counters(MemberCounters):
     read: int = 0
     results: int = 0

@@ -75,6 +75,8 @@ class Resolver(Stage):
                 # Also after a deferral: the holder died (its lock expired) without a result.
                 self.locks.hold(self.keys.lock(sha, self.model_tag), tokens[sha])
                 out[sha] = Acquired()
-            else:
+            elif kind == BUSY:
                 out[sha] = Busy()
+            else:
+                raise ValueError(f"lookup_or_lock.lua answered {kind} for {sha}")
         return out

@@ -1,4 +1,4 @@
-"""`python -m ingest`: run the HTTP gateway."""
+"""`python -m facestream.ingest`: run the HTTP gateway."""
 
 from __future__ import annotations
 

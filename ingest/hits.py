@@ -43,7 +43,7 @@ from facestream.ingest.publisher import AsyncPublisher
 from facestream.ingest.replies import ReplyRouter
 
 log = get_logger(__name__)
-NEVER, CACHED, NOT_CACHED = 0, 1, 2
+NEVER, CACHED = 0, 1  # cached_answers.lua's first field; 2: not cached
 TAG_EVERY_S = 2.0  # how stale the gateway's idea of the served model may be
 
 # Per image of a batch: None (ask the detectors) or (packed faces, width, height).

@@ -92,7 +92,6 @@ class ReplyRouter:
         self._reading = False
         self._last = "0-0"  # the last entry read: a restarted reader carries on after it
         self.gave_up = False
-        self.bad = 0
 
     @classmethod
     def of(cls, client: AsyncClient, keys: Keys, settings: Settings) -> ReplyRouter:
@@ -171,7 +170,6 @@ class ReplyRouter:
                 self._early.popitem(last=False)
 
     def _skip(self, entry: str, why: str) -> None:
-        self.bad += 1
         metrics.BAD_REPLIES.inc()
         log.warning("bad_reply", entry=entry, error=why)
 

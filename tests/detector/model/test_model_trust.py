@@ -284,7 +284,7 @@ def test_a_detector_refuses_an_untrusted_model_with_one_line_and_exit_2(registry
 
 def test_builtin_int8_is_checked_the_same_way(tmp_path: Path) -> None:
     """`builtin-int8`'s directory is refused before its manifest is read."""
-    from facestream.detector.model.quantize import QUANTIZED_NAME
+    from facestream.detector.model.int8 import QUANTIZED_NAME
 
     folder = tmp_path / QUANTIZED_NAME
     folder.mkdir()

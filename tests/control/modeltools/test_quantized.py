@@ -16,8 +16,8 @@ import pytest
 from facestream.common.contract.schema import Face
 from facestream.common.settings import Settings
 from facestream.control import model_cli
+from facestream.detector.model.int8 import MANIFEST_FILE, ONNX_FILE, QUANTIZED_NAME
 from facestream.detector.model.loader import ModelLoadError, load_model
-from facestream.detector.model.quantize import MANIFEST_FILE, ONNX_FILE, QUANTIZED_NAME
 from tests.conftest import encode
 from tests.support.faces import detect, iou
 

@@ -17,7 +17,6 @@ every face (IoU >= 0.93, scores within 0.004) and most of the speed (docs/perfor
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from collections.abc import Iterable
@@ -32,14 +31,18 @@ from onnx import version_converter
 
 from facestream.common.contract.schema import Face
 from facestream.detector.model.face_model import FaceModel
+from facestream.detector.model.int8 import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    ONNX_FILE,
+    QUANTIZED_NAME,
+    QuantizeError,
+    sha256,
+)
 from facestream.detector.model.preprocess import Normalisation, to_tensor
 from facestream.detector.model.registry import install_files
 from facestream.detector.model.types import DecodedImage
 
-QUANTIZED_NAME = "builtin-int8"
-MANIFEST_FILE = "quantized.json"
-ONNX_FILE = "model.onnx"
-FORMAT_VERSION = 1
 # Per-channel DequantizeLinear (its `axis`) needs opset 13; the wheel's graph is opset 11.
 OPSET = 13
 KEPT_FP32 = "/fx/stage1/"  # node-name prefix of the backbone's first stage, kept in fp32
@@ -54,14 +57,6 @@ RECIPE = {
 }
 # The bar the copy must clear against the fp32 model before it is installed (issue #15).
 MIN_IOU, MIN_RECALL, MAX_SCORE_DIFF = 0.9, 0.98, 0.02
-
-
-class QuantizeError(RuntimeError):
-    pass
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def calibration_tensors(images: Iterable[np.ndarray], norm: Normalisation) -> list[np.ndarray]:
@@ -191,38 +186,6 @@ def install(root: Path, graph: bytes, source_sha256: str, details: dict[str, Any
     }
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     return install_files(root / QUANTIZED_NAME, {ONNX_FILE: graph, MANIFEST_FILE: text.encode()})
-
-
-def read_manifest(root: Path) -> dict[str, Any] | None:
-    path = root / QUANTIZED_NAME / MANIFEST_FILE
-    if not path.is_file():
-        return None
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise QuantizeError(f"{path}: not JSON: {exc}") from None
-    if not isinstance(raw, dict) or raw.get("format_version") != FORMAT_VERSION:
-        raise QuantizeError(f"{path}: not a format {FORMAT_VERSION} manifest; re-run quantize")
-    return raw
-
-
-def read_quantized(root: Path, source_sha256: str) -> bytes:
-    """The installed int8 graph, checked to be a copy of the fp32 graph with this digest."""
-    rerun = "run `facestream model quantize builtin` (needs the demo extra's sample photos)"
-    manifest = read_manifest(root)
-    if manifest is None:
-        raise QuantizeError(f"{QUANTIZED_NAME} is not installed in {root}; {rerun}")
-    if manifest.get("source_sha256") != source_sha256:
-        raise QuantizeError(
-            f"{QUANTIZED_NAME} in {root} was quantised from another model (sha256 "
-            f"{str(manifest.get('source_sha256'))[:12]}...), not this detector's built-in "
-            f"({source_sha256[:12]}...); {rerun}"
-        )
-    path = root / QUANTIZED_NAME / ONNX_FILE
-    data = path.read_bytes() if path.is_file() else b""
-    if sha256(data) != manifest.get("onnx_sha256"):
-        raise QuantizeError(f"{path}: missing or not the graph its manifest names; {rerun}")
-    return data
 
 
 def as_rgb(pixels: np.ndarray) -> np.ndarray:

@@ -91,7 +91,7 @@ def roles(settings: Settings, native_bloom: bool = False) -> dict[str, list[str]
         *connect,
         _selector([f"%W{i}" for i in images], ["xadd"]),
         _selector([f"%R{i}" for i in images], ["xinfo|groups", "xlen", "memory|usage"]),
-        _selector([f"%R~{p}:reply:gw-*"], ["xread"]),
+        _selector([f"%R~{p}:reply:gw-*"], ["xread", "memory|usage"]),
         _selector([f"%R~{p}:serving:*"], ["hgetall"]),
     ]
     out = {

@@ -84,9 +84,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = async_client(settings)
         app.state.client = client
-        app.state.publisher = AsyncPublisher(settings, client)
-        app.state.liveness = Liveness(settings, client)
         app.state.replies = ReplyRouter.of(client, keys, settings)
+        app.state.publisher = AsyncPublisher(settings, client, app.state.replies.stream)
+        app.state.liveness = Liveness(settings, client)
         await app.state.replies.start()
         # Results the gateway answers from the cache name it as their producer.
         app.state.hits = CacheAnswers(

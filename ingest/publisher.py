@@ -147,9 +147,13 @@ class Backpressure:
         return limited and time.monotonic() - self.checked >= self.check_s
 
     def update(self, replies: list[Any]) -> None:
-        """From (XINFO GROUPS, XLEN, MEMORY USAGE) replies, one triple per partition: the sum
-        of the lags and of the streams' bytes."""
+        """From (XINFO GROUPS, XLEN, MEMORY USAGE) replies, one triple per partition, then the
+        MEMORY USAGE of the publisher's own reply stream when it has one: the sum of the lags
+        and of the streams' bytes."""
         lag = size = 0
+        if len(replies) % 3:  # the reply stream's answers wait in Redis too: same budget
+            *replies, own = replies
+            size += int(own) if isinstance(own, int) else 0  # None: nothing waits
         for groups, xlen, memory in zip(replies[::3], replies[1::3], replies[2::3], strict=True):
             groups = groups if isinstance(groups, list) else []  # no stream yet: an error
             lag += _lag_from(groups, self.group, int(xlen) if isinstance(xlen, int) else 0)
@@ -165,7 +169,8 @@ class Backpressure:
             )
         if self.max_bytes and self.bytes + adding_bytes > self.max_bytes:
             raise Overloaded(
-                f"the images queue holds {self.bytes} bytes (limit {self.max_bytes}); retry later",
+                f"the images queue and this publisher's unread answers hold {self.bytes} bytes "
+                f"(limit {self.max_bytes}); retry later",
                 self.retry_after_s,
             )
 
@@ -194,8 +199,9 @@ class _Producer:
     A retry goes to the partition of the first try, where IDMP can find it.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, reply_stream: str | None = None) -> None:
         self.settings = settings
+        self.reply_stream = reply_stream
         self.keys = Keys(settings.prefix, settings.partitions)
         self.backpressure = Backpressure(settings)
         self.producer = f"{settings.consumer}-{uuid.uuid4().hex[:8]}"
@@ -227,6 +233,8 @@ class _Producer:
             # entry to the whole stream, or misses it). Its cost grows with the stream's
             # nodes, which the byte budget itself bounds; once per check_ms per publisher.
             pipe.memory_usage(part.images, samples=0)
+        if self.reply_stream is not None:
+            pipe.memory_usage(self.reply_stream, samples=0)
 
 
 class Publisher(_Producer):
@@ -269,8 +277,12 @@ class AsyncPublisher(_Producer):
     """The asyncio twin of `Publisher`. Concurrent `publish` calls made in one event-loop cycle
     (a gateway serving many requests) share one pipelined round trip."""
 
-    def __init__(self, settings: Settings, client: AsyncClient) -> None:
-        super().__init__(settings)
+    def __init__(
+        self, settings: Settings, client: AsyncClient, reply_stream: str | None = None
+    ) -> None:
+        """`reply_stream`: the stream this publisher's waiting callers are answered on (a
+        gateway's), whose unread answers count towards the byte budget."""
+        super().__init__(settings, reply_stream)
         self.client = client
         self._cycle: PerCycle[ImageEvent, str] = PerCycle(self._xadd)
         self._shared = SingleFlight()  # the INFO and lag reads of a burst of publishes

@@ -157,6 +157,30 @@ def test_backpressure_counts_bytes_not_only_events(
     assert int(r.xlen(Keys(settings.prefix).images)) == accepted
 
 
+def test_a_gateways_unread_answers_count_towards_the_byte_budget(
+    make_settings: MakeSettings, r: redis.Redis, redis_url: str
+) -> None:
+    """Answers waiting in a gateway's reply stream are held in Redis like queued images: the
+    publisher that owns the stream refuses new work while images and answers pass the budget."""
+    settings = make_settings(max_lag=0, max_queue_bytes=1_000_000, backpressure_check_ms=0)
+    reply = Keys(settings.prefix).reply_stream("gw-test")
+    for _ in range(4):
+        r.xadd(reply, {"result": b"\0" * 300_000})  # ~1.2 MB of answers nobody read yet
+
+    async def publish() -> str:
+        client = async_client(Settings(redis_url=redis_url))
+        try:
+            return await AsyncPublisher(settings, client, reply).publish(make_event(JPEG))
+        finally:
+            await client.aclose()
+
+    with pytest.raises(Overloaded) as info:
+        asyncio.run(publish())
+    assert "unread answers" in info.value.message
+    r.xtrim(reply, maxlen=0, approximate=False)  # the gateway read them
+    assert asyncio.run(publish())
+
+
 def test_lag_forgets_entries_erased_by_an_external_trim(
     make_settings: MakeSettings, r: redis.Redis
 ) -> None:

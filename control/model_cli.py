@@ -59,8 +59,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from facestream.detector.evaluation.widerface import GroundTruthError
-    from facestream.detector.model.damofd_hub import FetchError
+    from facestream.control.modeltools.damofd_hub import FetchError
+    from facestream.control.modeltools.evaluation.widerface import GroundTruthError
     from facestream.detector.model.int8 import QuantizeError
     from facestream.detector.model.loader import ModelLoadError
     from facestream.detector.model.registry import RegistryError
@@ -81,18 +81,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def fetch(args: argparse.Namespace, settings: Settings) -> int:
-    from facestream.detector.model import damofd
+    from facestream.control.modeltools import damofd_fetch
     from facestream.detector.model.registry import model_dir
 
     root = model_dir(settings)
-    steps = ("download", "build", "export", "check", "install")  # damofd.fetch's steps
+    steps = ("download", "build", "export", "check", "install")  # damofd_fetch.fetch's steps
     progress = Progress(len(steps), f"fetch {args.name}")
 
     def step(name: str) -> None:
         progress.advance(0 if name == steps[0] else 1, note=name)
 
     try:
-        entry = damofd.fetch(
+        entry = damofd_fetch.fetch(
             settings,
             root,
             Path(args.cache_dir).expanduser() if args.cache_dir else None,

@@ -1,6 +1,6 @@
 """`facestream model eval DIR`: a model's accuracy on WIDER FACE val by the official protocol
-(AP per subset, detector/evaluation/protocol.py) and, with landmark ground truth, the NME of its
-five points, run exactly as a detector serves the model (docs/models.md, "Accuracy")."""
+(AP per subset, control/modeltools/evaluation/protocol.py) and, with landmark ground truth, the
+NME of its five points, run exactly as a detector serves the model (docs/models.md, "Accuracy")."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def _unit(text: str) -> float:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from facestream.detector.evaluation import landmarks, protocol, runner, widerface
+    from facestream.control.modeltools.evaluation import landmarks, protocol, runner, widerface
     from facestream.detector.model.face_model import FaceModel
     from facestream.detector.model.loader import load_model
 

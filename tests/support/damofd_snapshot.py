@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from facestream.detector.model.damofd import Sample
-from facestream.detector.model.damofd_hub import CHECKPOINT, CONFIG, MODEL_CONFIG
-from facestream.detector.model.damofd_net import COUNTER, STRIDES, DamoFD
+from facestream.control.modeltools.damofd_fetch import Sample
+from facestream.control.modeltools.damofd_hub import CHECKPOINT, CONFIG, MODEL_CONFIG
+from facestream.control.modeltools.damofd_net import COUNTER, STRIDES, DamoFD
 from facestream.detector.model.resize import bilinear_float, fit_size
 from tests.support.scrfd_reference import postprocess
 

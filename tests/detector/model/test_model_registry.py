@@ -14,7 +14,7 @@ import pytest
 
 from facestream.common.settings import Settings
 from facestream.control.cli import main
-from facestream.detector.model import damofd
+from facestream.control.modeltools import damofd_fetch as damofd
 from facestream.detector.model.loader import ModelLoadError, load_model
 from facestream.detector.model.registry import (
     ONNX_FILE,

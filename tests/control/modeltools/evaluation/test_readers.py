@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import scipy.io
 
-from facestream.detector.evaluation.landmarks import (
+from facestream.control.modeltools.evaluation.landmarks import (
     face_errors,
     find_labels,
     match_one_to_one,
     nme,
     read_labels,
 )
-from facestream.detector.evaluation.protocol import Predictions
-from facestream.detector.evaluation.widerface import (
+from facestream.control.modeltools.evaluation.protocol import Predictions
+from facestream.control.modeltools.evaluation.widerface import (
     GroundTruthError,
     find_ground_truth,
     images_dir,

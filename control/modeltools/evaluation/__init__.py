@@ -2,5 +2,5 @@
 
 Apart from the serving code and free of Redis: ground-truth readers (widerface.py, landmarks.py),
 the official matching and average precision (protocol.py), the landmarks' normalised mean error
-(nme.py), and a runner that decodes and detects exactly as a detector does (runner.py).
+(landmarks.py), and a runner that decodes and detects exactly as a detector does (runner.py).
 """

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facestream.detector.evaluation.protocol import (
+from facestream.control.modeltools.evaluation.protocol import (
     Predictions,
     evaluate,
     iou_matrix,
@@ -17,7 +17,7 @@ from facestream.detector.evaluation.protocol import (
     voc_ap,
     xyxy,
 )
-from facestream.detector.evaluation.widerface import ImageTruth
+from facestream.control.modeltools.evaluation.widerface import ImageTruth
 from tests.system.test_architecture import lint, tree_copy
 
 NO_KPS = np.zeros((0, 5, 2))
@@ -158,7 +158,7 @@ def test_the_evaluation_stays_off_redis_and_the_serving_runtime(
 ) -> None:
     """Its import contract (pyproject.toml) fails on a copy of the tree that breaks it."""
     tree = tree_copy(tmp_path)
-    (tree / "detector" / "evaluation" / "violation.py").write_text(source)
+    (tree / "control" / "modeltools" / "evaluation" / "violation.py").write_text(source)
     done = lint(tree)
     assert done.returncode != 0
-    assert "accuracy evaluation" in done.stdout.split("Broken contracts")[1]
+    assert "offline model tooling runs" in done.stdout.split("Broken contracts")[1]

@@ -1,6 +1,6 @@
 """PyTorch -> ONNX export of SCRFD-family networks and the decoder on the exported graph.
 
-Without the hub: a small DamoFD-layout network with random weights (tests/tiny_scrfd.py; its
+Without the hub: a small DamoFD-layout network with random weights (tests/support/tiny_scrfd.py; its
 backbone is ModelScope's own TinyNAS code when modelscope is installed) is exported by our
 exporter, checked against PyTorch, installed in a registry and served by name; its detections
 must equal ModelScope's post-processing (tests/scrfd_reference.py) applied to the PyTorch
@@ -33,14 +33,14 @@ import onnx  # noqa: E402
 
 from facestream.common.contract.schema import Face  # noqa: E402
 from facestream.common.settings import Settings  # noqa: E402
-from facestream.detector.imaging import decode_image  # noqa: E402
-from facestream.detector.model.export import (  # noqa: E402
+from facestream.control.modeltools.export import (  # noqa: E402
     ExportMismatch,
     SCRFDOutputs,
     check_export,
     check_inputs,
     export_onnx,
 )
+from facestream.detector.imaging import decode_image  # noqa: E402
 from facestream.detector.model.loader import load_model  # noqa: E402
 from facestream.detector.model.registry import RegistryEntry, write_entry  # noqa: E402
 from facestream.detector.model.types import DecodedImage  # noqa: E402
@@ -236,7 +236,7 @@ def test_damofd_equals_modelscope_pipeline(tmp_path: Path, photos: dict[str, np.
     from modelscope.utils.constant import Tasks
     from PIL import Image
 
-    from facestream.detector.model import damofd
+    from facestream.control.modeltools import damofd_fetch as damofd
 
     assert DAMOFD_DIR is not None
     entry = damofd.fetch(Settings(), tmp_path, None, Path(DAMOFD_DIR))

@@ -16,7 +16,7 @@ import numpy as np
 
 from facestream.common.contract.schema import Face, SchemaError
 from facestream.common.settings import Settings
-from facestream.detector.evaluation.protocol import Predictions
+from facestream.control.modeltools.evaluation.protocol import Predictions
 from facestream.detector.imaging import decode_image
 from facestream.detector.model.face_model import FaceModel, Prepared
 

@@ -5,7 +5,7 @@ Python 3.11 (docs/models.md). The network itself is small and needs neither: a T
 MasterNet backbone (ModelScope's own plain-PyTorch blocks), mmdet's PAFPN neck and the SCRFD
 head. Each module below is named as in those implementations (`backbone.module_list...`,
 `neck.lateral_convs.0.conv`, `bbox_head.cls_stride_convs.0.0.depthwise_conv.gn`, ...) so the
-published `pytorch_model.pt` loads with strict checking; tests/detector/model/test_damofd.py
+published `pytorch_model.pt` loads with strict checking; tests/control/modeltools/test_damofd.py
 pins the key list and compares the backbone with ModelScope's code.
 
 The published 0.5G configuration (the DamoFD repository's DamoFD_0.5g_lms.py): the structure

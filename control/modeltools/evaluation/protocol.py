@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facestream.detector.evaluation.widerface import ImageTruth
+from facestream.control.modeltools.evaluation.widerface import ImageTruth
 
 IOU_THRESHOLD = 0.5
 THRESHOLDS = 1000

@@ -19,8 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from facestream.detector.evaluation.protocol import IOU_THRESHOLD, Predictions, iou_matrix, xyxy
-from facestream.detector.evaluation.widerface import GroundTruthError
+from facestream.control.modeltools.evaluation.protocol import (
+    IOU_THRESHOLD,
+    Predictions,
+    iou_matrix,
+    xyxy,
+)
+from facestream.control.modeltools.evaluation.widerface import GroundTruthError
 
 POINTS = 5
 LABEL_FILE = "label.txt"

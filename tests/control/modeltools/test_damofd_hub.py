@@ -21,8 +21,8 @@ errors = pytest.importorskip("modelscope.hub.errors", reason="the hub's errors a
 
 from facestream.common.settings import Settings  # noqa: E402
 from facestream.control.cli import main  # noqa: E402
-from facestream.detector.model import damofd  # noqa: E402
-from facestream.detector.model.damofd_hub import (  # noqa: E402
+from facestream.control.modeltools import damofd_fetch as damofd  # noqa: E402
+from facestream.control.modeltools.damofd_hub import (  # noqa: E402
     MODEL_IDS,
     Candidate,
     FetchError,

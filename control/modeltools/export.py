@@ -1,7 +1,7 @@
 """PyTorch -> ONNX for SCRFD-family networks, and the check that the export computes what the
 PyTorch model computes.
 
-Needs torch (the `damofd` extra); nothing else in the detector imports this module.
+Needs torch (the `damofd` extra); a detector never imports this module (pyproject.toml).
 """
 
 from __future__ import annotations

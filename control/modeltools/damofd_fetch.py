@@ -23,7 +23,7 @@ import numpy as np
 
 from facestream.common.log import get_logger
 from facestream.common.settings import Settings
-from facestream.detector.model.damofd_hub import (
+from facestream.control.modeltools.damofd_hub import (
     CHECKPOINT,
     MODEL_IDS,
     Candidate,
@@ -94,7 +94,7 @@ def require(downloading: bool) -> None:
 def build(state: dict[str, Any]) -> tuple[Any, int]:
     """The network with the checkpoint's weights, and how many BatchNorm step counters the
     checkpoint lacked (accepted: unused at inference)."""
-    from facestream.detector.model.damofd_net import DamoFD, load_strict
+    from facestream.control.modeltools.damofd_net import DamoFD, load_strict
 
     net = DamoFD()
     mismatch = load_strict(net, state)
@@ -185,8 +185,8 @@ def fetch(
             "downloaded (the entry records the copy's checkpoint digest)"
         )
     require(downloading=source is None and hub is None)
-    from facestream.detector.model.damofd_net import STRIDES
-    from facestream.detector.model.export import (
+    from facestream.control.modeltools.damofd_net import STRIDES
+    from facestream.control.modeltools.export import (
         ExportMismatch,
         SCRFDOutputs,
         check_export,

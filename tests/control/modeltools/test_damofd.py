@@ -25,9 +25,9 @@ import pytest
 torch = pytest.importorskip("torch", reason="needs torch (scripts/install.sh dev installs it)")
 
 from facestream.common.settings import Settings  # noqa: E402
-from facestream.detector.model import damofd  # noqa: E402
-from facestream.detector.model.damofd_hub import MODEL_IDS, FetchError, read_snapshot  # noqa: E402
-from facestream.detector.model.damofd_net import COUNTER, STRIDES, STRUCTURE, DamoFD  # noqa: E402
+from facestream.control.modeltools import damofd_fetch as damofd  # noqa: E402
+from facestream.control.modeltools.damofd_hub import MODEL_IDS, FetchError, read_snapshot  # noqa: E402
+from facestream.control.modeltools.damofd_net import COUNTER, STRIDES, STRUCTURE, DamoFD  # noqa: E402
 from facestream.detector.model.loader import load_model  # noqa: E402
 from tests.support.damofd_snapshot import (  # noqa: E402
     FakeHub,

@@ -9,7 +9,6 @@ import asyncio
 import base64
 import io
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,31 +17,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facestream.control.embedded import free_port
 from tests.support.bombs import rle8_bmp, scan_bomb
-from tests.support.procs import Procs, base_env, gateway_ready
+from tests.support.procs import detector_and_gateway
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    prefix = f"hd{uuid.uuid4().hex[:8]}"
-    port = free_port()
-    procs = Procs(tmp_path_factory.mktemp("hostile-decode"), base_env(redis_url, prefix))
-    procs.start("detector", ["-m", "facestream.detector"], FACESTREAM_CONSUMER="hd-det")
-    procs.start("gateway", ["-m", "facestream.ingest"], FACESTREAM_HTTP_PORT=str(port))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        procs.wait_for(gateway_ready(url), "gateway ready")
-        procs.wait_for(
-            lambda: httpx.get(f"{url}/v1/status", timeout=2).json()["detectors"] == 1,
-            "the detector advertised",
-        )
+    tmp = tmp_path_factory.mktemp("hostile-decode")
+    with detector_and_gateway(redis_url, tmp, "hd") as (url, _, _):
         yield url
-    finally:
-        codes = procs.stop()
-        assert codes == [0, 0], procs.logs()
 
 
 def test_a_scan_bomb_is_answered_at_once_beside_a_photo(

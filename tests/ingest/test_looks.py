@@ -21,29 +21,15 @@ from PIL import Image
 
 from facestream.common.imaging.align import CROP_SIZE
 from facestream.control.embedded import free_port
-from tests.support.procs import Procs, base_env, gateway_ready
+from tests.support.procs import Procs, base_env, detector_and_gateway
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    prefix = f"looks{uuid.uuid4().hex[:8]}"
-    port = free_port()
-    procs = Procs(tmp_path_factory.mktemp("looks"), base_env(redis_url, prefix))
-    procs.start("detector", ["-m", "facestream.detector"], FACESTREAM_CONSUMER="looks-det")
-    procs.start("gateway", ["-m", "facestream.ingest"], FACESTREAM_HTTP_PORT=str(port))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        procs.wait_for(gateway_ready(url), "gateway ready")
-        procs.wait_for(
-            lambda: httpx.get(f"{url}/v1/status", timeout=2).json()["detectors"] == 1,
-            "the detector advertised",
-        )
+    with detector_and_gateway(redis_url, tmp_path_factory.mktemp("looks"), "looks") as (url, _, _):
         yield url
-    finally:
-        codes = procs.stop()
-        assert codes == [0, 0], procs.logs()
 
 
 def _pixels(data: bytes) -> np.ndarray:

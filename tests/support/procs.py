@@ -120,7 +120,9 @@ def detector_and_gateway(
     redis_url: str, tmp: Path, name: str, **gateway_env: str
 ) -> Iterator[tuple[str, str, Procs]]:
     """A detector and a gateway as processes on their own key prefix, until the block ends:
-    (the gateway's URL, the prefix, the processes). Both must stop cleanly."""
+    (the gateway's URL, the prefix, the processes), once the gateway is ready and sees the
+    detector alive (a waiting request before that is answered 503 no_detector). Both must
+    stop cleanly."""
     prefix = f"{name}{random.randrange(1 << 30)}"
     port = free_port()
     procs = Procs(tmp, base_env(redis_url, prefix))
@@ -131,6 +133,10 @@ def detector_and_gateway(
     url = f"http://127.0.0.1:{port}"
     try:
         procs.wait_for(gateway_ready(url), "gateway ready")
+        procs.wait_for(
+            lambda: httpx.get(f"{url}/v1/status", timeout=2).json()["detectors"] == 1,
+            "the detector advertised",
+        )
         yield url, prefix, procs
     finally:
         codes = procs.stop()

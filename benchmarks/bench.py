@@ -1,10 +1,13 @@
 """facestream benchmarks: prints tables (not a timed test). From the repository root:
 
-    python -m benchmarks.bench [--only hit,miss,misses,burst,scaling,http,cluster] [--out FILE]
+    python -m benchmarks.bench [--only http,openloop,hit,miss,misses,burst,scaling,cluster]
+                               [--out FILE]
 
 Each run starts its own redis-server; run on an otherwise idle machine and compare ratios
 within one run. `http` runs facestream and the old design rebuilt (benchmarks/olddesign) side
-by side and draws benchmarks/out/http.png (--plot elsewhere), with the points beside it as JSON.
+by side in a closed loop; `openloop` finds each one's capacity at a latency bound with Poisson
+arrivals (benchmarks/capacity.py). Either draws benchmarks/out/http.png (--plot elsewhere),
+with the points beside it as JSON.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import datetime
 import sys
 from pathlib import Path
 
-from benchmarks import sidebyside, stream
+from benchmarks import capacity, sidebyside, stream
 from benchmarks.common import machine, redis_server
+from benchmarks.openloop import ClientOptions
 
-SCENARIOS = ["http", "hit", "miss", "misses", "burst", "scaling", "cluster"]
+SCENARIOS = ["http", "openloop", "hit", "miss", "misses", "burst", "scaling", "cluster"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         help="rounds per point, the two systems' order swapped each round; medians reported",
     )
     group.add_argument("--plot", type=Path, default=http_opts.plot, help="PNG to write")
+    _openloop_args(parser)
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(chosen) - set(SCENARIOS)
@@ -62,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(header, flush=True)
     tables = [header]
+    closed: list[sidebyside.Point] = []
+    rates: list[capacity.RatePoint] = []
     with redis_server() as url:
         for name in chosen:
-            if name == "http":
-                from benchmarks import http
-
+            if name in ("http", "openloop"):
                 opts = sidebyside.Options(
                     seconds=args.seconds,
                     warmup_s=args.warmup,
@@ -79,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
                     rounds=args.rounds,
                     plot=args.plot,
                 )
-                tables.append(http.bench_published_scenario(url, opts))
+                if name == "http":
+                    text, closed = sidebyside.run(url, opts)
+                else:
+                    text, rates = capacity.run(url, _openloop_options(args, opts))
+                tables.append(text)
             elif name == "hit":
                 tables.append(stream.bench_hit_path(url))
             elif name == "miss":
@@ -96,10 +105,59 @@ def main(argv: list[str] | None = None) -> int:
                 tables.append(stream.bench_single_flight(url))
             else:
                 tables.append(stream.bench_scaling(url))
+    if closed or rates:
+        sidebyside.save(closed, args.plot, rates, _openloop_options(args).bound)
     if args.out:
         with open(args.out, "w") as f:
             f.write("\n".join(tables) + "\n")
     return 0
+
+
+def _openloop_args(parser: argparse.ArgumentParser) -> None:
+    d = capacity.Options()
+    group = parser.add_argument_group(
+        "openloop (capacity at a latency bound, Poisson arrivals; also uses the http group's "
+        "system options)"
+    )
+    group.add_argument("--rate-start", type=float, default=d.start, help="first rate, per s")
+    group.add_argument("--rate-step", type=float, default=d.step, help="added per step")
+    group.add_argument("--rate-max", type=float, default=d.max_rate, help="stop here")
+    group.add_argument(
+        "--rate-refine",
+        type=int,
+        default=d.refine,
+        help="halvings between the last rate held and the first failed",
+    )
+    group.add_argument("--rate-seconds", type=float, default=d.seconds, help="per step")
+    group.add_argument("--rate-warmup", type=float, default=d.warmup_s, help="s per step")
+    group.add_argument("--new-pct", type=float, default=d.new_pct, help="never-sent photos, %%")
+    group.add_argument("--bound-p99-ms", type=float, default=d.bound.p99_ms)
+    group.add_argument("--bound-new-p99-ms", type=float, default=d.bound.new_p99_ms)
+    group.add_argument(
+        "--max-late-pct",
+        type=float,
+        default=d.bound.max_late_pct,
+        help="a step whose client sent more of its requests late does not hold",
+    )
+    group.add_argument("--late-ms", type=float, default=d.client.late_ms)
+    group.add_argument("--max-connections", type=int, default=d.client.max_connections)
+
+
+def _openloop_options(
+    args: argparse.Namespace, systems: sidebyside.Options | None = None
+) -> capacity.Options:
+    return capacity.Options(
+        start=args.rate_start,
+        step=args.rate_step,
+        max_rate=args.rate_max,
+        refine=args.rate_refine,
+        seconds=args.rate_seconds,
+        warmup_s=args.rate_warmup,
+        new_pct=args.new_pct,
+        bound=capacity.Bound(args.bound_p99_ms, args.bound_new_p99_ms, args.max_late_pct),
+        client=ClientOptions(args.max_connections, args.late_ms),
+        systems=systems or sidebyside.Options(),
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The published scenario over HTTP: the table's rows, facestream's gateway as a benchmark
-process, CPU accounting per process, and the entry point of the side-by-side run against the
-old design (benchmarks/sidebyside.py, client in benchmarks/loadgen.py)."""
+process and CPU accounting per process, for the side-by-side runs against the old design
+(benchmarks/sidebyside.py and benchmarks/capacity.py; clients in benchmarks/loadgen.py and
+benchmarks/openloop.py)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,9 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 from benchmarks.common import ROOT, detector_env
 from facestream.control.embedded import free_port
-
-if TYPE_CHECKING:
-    from benchmarks.sidebyside import Options
 
 # users: (mean ms, QPS, hit %) of the published table
 PUBLISHED = {
@@ -74,13 +71,3 @@ def gateway(url: str, workers: int) -> Iterator[tuple[int, subprocess.Popen[byte
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-
-
-def bench_published_scenario(url: str, opts: Options | None = None) -> str:
-    """Both systems side by side (benchmarks/sidebyside.py); writes the plot and its points."""
-    from benchmarks import sidebyside
-
-    opts = opts or sidebyside.Options()
-    text, points = sidebyside.run(url, opts)
-    sidebyside.save(points, opts.plot)
-    return text

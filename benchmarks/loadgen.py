@@ -8,6 +8,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from benchmarks.classes import ByClass, Classifier
 from benchmarks.common import unique_jpeg
 
 BOUNDARY = "facestreambenchboundary"
@@ -53,7 +54,8 @@ def compat_target(port: int) -> Target:
 class Workload:
     """Request bodies: a new, never-sent photo with probability `miss`, else a Zipf-like repeat
     of one already sent (recent and popular photos come back often, as real traffic does).
-    `label` keeps the bytes of different workloads apart (other sha256s)."""
+    `label` keeps the bytes of different workloads apart (other sha256s). `classes` knows which
+    photos were answered and which are in flight (benchmarks/classes.py)."""
 
     def __init__(self, bases: list[bytes], seed: int = 1, label: int = 0) -> None:
         self.bases = bases
@@ -61,6 +63,7 @@ class Workload:
         self.new = 0
         self.rng = random.Random(seed)
         self.label = label
+        self.classes = Classifier()
 
     def fresh(self) -> bytes:
         n = len(self.sent)
@@ -69,10 +72,15 @@ class Workload:
         return self.sent[-1]
 
     def next(self, miss: float) -> bytes:
+        return self.pick(miss)[1]
+
+    def pick(self, miss: float) -> tuple[int, bytes]:
+        """The next body and its photo's index in `sent` (what `classes` is keyed by)."""
         if not self.sent or self.rng.random() < miss:
-            return self.fresh()
+            body = self.fresh()
+            return len(self.sent) - 1, body
         rank = min(int(self.rng.paretovariate(1.1)) - 1, len(self.sent) - 1)
-        return self.sent[-1 - rank]
+        return len(self.sent) - 1 - rank, self.sent[-1 - rank]
 
 
 @dataclass
@@ -81,9 +89,10 @@ class Outcome:
     cached: int = 0  # answers that said "cached": true (the v1 result only)
     errors: dict[int, int] = field(default_factory=dict)  # status -> count
     elapsed: float = 0.0
+    by_class: ByClass = field(default_factory=ByClass)  # the same latencies, per class
 
 
-async def _exchange(
+async def exchange(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes
 ) -> tuple[int, bytes]:
     writer.write(data)
@@ -101,19 +110,25 @@ async def user(target: Target, work: Workload, miss: float, stop_at: float, out:
     reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
     try:
         while time.perf_counter() < stop_at:
-            data = target.request(work.next(miss))
+            image, body = work.pick(miss)
+            data = target.request(body)
+            kind = work.classes.send(image)
             started = time.perf_counter()
             try:
-                status, payload = await _exchange(reader, writer, data)
+                status, payload = await exchange(reader, writer, data)
             except (ConnectionError, asyncio.IncompleteReadError):
                 # A server that closed an idle keep-alive connection: reconnect, not a result.
+                work.classes.done(image, answered=False)
                 writer.close()
                 reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
                 continue
+            work.classes.done(image, answered=status == 200)
             if status != 200:
                 out.errors[status] = out.errors.get(status, 0) + 1
                 continue
-            out.latencies.append(time.perf_counter() - started)
+            latency = time.perf_counter() - started
+            out.latencies.append(latency)
+            out.by_class.add(kind, latency)
             out.cached += b'"cached":true' in payload
     finally:
         writer.close()
@@ -137,7 +152,7 @@ async def _send_each(target: Target, bodies: list[bytes]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
     try:
         for body in bodies:
-            status, payload = await _exchange(reader, writer, target.request(body))
+            status, payload = await exchange(reader, writer, target.request(body))
             if status != 200:
                 raise RuntimeError(f"{status}: {payload[:200]!r}")
     finally:

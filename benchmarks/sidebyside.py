@@ -16,11 +16,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import redis
 
 from benchmarks.bound import MissFloor, bound_table, measure_floor
+from benchmarks.classes import CLASSES, ClassStats, cell, merge_rounds
 from benchmarks.common import detectors, photos, reset, table
 from benchmarks.http import PUBLISHED, cpu_seconds, gateway, tree_cpu
 from benchmarks.loadgen import (
@@ -35,6 +37,9 @@ from benchmarks.loadgen import (
 from benchmarks.olddesign.app import Config
 from benchmarks.olddesign.launch import old_service
 from facestream.control.embedded import free_port
+
+if TYPE_CHECKING:
+    from benchmarks.capacity import Bound, RatePoint
 
 OLD = "old design"
 NEW = "facestream"
@@ -80,6 +85,8 @@ class Point:
     hit_pct: float | None
     errors: dict[int, int]
     cpu_us: dict[str, float] = field(default_factory=dict)
+    # hit / new / joined (benchmarks/classes.py), as the client classed each request
+    classes: dict[str, ClassStats] = field(default_factory=dict)
 
 
 def redis_pid(url: str) -> int:
@@ -119,6 +126,7 @@ def measure(
         hit,
         out.errors,
         {k: (after[k] - before[k]) / n * 1e6 for k in probes},
+        out.by_class.stats(),
     )
 
 
@@ -187,6 +195,7 @@ def run(url: str, opts: Options) -> tuple[str, list[Point]]:
                 work = Workload(bases, 1, label)
                 label += 10**6
                 send_each(system.target, [work.fresh() for _ in range(ALL_HITS_POOL)])
+                work.classes.answered.update(range(len(work.sent)))
                 for users in ALL_HITS_USERS:
                     points.append(measure(system, "all hits", users, 0.0, work, opts))
     return report(points, opts, floor), points
@@ -234,6 +243,7 @@ def medians(points: list[Point]) -> list[Point]:
                 med(hits) if hits else None,
                 errors,
                 {k: med([p.cpu_us[k] for p in group]) for k in group[0].cpu_us},
+                merge_rounds([p.classes for p in group]),
             )
         )
     return out
@@ -278,7 +288,7 @@ def report(points: list[Point], opts: Options, floor: MissFloor | None = None) -
             "figure the median of its rounds, fs / old the median of the rounds' own ratios, "
             "their range in brackets"
         )
-    rows, cpu_rows = [], []
+    rows, cpu_rows, class_rows = [], [], []
     merged = medians(points)
     for users in opts.users:
         old, new = _pair(merged, "published", users)
@@ -299,6 +309,9 @@ def report(points: list[Point], opts: Options, floor: MissFloor | None = None) -
                 f"{_errors(old)} / {_errors(new)}",
             ]
         )
+        class_rows += [
+            [users, p.system, *(cell(p.classes, k) for k in CLASSES)] for p in (old, new)
+        ]
         cpu_rows.append(
             [
                 users,
@@ -321,6 +334,12 @@ def report(points: list[Point], opts: Options, floor: MissFloor | None = None) -
             "errors",
         ],
         rows,
+    )
+    by_class = table(
+        "Latency by class, same points, 'p50 / p99 ms (answers)': hit = a photo answered before, "
+        "new = a never-sent photo, joined = a photo whose earlier request was still in flight",
+        ["users", "system", *CLASSES],
+        class_rows,
     )
     b = table(
         "CPU microseconds per answered request, by process (same points)",
@@ -356,7 +375,7 @@ def report(points: list[Point], opts: Options, floor: MissFloor | None = None) -
             for p in hits
         ],
     )
-    parts = [a, b, c]
+    parts = [a, by_class, b, c]
     fs_hits = [sum(p.cpu_us.values()) for p in hits if p.system == NEW]
     if floor is not None and fs_hits:
         rows_of = [_pair(merged, "published", u)[0] for u in opts.users]
@@ -368,12 +387,25 @@ def report(points: list[Point], opts: Options, floor: MissFloor | None = None) -
     return "\n".join(parts)
 
 
-def save(points: list[Point], png: Path) -> None:
-    """The picture (benchmarks/plot.py, of the rounds' medians) and every round's points as
-    JSON beside it."""
+def save(
+    points: list[Point],
+    png: Path,
+    rates: list[RatePoint] | None = None,
+    bound: Bound | None = None,
+) -> None:
+    """The picture (benchmarks/plot.py, of the rounds' medians, and the open loop's p99
+    against offered rate when `rates`) and the points as JSON beside it: the closed loop's
+    rounds in <name>.json, the open loop's steps in <name>.openloop.json."""
+    from benchmarks.capacity import to_json
     from benchmarks.plot import plot
 
     png.parent.mkdir(parents=True, exist_ok=True)
-    plot(medians(points), png)
-    png.with_suffix(".json").write_text(json.dumps([asdict(p) for p in points], indent=1))
-    print(f"\nwrote {png} and {png.with_suffix('.json')}", flush=True)
+    plot(medians(points), png, rates, bound)
+    written = [png]
+    if points:
+        written.append(png.with_suffix(".json"))
+        written[-1].write_text(json.dumps([asdict(p) for p in points], indent=1))
+    if rates:
+        written.append(png.with_suffix(".openloop.json"))
+        written[-1].write_text(json.dumps(to_json(rates), indent=1))
+    print(f"\nwrote {', '.join(map(str, written))}", flush=True)

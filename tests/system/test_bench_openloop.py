@@ -27,7 +27,7 @@ import pytest
 from benchmarks.capacity import Bound, Options, RatePoint, capacity, judge, search, stepper
 from benchmarks.classes import HIT, JOINED, NEW, ByClass, Classifier, ClassStats, merge_rounds
 from benchmarks.common import photos
-from benchmarks.loadgen import Target, Workload
+from benchmarks.loadgen import Target, Workload, closed_loop
 from benchmarks.openloop import ClientOptions, StepOutcome, open_loop, poisson_arrivals
 from benchmarks.sidebyside import NEW as FS
 from benchmarks.sidebyside import OLD, Point, System, medians, report
@@ -207,6 +207,17 @@ def test_the_client_classes_agree_with_what_the_server_did() -> None:
     # a new photo cannot be answered before its run; a hit waits for none
     assert min(out.by_class.seconds[NEW]) >= 0.045  # (timers may fire a little early)
     assert stats[HIT].p50_ms < stats[NEW].p50_ms
+
+
+def test_the_closed_loop_keeps_the_same_classes() -> None:
+    with stub_server(slots=64, service_s=0.02) as stub:
+        work = Workload(photos(4), seed=6, label=4 * 10**9)
+        out = closed_loop(stub.target(), work, users=8, miss=0.2, seconds=1.0)
+    stats = out.by_class.stats()
+    assert sum(s.n for s in stats.values()) == len(out.latencies) > 0
+    assert stats[NEW].n == stub.counts["ran"] > 0
+    assert stats[HIT].n + stats[JOINED].n == stub.counts["cached"] + stub.counts["joined"]
+    assert stats[JOINED].n >= stub.counts["joined"] > 0
 
 
 # --- the client says when it cannot keep up ---------------------------------------------------

@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(chosen) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    if args.rate_start <= 0 or args.rate_step <= 0:
+        parser.error("--rate-start and --rate-step must be positive")
     header = (
         f"facestream benchmark, {datetime.date.today()}, {machine()}\n"
         f"command: python -m benchmarks.bench {' '.join(sys.argv[1:] if argv is None else argv)}"

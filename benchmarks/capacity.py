@@ -118,6 +118,8 @@ def judge(system: str, out: StepOutcome, bound: Bound) -> RatePoint:
 def search(step_at: Callable[[float], RatePoint], opts: Options) -> list[RatePoint]:
     """Every step run, in order: start, start + step, ... up to the first that fails (or
     max_rate), then `refine` halvings between the last held rate and the first failed one."""
+    if opts.start <= 0 or opts.step <= 0:
+        raise ValueError(f"rates must be positive (start {opts.start}, step {opts.step})")
     points: list[RatePoint] = []
     held: float | None = None
     failed: float | None = None

@@ -1,7 +1,8 @@
-"""builtin-int8 against the fp32 built-in model, real model, real photos, through the
-detector's decoding: every fp32 face matched at IoU >= 0.9, recall >= 0.98, scores within
-0.02 (issue #15). On the five test photos (which are also the calibration photos) and on
-photos the calibration never saw: another LFW mosaic and the test photos mirrored."""
+"""builtin-int8 against the fp32 built-in model: the real model, real photos, through the
+detector's decoding. The bar (issue #28): of fp32's faces scored >= 0.9, the int8 copy finds
+>= 99 % at 0.9, each matched at IoU >= 0.5, scores within 0.03, on every real photo the
+installed packages ship (scikit-image's and matplotlib's, all 100 LFW faces, InsightFace's
+sample photos), each also mirrored and at 25 %; and on photos its calibration never saw."""
 
 from __future__ import annotations
 
@@ -16,13 +17,21 @@ import pytest
 from facestream.common.contract.schema import Face
 from facestream.common.settings import Settings
 from facestream.control import model_cli
+from facestream.control.modeltools import photos as photo_set
+from facestream.control.modeltools import quantize as q
 from facestream.detector.model.int8 import MANIFEST_FILE, ONNX_FILE, QUANTIZED_NAME
-from facestream.detector.model.loader import ModelLoadError, load_model
+from facestream.detector.model.loader import ModelLoadError, builtin_weights, load_model
 from tests.conftest import encode
 from tests.support.faces import detect, iou
 
 # What the fp32 built-in model's tag is: the int8 copy must leave it (and its cache) alone.
 FP32_TAG = "retinaface-mnet025-7b597ddd2244"
+PROBE = 0.5  # both models down to this score, so an int8 face just under 0.9 is still seen
+
+
+@pytest.fixture(scope="module")
+def photo_pngs() -> dict[str, bytes]:
+    return {name: encode(px) for name, px in photo_set.photo_set().items()}
 
 
 @pytest.fixture(scope="module")
@@ -37,72 +46,113 @@ def int8_model(int8_dir: Path) -> Any:
     return load_model(Settings(model=QUANTIZED_NAME, model_dir=str(int8_dir)))
 
 
-def held_out(photos: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    import skimage.data
+@pytest.fixture(scope="module")
+def fp32_probe() -> Any:
+    return load_model(Settings(score_threshold=PROBE))
 
-    data: Any = skimage.data  # untyped package
-    from PIL import Image
 
-    faces = (data.lfw_subset()[20:40] * 255).astype(np.uint8)  # the mosaic uses [:20]
-    tiles = np.array(
-        [np.asarray(Image.fromarray(f).resize((128, 128), Image.Resampling.BICUBIC)) for f in faces]
+def bar(ref_model: Any, int8_model: Any, pngs: dict[str, bytes]) -> tuple[int, int, float]:
+    """(fp32 faces >= 0.9, of them found by int8 at >= 0.9 and IoU >= 0.5, worst score
+    difference), matched here independently of quantize.parity."""
+    faces = found = 0
+    worst = 0.0
+    for data in pngs.values():
+        ref = [f for f in detect(ref_model, data) if f.score >= 0.9]
+        free: list[Face] = detect(int8_model, data)
+        for face in ref:
+            faces += 1
+            best = max(free, key=lambda g: iou(face.box, g.box), default=None)
+            if best is None or iou(face.box, best.box) < 0.5:
+                continue
+            free.remove(best)
+            worst = max(worst, abs(face.score - best.score))
+            found += best.score >= 0.9
+    return faces, found, worst
+
+
+def test_int8_finds_fp32s_faces_on_every_photo(
+    fp32_probe: Any, int8_dir: Path, photo_pngs: dict[str, bytes]
+) -> None:
+    int8 = load_model(
+        Settings(model=QUANTIZED_NAME, model_dir=str(int8_dir), score_threshold=PROBE)
     )
-    mosaic = tiles.reshape(4, 5, 128, 128).transpose(0, 2, 1, 3).reshape(512, 640)
-    mirrored = {f"{k}_mirrored": np.ascontiguousarray(v[:, ::-1]) for k, v in photos.items()}
-    return {"lfw_mosaic_2": mosaic, **mirrored}
+    faces, found, worst = bar(fp32_probe, int8, photo_pngs)
+    assert faces >= 200  # 241 with insightface's photos, 216 without
+    assert found / faces >= 0.99, f"{found} of {faces}"
+    assert worst <= 0.03
 
 
-def match(ref: list[Face], got: list[Face]) -> tuple[list[tuple[Face, Face]], list[Face]]:
-    """Greedy one-to-one matching at IoU >= 0.9: (pairs, fp32 faces left unmatched)."""
-    free, pairs, missed = list(got), [], []
-    for face in ref:
-        best = max(free, key=lambda g: iou(face.box, g.box), default=None)
-        if best is None or iou(face.box, best.box) < 0.9:
-            missed.append(face)
-            continue
-        pairs.append((face, best))
-        free.remove(best)
-    return pairs, missed
-
-
-def assert_parity(
-    ref_model: Any, int8_model: Any, photos: dict[str, np.ndarray], near_threshold: Any = None
+def test_int8_finds_them_on_photos_its_calibration_never_saw(
+    fp32_probe: Any, photo_pngs: dict[str, bytes], tmp_path: Path
 ) -> None:
-    total = matched = 0
-    for name, pixels in photos.items():
-        data = encode(pixels)
-        ref, got = detect(ref_model, data), detect(int8_model, data)
-        pairs, missed = match(ref, got)
-        total += len(ref)
-        matched += len(pairs)
-        for face, twin in pairs:
-            assert abs(face.score - twin.score) <= 0.02, (name, face, twin)
-        assert len(got) == len(pairs), f"{name}: int8 faces no fp32 face has"
-        if near_threshold is not None and missed:
-            # A face fp32 scores within the 0.02 tolerance of the threshold may fall just
-            # under it in int8: it must be there, at IoU >= 0.9 and within 0.02, just below.
-            assert all(f.score < ref_model.spec.score_threshold + 0.02 for f in missed), missed
-            pairs, still = match(missed, detect(near_threshold, data))
-            assert not still and all(abs(f.score - t.score) <= 0.02 for f, t in pairs)
-            matched += len(pairs)
-    assert total >= 20
-    assert matched == total, f"{matched} of {total} fp32 faces matched at IoU >= 0.9"
-    assert matched / total >= 0.98
+    # The hardest LFW mosaic (its faces are where earlier recipes lost faces) and the group
+    # photo, all four copies of each, are left out of the calibration.
+    held = {n for n in photo_pngs if n.startswith(("lfw_mosaic_2", "insightface_t1"))}
+    images = q.decoded(photo_set.photo_set(), fp32_probe.spec)
+    tensors = q.calibration_tensors(fp32_probe, (im for n, im in images.items() if n not in held))
+    fp32 = builtin_weights()
+    q.install(tmp_path, q.quantize(fp32, tensors), q.sha256(fp32), {})
+    int8 = load_model(
+        Settings(model=QUANTIZED_NAME, model_dir=str(tmp_path), score_threshold=PROBE)
+    )
+    faces, found, worst = bar(fp32_probe, int8, {n: photo_pngs[n] for n in held})
+    assert faces >= 40
+    assert found / faces >= 0.99, f"{found} of {faces}"
+    assert worst <= 0.03
 
 
-def test_int8_matches_fp32_on_the_test_photos(
-    builtin_model: Any, int8_model: Any, photos: dict[str, np.ndarray]
+def test_the_photo_set_is_every_shipped_photo_four_ways() -> None:
+    originals = photo_set.originals()
+    assert {"astronaut", "camera", "grace_hopper", "lfw_mosaic", "coffee"} <= set(originals)
+    assert {f"lfw_mosaic_{k}" for k in range(2, 6)} <= set(originals)
+    every = photo_set.with_variants(originals)
+    assert len(every) == 4 * len(originals)
+    px = originals["astronaut"]
+    assert np.array_equal(every["astronaut_mirrored"], px[:, ::-1])
+    assert every["astronaut_25pc"].shape[:2] == (px.shape[0] // 4, px.shape[1] // 4)
+
+
+def face(box: list[float], score: float) -> Face:
+    return Face(box=box, score=score, kps=[[0.0, 0.0]] * 5)
+
+
+def test_parity_counts_a_face_just_under_the_bar_as_not_found() -> None:
+    ref = [face([0, 0, 10, 10], 0.95), face([20, 0, 30, 10], 0.91), face([40, 0, 50, 10], 0.8)]
+    got = [
+        face([0, 0, 10, 10], 0.94),  # found
+        face([20, 0, 30, 10], 0.89),  # matched, under 0.9: not found, difference 0.02
+        face([40, 0, 50, 10], 0.92),  # fp32 had it under 0.9: an extra
+    ]
+    result = q.parity([(ref, got), ([face([0, 0, 10, 10], 0.99)], [face([5, 5, 15, 15], 0.99)])])
+    assert (result.faces, result.found, result.below, result.lost) == (3, 1, 1, 1)
+    assert result.extra == 2  # the 0.92 face and the far-off (IoU 0.14) one
+    assert result.worst_score_diff == pytest.approx(0.02)
+    assert not result.ok
+
+
+def test_parity_bar_is_99_percent_and_003() -> None:
+    ref = [face([20.0 * i, 0, 20.0 * i + 10, 10], 0.91) for i in range(100)]
+    one_under = [face(f.box, 0.92) for f in ref[:99]] + [face(ref[99].box, 0.89)]
+    assert q.parity([(ref, one_under)]).ok  # 99 of 100, differences 0.02 at most
+    two_under = [*one_under[:98], face(ref[98].box, 0.89), face(ref[99].box, 0.89)]
+    assert not q.parity([(ref, two_under)]).ok
+    shifted = [face(f.box, 0.941) for f in ref]  # every face found, but 0.031 higher
+    assert not q.parity([(ref, shifted)]).ok
+
+
+def test_check_needs_both_models_below_the_bar(builtin_model: Any) -> None:
+    with pytest.raises(q.QuantizeError, match="score threshold"):
+        q.check(builtin_model, builtin_model, [])
+
+
+def test_a_copy_that_misses_the_bar_is_not_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert_parity(builtin_model, int8_model, photos)
-
-
-def test_int8_matches_fp32_on_photos_it_was_not_calibrated_on(
-    builtin_model: Any, int8_model: Any, int8_dir: Path, photos: dict[str, np.ndarray]
-) -> None:
-    # Strictly, 42 of these 43 fp32 faces are matched (recall 0.977): one LFW face that fp32
-    # scores 0.9045 falls just under the 0.9 threshold in int8 (docs/models.md).
-    lower = Settings(model=QUANTIZED_NAME, model_dir=str(int8_dir), score_threshold=0.88)
-    assert_parity(builtin_model, int8_model, held_out(photos), near_threshold=load_model(lower))
+    # Only the very first convolution in fp32: the small faces are lost (docs/models.md).
+    monkeypatch.setattr(q, "KEPT_FP32", ("/fx/stage1/stage1.0/",))
+    assert model_cli.quantize(Settings(model_dir=str(tmp_path))) == 2
+    assert "failed the check" in capsys.readouterr().err
+    assert not (tmp_path / QUANTIZED_NAME).exists()
 
 
 def test_int8_has_its_own_tag_and_leaves_fp32_alone(builtin_model: Any, int8_model: Any) -> None:
@@ -110,21 +160,22 @@ def test_int8_has_its_own_tag_and_leaves_fp32_alone(builtin_model: Any, int8_mod
     assert int8_model.tag.startswith("retinaface-mnet025-int8-")
     assert int8_model.tag != builtin_model.tag
     assert int8_model.spec.family == "retinaface"
+    assert int8_model.spec.score_threshold == builtin_model.spec.score_threshold == 0.9
 
 
-def test_int8_graph_is_quantised_except_the_first_stage(int8_dir: Path) -> None:
+def test_int8_graph_is_quantised_except_the_first_two_stages(int8_dir: Path) -> None:
     graph = onnx.load(str(int8_dir / QUANTIZED_NAME / ONNX_FILE)).graph
     ops = [n.op_type for n in graph.node]
     assert ops.count("QuantizeLinear") > 20 and "DequantizeLinear" in ops
-    # First-stage convolutions take fp32 weights straight from an initializer; the others
+    # Stage 1 and 2 convolutions take fp32 weights straight from an initializer; the others
     # take them from a DequantizeLinear of int8 weights.
     made_by = {o: n.op_type for n in graph.node for o in n.output}
     convs = [n for n in graph.node if n.op_type == "Conv"]
-    first = [n for n in convs if n.name.startswith("/fx/stage1/")]
-    assert first and len(first) < len(convs)
+    kept = [n for n in convs if n.name.startswith(("/fx/stage1/", "/fx/stage2/"))]
+    assert any(n.name.startswith("/fx/stage2/") for n in kept) and len(kept) < len(convs)
     for node in convs:
         weights_from = made_by.get(node.input[1], "initializer")
-        assert (weights_from == "initializer") == (node in first), (node.name, weights_from)
+        assert (weights_from == "initializer") == (node in kept), (node.name, weights_from)
 
 
 def test_int8_refused_when_missing_or_made_from_another_model(
@@ -152,7 +203,12 @@ def test_quantize_cli_reports_and_records_the_check(
     int8_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     manifest = json.loads((int8_dir / QUANTIZED_NAME / MANIFEST_FILE).read_text())
-    assert manifest["check"]["matched"] == manifest["check"]["faces"] >= 20
+    check = manifest["check"]
+    assert check["faces"] >= 200 and check["found"] / check["faces"] >= 0.99
+    assert check["worst_score_diff"] <= 0.03
+    assert {"lfw_mosaic_5_25pc_mirrored", "grace_hopper_mirrored"} <= set(check["photos"])
     assert manifest["recipe"]["format"] == "QDQ"
     assert model_cli.quantize(Settings(model_dir=str(int8_dir))) == 0
-    assert "23/23 fp32 faces matched" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{check['found']}/{check['faces']} fp32 faces found" in out
+    assert f"on {len(check['photos'])} photos" in out

@@ -155,6 +155,19 @@ def test_a_copy_that_misses_the_bar_is_not_installed(
     assert not (tmp_path / QUANTIZED_NAME).exists()
 
 
+def test_without_insightface_the_copy_is_made_and_checked_on_the_package_photos(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Where only the demo extra is installed (insightface cannot be uninstalled in a test, so
+    # its photos are hidden): 36 photos, 216 fp32 faces, and the bar still met.
+    monkeypatch.setattr(photo_set, "insightface_photos", dict)
+    assert model_cli.quantize(Settings(model_dir=str(tmp_path))) == 0
+    assert "on 36 photos (insightface not installed" in capsys.readouterr().out
+    check = json.loads((tmp_path / QUANTIZED_NAME / MANIFEST_FILE).read_text())["check"]
+    assert check["faces"] >= 200 and check["found"] / check["faces"] >= 0.99
+    assert not any(name.startswith("insightface") for name in check["photos"])
+
+
 def test_int8_has_its_own_tag_and_leaves_fp32_alone(builtin_model: Any, int8_model: Any) -> None:
     assert builtin_model.tag == FP32_TAG
     assert int8_model.tag.startswith("retinaface-mnet025-int8-")

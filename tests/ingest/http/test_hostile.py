@@ -109,7 +109,8 @@ def test_same_id_and_image_each_get_their_own_answer(
     assert [a["meta"]["w"] for a in answers] == [f"c{i}" for i in range(8)]
     assert [a["source"] for a in answers] == [f"c{i}" for i in range(8)]
     # Each answer is its own: those through the detectors each from its own event, the rest
-    # (sharing an earlier request's wait, ingest/joins.py) copies the gateway made for them.
+    # (sharing an earlier request's wait, ingest/http/shared_waits.py) copies the gateway made
+    # for them.
     through_detectors = [a["entry"] for a in answers if a["entry"]]
     assert len(set(through_detectors)) == len(through_detectors) >= 1
     assert all(a["consumer"].startswith("gateway:") for a in answers if not a["entry"])
@@ -195,7 +196,7 @@ def test_the_multipart_reader_stops_reading_at_the_limit() -> None:
     from starlette.requests import Request
 
     from facestream.common.settings import Settings
-    from facestream.ingest.http_input import MULTIPART_OVERHEAD, read_request
+    from facestream.ingest.http.request_input import MULTIPART_OVERHEAD, read_request
     from facestream.ingest.publisher import ImageTooLarge
 
     chunk = b"\x89PNG" + b"\0" * (64 * 1024 - 4)

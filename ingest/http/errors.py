@@ -1,6 +1,6 @@
 """Every error the gateway answers has one shape, `{"error": {"code", "message"}}`, whichever
 layer raised it: our routes, FastAPI's validation, Starlette's routing (404, 405), the ASGI
-fast path (ingest/fastpath.py), Redis. Messages are worded for people: no Python object reprs
+fast path (ingest/http/fastpath.py), Redis. Messages are worded for people: no Python object reprs
 (Pillow says `cannot identify image file <_io.BytesIO object at 0x...>`)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from starlette.requests import Request
 from facestream.common.log import get_logger
 from facestream.common.settings import Settings
 from facestream.common.streams.errors import REDIS_ERRORS
-from facestream.ingest.http_input import error
+from facestream.ingest.http.request_input import error
 from facestream.ingest.publisher import PublishError
 
 if TYPE_CHECKING:

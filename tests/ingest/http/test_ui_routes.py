@@ -109,7 +109,7 @@ def test_crops_from_the_detector_and_from_a_cache_hit(
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
-GREEN = (0, 255, 102)  # the page's box and label colour (ingest/static/draw.js BOX)
+GREEN = (0, 255, 102)  # the page's box and label colour (ingest/http/static/draw.js BOX)
 
 
 @pytest.fixture(scope="module")

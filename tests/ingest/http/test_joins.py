@@ -1,7 +1,7 @@
-"""The shared-wait table (ingest/joins.py) alone: who leads, who copies, who falls back to its
-own event, and that every request ends with exactly one result. Pure coordination logic, so
-`own` (publish and wait) and `publish` are recorded here instead of reaching Redis; the real
-path, with Redis, a gateway and a detector, is tests/ingest/test_gateway_hits.py."""
+"""The shared-wait table (ingest/http/shared_waits.py) alone: who leads, who copies, who falls
+back to its own event, and that every request ends with exactly one result. Pure coordination
+logic, so `own` (publish and wait) and `publish` are recorded here instead of reaching Redis;
+the real path, with Redis, a gateway and a detector, is tests/ingest/http/test_gateway_hits.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from facestream.common.contract.schema import ImageEvent
-from facestream.ingest.joins import Answer, Joins
+from facestream.ingest.http.shared_waits import Answer, Joins
 
 IMAGE = b"same photo"
 SHA = hashlib.sha256(IMAGE).hexdigest()

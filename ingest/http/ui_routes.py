@@ -19,14 +19,14 @@ from fastapi import Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from facestream.common.contract.keys import Keys
+from facestream.common.imaging.drawing import draw_faces
 from facestream.common.imaging.photo import PhotoError
 from facestream.common.settings import Settings
 from facestream.common.streams.serving import live_detectors
-from facestream.ingest.draw_budget import DrawBudget, give_back, header_pixels
-from facestream.ingest.drawing import draw_faces
-from facestream.ingest.hits import answer_or_wait
-from facestream.ingest.http_errors import readable
-from facestream.ingest.http_input import (
+from facestream.ingest.http.cache_answers import answer_or_wait
+from facestream.ingest.http.draw_budget import DrawBudget, give_back, header_pixels
+from facestream.ingest.http.errors import readable
+from facestream.ingest.http.request_input import (
     REQUEST_BODY,
     error,
     error_doc,
@@ -60,7 +60,7 @@ _STATUS_DOC = {
 
 
 def static_file(name: str) -> bytes:
-    return (resources.files("facestream.ingest") / "static" / name).read_bytes()
+    return (resources.files("facestream.ingest.http") / "static" / name).read_bytes()
 
 
 def add_look_routes(app: FastAPI, settings: Settings, keys: Keys) -> None:
@@ -153,7 +153,7 @@ def add_look_routes(app: FastAPI, settings: Settings, keys: Keys) -> None:
         timeout_s = (timeout_ms or settings.wait_timeout_ms) / 1000
         await state.liveness.require()  # none alive: 503 no_detector at once
         pixels = header_pixels(image)
-        if not draws.admit(pixels):  # ingest/draw_budget.py
+        if not draws.admit(pixels):  # ingest/http/draw_budget.py
             return error(
                 503,
                 "overloaded",

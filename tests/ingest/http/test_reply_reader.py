@@ -27,8 +27,8 @@ from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client
 from facestream.common.supervise import RestartPolicy
 from facestream.control.embedded import free_port
-from facestream.ingest.gateway import create_app
-from facestream.ingest.replies import ReplyRouter
+from facestream.ingest.http.app import create_app
+from facestream.ingest.http.reply_router import ReplyRouter
 from tests.support.procs import Procs, base_env
 
 MakeSettings = Callable[..., Settings]
@@ -111,7 +111,7 @@ def test_a_reader_that_keeps_failing_is_given_up(make_settings: MakeSettings) ->
 
 INJECT = """
 import runpy
-from facestream.ingest import replies
+from facestream.ingest.http import reply_router as replies
 
 async def broken(self):
     raise KeyError("a bug in the reply reader (injected by the test)")

@@ -29,7 +29,7 @@ from typing import Any, TypeGuard
 
 from facestream.common.contract.schema import ImageEvent
 from facestream.common.log import get_logger
-from facestream.ingest import metrics
+from facestream.ingest.http import metrics
 
 log = get_logger(__name__)
 Answer = dict[str, Any] | None

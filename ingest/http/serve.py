@@ -13,7 +13,7 @@ from typing import Any
 import uvicorn
 
 from facestream.common.settings import Settings
-from facestream.ingest.timeouts import DeadlineProtocol
+from facestream.ingest.http.timeouts import DeadlineProtocol
 
 
 class GracefulServer(uvicorn.Server):
@@ -34,7 +34,7 @@ class GracefulServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-APP = "facestream.ingest.gateway:app_factory"
+APP = "facestream.ingest.http.app:app_factory"
 
 
 @contextlib.contextmanager
@@ -67,7 +67,7 @@ def serve(settings: Settings) -> int:
         "access_log": False,
         "proxy_headers": False,
         "timeout_graceful_shutdown": 10,
-        # Half-sent requests are cut (ingest/timeouts.py) and connections are capped.
+        # Half-sent requests are cut (ingest/http/timeouts.py) and connections are capped.
         "http": DeadlineProtocol,
         "limit_concurrency": settings.http_max_connections,
     }

@@ -4,7 +4,7 @@ network beyond the gateway (FastAPI's own page fetches Swagger UI from a CDN).
 The files come from `fastapi-offline`: Swagger UI 5, which reads the OpenAPI 3.1 documents
 FastAPI writes (`swagger-ui-bundle` ships Swagger UI 4, which refuses them). Only its static
 files are used, from our own routes, so the page keeps this gateway's security headers
-(ingest/headers.py). The page starts the viewer with one inline script: the
+(ingest/http/headers.py). The page starts the viewer with one inline script: the
 Content-Security-Policy allows that script by its hash, no other. No `/redoc`: the package's
 ReDoc fetches its vendor's logo from a CDN at run time.
 """
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 
-from facestream.ingest.http_input import error
+from facestream.ingest.http.request_input import error
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

@@ -32,7 +32,7 @@ function spaced(value) {
   return `{${pairs.join(", ")}}`;
 }
 
-// The gateway's error codes (ingest/publisher.py, ingest/gateway.py, ingest/looks.py) and a
+// The gateway's error codes (ingest/publisher.py, ingest/http/app.py, ingest/http/ui_routes.py) and a
 // result's (docs/contract.md), each with what it means for the person using the page.
 const ADVICE = {
   no_detector:

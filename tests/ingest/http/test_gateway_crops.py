@@ -1,6 +1,7 @@
-"""The crops of the gateway's own cache answers (ingest/hits.py): cut in a worker thread, capped
-like the detector's, and cut once for requests of one image that wait together. Real photos and
-the real cutting code; the Redis client is made but these calls never reach it."""
+"""The crops of the gateway's own cache answers (ingest/http/cache_answers.py): cut in a worker
+thread, capped like the detector's, and cut once for requests of one image that wait together.
+Real photos and the real cutting code; the Redis client is made but these calls never reach
+it."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from facestream.common.contract.schema import Face, ImageEvent, pack_faces
 from facestream.common.imaging import align
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client
-from facestream.ingest import hits
-from facestream.ingest.hits import CacheAnswers
+from facestream.ingest.http import cache_answers as hits
+from facestream.ingest.http.cache_answers import CacheAnswers
 from facestream.ingest.samples import encode
 from tests.support.faces import detect
 

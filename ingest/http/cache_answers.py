@@ -36,11 +36,11 @@ from facestream.common.streams.errors import REDIS_ERRORS
 from facestream.common.streams.scripts import Scripts
 from facestream.common.streams.serving import served_tag
 from facestream.common.streams.types import AsyncClient
-from facestream.ingest import metrics
 from facestream.ingest.coalesce import PerCycle, SingleFlight
-from facestream.ingest.joins import Answer, Joins
+from facestream.ingest.http import metrics
+from facestream.ingest.http.reply_router import ReplyRouter
+from facestream.ingest.http.shared_waits import Answer, Joins
 from facestream.ingest.publisher import AsyncPublisher
-from facestream.ingest.replies import ReplyRouter
 
 log = get_logger(__name__)
 NEVER, CACHED = 0, 1  # cached_answers.lua's first field; 2: not cached
@@ -307,8 +307,8 @@ async def answer_or_wait(
     timeout_s: float,
 ) -> dict[str, Any] | None:
     """A waiting request's result: from the cache at the door, else through the detectors,
-    sharing the wait of an earlier request of this process for the same image (ingest/joins.py);
-    None when `timeout_s` passes first."""
+    sharing the wait of an earlier request of this process for the same image
+    (ingest/http/shared_waits.py); None when `timeout_s` passes first."""
     if not hits.s.gateway_hits:
         return await replies.publish_and_wait(publisher, event, timeout_s)
     result = await hits.answer(event)

@@ -19,11 +19,11 @@ from facestream.common.contract.schema import MAX_ID_CHARS
 from facestream.common.log import get_logger
 from facestream.common.settings import Settings
 from facestream.common.streams.errors import REDIS_ERRORS
-from facestream.ingest import metrics
-from facestream.ingest.headers import NOSNIFF
-from facestream.ingest.hits import answer_or_wait
-from facestream.ingest.http_errors import clean_result, readable
-from facestream.ingest.http_input import b64_default, parse_meta, read_body
+from facestream.ingest.http import metrics
+from facestream.ingest.http.cache_answers import answer_or_wait
+from facestream.ingest.http.errors import clean_result, readable
+from facestream.ingest.http.headers import NOSNIFF
+from facestream.ingest.http.request_input import b64_default, parse_meta, read_body
 from facestream.ingest.publisher import BadRequest, PublishError, make_event
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -36,7 +36,7 @@ class FastDetect:
     def __init__(self, app: Any, settings: Settings) -> None:
         self.app = app  # the FastAPI app: its state holds the publisher and the reply router
         self.s = settings
-        # Read by the server's protocol (ingest/timeouts.py), which sees only the app.
+        # Read by the server's protocol (ingest/http/timeouts.py), which sees only the app.
         self.http_timeouts = (settings.http_header_timeout_s, settings.http_body_timeout_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -64,7 +64,7 @@ class FastDetect:
             status = 503
             body = _error(*self.app.state.trouble.answer(exc))
             headers = [(b"retry-after", str(self.s.retry_after_s).encode())]
-        except Exception:  # the same shape as FastAPI's last resort (ingest/http_errors.py)
+        except Exception:  # the same shape as FastAPI's last resort (ingest/http/errors.py)
             log.exception("request_failed", path=scope["path"])
             status = 500
             body = _error("internal", "internal error; it was logged")

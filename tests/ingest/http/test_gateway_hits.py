@@ -1,5 +1,6 @@
-"""Cache hits answered by the gateway itself (ingest/hits.py), with a real gateway and detector:
-one result per request on the results stream, the detector's cached answer, counted."""
+"""Cache hits answered by the gateway itself (ingest/http/cache_answers.py), with a real gateway
+and detector: one result per request on the results stream, the detector's cached answer,
+counted."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 // where they cover no other face's box and no other label.
 
 export const BOX = "#00ff66";
-// Left eye, right eye, nose, left and right mouth corner: the colours of ingest/drawing.py
+// Left eye, right eye, nose, left and right mouth corner: the colours of common/imaging/drawing.py
 // and of the page's legend (style.css, .lm-0 to .lm-4).
 export const LANDMARKS = ["#ff4040", "#4080ff", "#ffff00", "#ff00ff", "#00ffff"];
 // Label text height on screen, in CSS pixels: readable whatever the photo's size.

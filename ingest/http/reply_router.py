@@ -45,7 +45,7 @@ from facestream.common.streams.errors import REDIS_ERRORS, connection_race
 from facestream.common.streams.outage import Outage
 from facestream.common.streams.types import AsyncClient
 from facestream.common.supervise import RestartPolicy, Supervisor
-from facestream.ingest import metrics
+from facestream.ingest.http import metrics
 from facestream.ingest.publisher import AsyncPublisher
 
 log = get_logger(__name__)

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from facestream.ingest.draw_budget import DrawBudget, header_pixels
+from facestream.ingest.http.draw_budget import DrawBudget, header_pixels
 from facestream.ingest.samples import encode
 from tests.support.procs import detector_and_gateway
 

@@ -1,6 +1,6 @@
 """The gateway's Prometheus metrics, in the gateway's own registry: served at `/metrics` on
 the gateway's port. With several workers the values live in prometheus-client's multiprocess
-files instead (ingest/serve.py), which hold only what gateway processes define: these."""
+files instead (ingest/http/serve.py), which hold only what gateway processes define: these."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 `POST /v1/detect` answers 202 with the id at once, or with `?wait=true` 200 with the result once
 a detector has answered (504 when `timeout_ms` passes first; 503 `no_detector` at once when no
 detector is alive). Waiting uses the event's `reply_to`: one reply stream and one blocking
-reader per process (ingest/replies.py). Errors: ingest/http_errors.py.
+reader per process (ingest/http/reply_router.py). Errors: ingest/http/errors.py.
 """
 
 from __future__ import annotations
@@ -26,13 +26,15 @@ from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client
 from facestream.common.streams.errors import REDIS_ERRORS
 from facestream.common.streams.types import AsyncClient
-from facestream.ingest import metrics
-from facestream.ingest.apidocs import add_docs_routes
-from facestream.ingest.compat import add_compat_routes
-from facestream.ingest.headers import SecurityHeaders
-from facestream.ingest.hits import CacheAnswers, answer_or_wait
-from facestream.ingest.http_errors import RedisTrouble, add_error_handlers, clean_result, is_oom
-from facestream.ingest.http_input import (
+from facestream.ingest.http import metrics
+from facestream.ingest.http.apidocs import add_docs_routes
+from facestream.ingest.http.cache_answers import CacheAnswers, answer_or_wait
+from facestream.ingest.http.dropin import add_compat_routes
+from facestream.ingest.http.errors import RedisTrouble, add_error_handlers, clean_result, is_oom
+from facestream.ingest.http.headers import SecurityHeaders
+from facestream.ingest.http.liveness import Liveness
+from facestream.ingest.http.reply_router import ReplyRouter
+from facestream.ingest.http.request_input import (
     CROPS_DOC,
     REQUEST_BODY,
     b64_default,
@@ -41,10 +43,8 @@ from facestream.ingest.http_input import (
     form_event,
     read_request,
 )
-from facestream.ingest.liveness import Liveness
-from facestream.ingest.looks import add_look_routes
+from facestream.ingest.http.ui_routes import add_look_routes
 from facestream.ingest.publisher import AsyncPublisher
-from facestream.ingest.replies import ReplyRouter
 
 log = get_logger(__name__)
 
@@ -109,7 +109,7 @@ def create_app(settings: Settings) -> FastAPI:
         description="Face detection over Redis Streams: publish an image, optionally wait "
         "for its faces. Result fields are those of the v1 result contract (docs/contract.md).",
         lifespan=lifespan,
-        # Served from an installed package by ingest/apidocs.py instead of a CDN.
+        # Served from an installed package by ingest/http/apidocs.py instead of a CDN.
         docs_url=None,
         redoc_url=None,
     )
@@ -241,7 +241,7 @@ async def out_of_memory(client: AsyncClient, stream: str) -> bool:
 def app_factory() -> ASGIApp:
     """uvicorn's factory: each worker process is an entry point with its own Settings."""
     from facestream.common.log import configure
-    from facestream.ingest.fastpath import FastDetect
+    from facestream.ingest.http.fastpath import FastDetect
 
     settings = Settings()
     configure(settings)

@@ -11,10 +11,10 @@ from fastapi.responses import JSONResponse
 
 from facestream.common.settings import Settings
 from facestream.common.streams.errors import REDIS_ERRORS
-from facestream.ingest.hits import answer_or_wait
-from facestream.ingest.http_errors import readable
-from facestream.ingest.http_input import read_request
-from facestream.ingest.liveness import NoDetector
+from facestream.ingest.http.cache_answers import answer_or_wait
+from facestream.ingest.http.errors import readable
+from facestream.ingest.http.liveness import NoDetector
+from facestream.ingest.http.request_input import read_request
 from facestream.ingest.publisher import Overloaded, PublishError, make_event
 
 if TYPE_CHECKING:

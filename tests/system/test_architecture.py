@@ -62,8 +62,15 @@ def test_the_tree_keeps_the_contracts() -> None:
         ),
         (
             "ingest/violation.py",
-            "from facestream.ingest import gateway  # noqa: F401\n",
+            "from facestream.ingest.http import app as gateway  # noqa: F401\n",
             "no import cycles",
+        ),
+        # What users import to publish must not pull in the gateway (FastAPI, uvicorn).
+        ("ingest/coalesce.py", "import fastapi  # noqa: F401\n", "publisher library stands apart"),
+        (
+            "ingest/coalesce.py",
+            "from facestream.ingest.http import liveness  # noqa: F401\n",
+            "publisher library stands apart",
         ),
     ],
 )
@@ -72,7 +79,7 @@ def test_a_violation_fails_the_check(tmp_path: Path, module: str, source: str, b
     (tree / module).write_text(source)
     if module == "ingest/violation.py" and "gateway" in source:
         # A cycle needs the way back too: the gateway importing the new module.
-        gateway = tree / "ingest" / "gateway.py"
+        gateway = tree / "ingest" / "http" / "app.py"
         gateway.write_text(gateway.read_text() + "\nfrom facestream.ingest import violation\n")
     done = lint(tree)
     assert done.returncode != 0
@@ -124,6 +131,7 @@ def test_the_wheel_installs_one_top_level_package(tmp_path: Path) -> None:
     assert "facestream/common/streams/lua/emit.lua" in names
     assert "facestream/detector/model/loader.py" in names
     assert "facestream/py.typed" in names  # the whole package typed for downstream mypy
+    assert "facestream/ingest/http/static/index.html" in names  # the try-it page's files
 
 
 PIP_WHEEL = (sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation")

@@ -28,7 +28,7 @@ from facestream.common.streams.errors import REDIS_ERRORS
 from facestream.common.streams.types import AsyncClient
 from facestream.ingest.http import metrics
 from facestream.ingest.http.apidocs import add_docs_routes
-from facestream.ingest.http.cache_answers import CacheAnswers, answer_or_wait
+from facestream.ingest.http.cache_answers import CacheAnswers
 from facestream.ingest.http.dropin import add_compat_routes
 from facestream.ingest.http.errors import RedisTrouble, add_error_handlers, clean_result, is_oom
 from facestream.ingest.http.headers import SecurityHeaders
@@ -43,6 +43,7 @@ from facestream.ingest.http.request_input import (
     form_event,
     read_request,
 )
+from facestream.ingest.http.state import Gateway, gateway_of
 from facestream.ingest.http.ui_routes import add_look_routes
 from facestream.ingest.publisher import AsyncPublisher
 
@@ -83,24 +84,22 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = async_client(settings)
-        app.state.client = client
-        app.state.replies = ReplyRouter.of(client, keys, settings)
-        app.state.publisher = AsyncPublisher(settings, client, app.state.replies.stream)
-        app.state.liveness = Liveness(settings, client)
-        await app.state.replies.start()
-        # Results the gateway answers from the cache name it as their producer.
-        app.state.hits = CacheAnswers(
-            settings, client, "gateway:" + app.state.replies.stream.rsplit(":", 1)[-1]
+        replies = ReplyRouter.of(client, keys, settings)
+        gateway = Gateway(
+            client=client,
+            replies=replies,
+            publisher=AsyncPublisher(settings, client, replies.stream),
+            liveness=Liveness(settings, client),
+            # Results the gateway answers from the cache name it as their producer.
+            answers=CacheAnswers(settings, client, "gateway:" + replies.stream.rsplit(":", 1)[-1]),
         )
-        log.info(
-            "gateway_ready",
-            reply_stream=app.state.replies.stream,
-            cache_answers=settings.gateway_hits,
-        )
+        app.state.gateway = gateway
+        await replies.start()
+        log.info("gateway_ready", reply_stream=replies.stream, cache_answers=settings.gateway_hits)
         try:
             yield
         finally:
-            await app.state.replies.stop()
+            await replies.stop()
             await client.aclose()
 
     app = FastAPI(
@@ -148,7 +147,8 @@ def create_app(settings: Settings) -> FastAPI:
         crops: bool = Query(False, description=CROPS_DOC),
     ) -> Response:
         image, form = await read_request(request, settings)
-        reply_to = app.state.replies.stream if wait else None
+        gateway = gateway_of(app)
+        reply_to = gateway.reply_stream if wait else None
         event = form_event(
             image,
             form,
@@ -159,16 +159,11 @@ def create_app(settings: Settings) -> FastAPI:
             reply_to=reply_to,
             crops=crops,
         )
-        publisher: AsyncPublisher = app.state.publisher
-        liveness: Liveness = app.state.liveness
         if not wait:
-            entry = await publisher.publish(event)
+            entry = await gateway.publisher.publish(event)
             accepted = {"id": event.id, "sha256": event.sha256, "entry": entry}
-            return JSONResponse(await liveness.accepted_body(accepted), 202)
-        await liveness.require()
-        router: ReplyRouter = app.state.replies
-        timeout_s = (timeout_ms or settings.wait_timeout_ms) / 1000
-        result = await answer_or_wait(app.state.hits, router, publisher, event, timeout_s)
+            return JSONResponse(await gateway.liveness.accepted_body(accepted), 202)
+        result = await gateway.answer(event, (timeout_ms or settings.wait_timeout_ms) / 1000)
         if result is None:
             return error(
                 504, "timeout", "no result in time; it will still be published", id=event.id
@@ -193,7 +188,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        client = app.state.client
+        client = gateway_of(app).client
         try:
             await client.ping()
             # Partition 0 stands for all: detectors create the group on every partition.
@@ -202,7 +197,7 @@ def create_app(settings: Settings) -> FastAPI:
             groups = []  # no images stream yet
         except REDIS_ERRORS as exc:
             return JSONResponse({"status": "not_ready", "reason": f"redis: {exc}"}, 503)
-        if await out_of_memory(client, keys.parts[0].images) or app.state.trouble.oom_lately():
+        if await out_of_memory(client, keys.parts[0].images) or trouble.oom_lately():
             return JSONResponse({"status": "not_ready", "reason": "redis: " + OOM_REASON}, 503)
         names = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"] for g in groups}
         if settings.detector_group not in names:
@@ -214,7 +209,7 @@ def create_app(settings: Settings) -> FastAPI:
                 },
                 503,
             )
-        if not app.state.replies.healthy:
+        if not gateway_of(app).replies.healthy:
             return JSONResponse({"status": "not_ready", "reason": "reply reader not running"}, 503)
         return JSONResponse({"status": "ready"})
 

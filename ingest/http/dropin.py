@@ -11,10 +11,10 @@ from fastapi.responses import JSONResponse
 
 from facestream.common.settings import Settings
 from facestream.common.streams.errors import REDIS_ERRORS
-from facestream.ingest.http.cache_answers import answer_or_wait
 from facestream.ingest.http.errors import readable
 from facestream.ingest.http.liveness import NoDetector
 from facestream.ingest.http.request_input import read_request
+from facestream.ingest.http.state import gateway_of, trouble_of
 from facestream.ingest.publisher import Overloaded, PublishError, make_event
 
 if TYPE_CHECKING:
@@ -101,18 +101,15 @@ def add_compat_routes(app: FastAPI, settings: Settings) -> None:
     async def face_detection(request: Request) -> JSONResponse:
         try:
             image, _ = await read_request(request, settings)
-            event = make_event(image, reply_to=app.state.replies.stream, limits=settings.limits())
-            state = app.state
-            await state.liveness.require()
-            result = await answer_or_wait(
-                state.hits, state.replies, state.publisher, event, settings.wait_timeout_ms / 1000
-            )
+            gateway = gateway_of(app)
+            event = make_event(image, reply_to=gateway.reply_stream, limits=settings.limits())
+            result = await gateway.answer(event, settings.wait_timeout_ms / 1000)
         except (Overloaded, NoDetector) as exc:
             return old_error(503, exc.message, exc.retry_after_s)
         except PublishError as exc:
             return old_error(400, readable(exc.message))
         except REDIS_ERRORS as exc:
-            _, message = app.state.trouble.answer(exc)
+            _, message = trouble_of(app).answer(exc)
             return old_error(503, message, settings.retry_after_s)
         if result is None:
             return old_error(504, "timeout")

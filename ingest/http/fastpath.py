@@ -20,10 +20,10 @@ from facestream.common.log import get_logger
 from facestream.common.settings import Settings
 from facestream.common.streams.errors import REDIS_ERRORS
 from facestream.ingest.http import metrics
-from facestream.ingest.http.cache_answers import answer_or_wait
 from facestream.ingest.http.errors import clean_result, readable
 from facestream.ingest.http.headers import NOSNIFF
 from facestream.ingest.http.request_input import b64_default, parse_meta, read_body
+from facestream.ingest.http.state import gateway_of, trouble_of
 from facestream.ingest.publisher import BadRequest, PublishError, make_event
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -34,7 +34,7 @@ log = get_logger(__name__)
 
 class FastDetect:
     def __init__(self, app: Any, settings: Settings) -> None:
-        self.app = app  # the FastAPI app: its state holds the publisher and the reply router
+        self.app = app  # the FastAPI app: its state holds the gateway (ingest/http/state.py)
         self.s = settings
         # Read by the server's protocol (ingest/http/timeouts.py), which sees only the app.
         self.http_timeouts = (settings.http_header_timeout_s, settings.http_body_timeout_s)
@@ -62,7 +62,7 @@ class FastDetect:
             )
         except REDIS_ERRORS as exc:
             status = 503
-            body = _error(*self.app.state.trouble.answer(exc))
+            body = _error(*trouble_of(self.app).answer(exc))
             headers = [(b"retry-after", str(self.s.retry_after_s).encode())]
         except Exception:  # the same shape as FastAPI's last resort (ingest/http/errors.py)
             log.exception("request_failed", path=scope["path"])
@@ -91,24 +91,21 @@ class FastDetect:
         source = query.get("source")  # its length is checked by make_event
         meta = parse_meta(query.get("meta"))
         image = await read_body(scope, receive, self.s.max_image_bytes)
-        state = self.app.state
+        gateway = gateway_of(self.app)
         event = make_event(
             image,
             event_id,
             source=source,
             meta=meta,
-            reply_to=state.replies.stream if wait else None,
+            reply_to=gateway.reply_stream if wait else None,
             limits=self.s.limits(),
             crops=crops,
         )
         if not wait:
-            entry = await state.publisher.publish(event)
+            entry = await gateway.publisher.publish(event)
             accepted = {"id": event.id, "sha256": event.sha256, "entry": entry}
-            return 202, orjson.dumps(await state.liveness.accepted_body(accepted)), []
-        await state.liveness.require()
-        result = await answer_or_wait(
-            state.hits, state.replies, state.publisher, event, timeout_ms / 1000
-        )
+            return 202, orjson.dumps(await gateway.liveness.accepted_body(accepted)), []
+        result = await gateway.answer(event, timeout_ms / 1000)
         if result is None:
             body = orjson.dumps(
                 {

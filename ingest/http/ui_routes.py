@@ -23,7 +23,6 @@ from facestream.common.imaging.drawing import draw_faces
 from facestream.common.imaging.photo import PhotoError
 from facestream.common.settings import Settings
 from facestream.common.streams.serving import live_detectors
-from facestream.ingest.http.cache_answers import answer_or_wait
 from facestream.ingest.http.draw_budget import DrawBudget, give_back, header_pixels
 from facestream.ingest.http.errors import readable
 from facestream.ingest.http.request_input import (
@@ -33,6 +32,7 @@ from facestream.ingest.http.request_input import (
     form_event,
     read_request,
 )
+from facestream.ingest.http.state import gateway_of
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -89,7 +89,7 @@ def add_look_routes(app: FastAPI, settings: Settings, keys: Keys) -> None:
         },
     )
     async def status() -> JSONResponse:
-        client = app.state.client
+        client = gateway_of(app).client
         alive = live_detectors(await client.hgetall(keys.serving(settings.detector_group)))
         lag = pending = 0
         for part in keys.parts:
@@ -145,13 +145,18 @@ def add_look_routes(app: FastAPI, settings: Settings, keys: Keys) -> None:
     ) -> Response:
         started = time.perf_counter()
         image, form = await read_request(request, settings)
-        reply_to = app.state.replies.stream
+        gateway = gateway_of(app)
         event = form_event(
-            image, form, settings, event_id=id, source=source, meta=meta, reply_to=reply_to
+            image,
+            form,
+            settings,
+            event_id=id,
+            source=source,
+            meta=meta,
+            reply_to=gateway.reply_stream,
         )
-        state = app.state
         timeout_s = (timeout_ms or settings.wait_timeout_ms) / 1000
-        await state.liveness.require()  # none alive: 503 no_detector at once
+        await gateway.liveness.require()  # none alive: 503 no_detector at once, before the budget
         pixels = header_pixels(image)
         if not draws.admit(pixels):  # ingest/http/draw_budget.py
             return error(
@@ -162,9 +167,7 @@ def add_look_routes(app: FastAPI, settings: Settings, keys: Keys) -> None:
                 headers={"Retry-After": str(settings.retry_after_s)},
             )
         try:
-            result = await answer_or_wait(
-                state.hits, state.replies, state.publisher, event, timeout_s
-            )
+            result = await gateway.answer(event, timeout_s)
             if result is None:
                 return error(504, "timeout", "no result in time; it will still be published")
             return await _drawn(result, image, settings, started)

@@ -29,6 +29,7 @@ from facestream.common.supervise import RestartPolicy
 from facestream.control.embedded import free_port
 from facestream.ingest.http.app import create_app
 from facestream.ingest.http.reply_router import ReplyRouter
+from facestream.ingest.http.state import gateway_of
 from tests.support.procs import Procs, base_env
 
 MakeSettings = Callable[..., Settings]
@@ -67,7 +68,7 @@ def test_readyz_says_not_ready_while_the_reply_reader_is_down(
     keys = Keys(settings.prefix, settings.partitions)
     r.xgroup_create(keys.parts[0].images, settings.detector_group, id="0", mkstream=True)
     with TestClient(create_app(settings)) as http:
-        router: ReplyRouter = http.app.state.replies  # type: ignore[attr-defined]
+        router: ReplyRouter = gateway_of(http.app).replies
         assert wait_until(lambda: http.get("/readyz").status_code == 200)
         failing = Failing(router.client)
         router.client = failing

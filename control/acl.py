@@ -96,9 +96,10 @@ def roles(settings: Settings, native_bloom: bool = False) -> dict[str, list[str]
     ]
     out = {
         user_name("ingest"): ingest,
-        # The gateway: a publisher that also answers cache hits itself (ingest/hits.py). It
-        # reads the cache, the Bloom filter and which model the detectors serve, and adds the
-        # results of its hits; it writes no cache entry, lock or filter bit.
+        # The gateway: a publisher that also answers cache hits itself
+        # (ingest/http/cache_answers.py). It reads the cache, the Bloom filter and which model
+        # the detectors serve, and adds the results of its hits; it writes no cache entry, lock
+        # or filter bit.
         user_name("gateway"): [
             *ingest,
             _selector([f"%W{r}" for r in results], ["xadd"]),

@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "ingest":
-        from facestream.ingest.serve import serve
+        from facestream.ingest.http.serve import serve
 
         return serve(settings)
     if args.command == "samples":

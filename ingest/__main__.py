@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from facestream.common.settings import Settings
-from facestream.ingest.serve import serve
+from facestream.ingest.http.serve import serve
 
 if __name__ == "__main__":
     sys.exit(serve(Settings()))

@@ -16,6 +16,7 @@ import msgpack
 
 from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import RESULT_FIELD, ImageEvent, jsonable
+from facestream.common.imaging.drawing import draw_faces
 from facestream.common.imaging.photo import PhotoError
 from facestream.common.progress import Progress
 from facestream.common.settings import Settings
@@ -24,7 +25,6 @@ from facestream.common.streams.errors import REDIS_ERRORS
 from facestream.common.streams.groups import ensure_group_sync
 from facestream.common.streams.serving import live_detectors
 from facestream.common.streams.types import SyncClient
-from facestream.ingest.drawing import draw_faces
 from facestream.ingest.publisher import Overloaded, Publisher, PublishError, make_event
 
 WINDOW = 256  # images published but not yet answered, at most: memory stays bounded

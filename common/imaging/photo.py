@@ -1,7 +1,7 @@
 """Image bytes -> upright 8-bit RGB pixels, the one way every service decodes them.
 
 The detector (detector/imaging.py, which adds JPEG draft scaling and the model's resize), the
-gateway's crops (common/imaging/align.py) and /v1/draw (ingest/drawing.py) all open images
+gateway's crops (common/imaging/align.py) and /v1/draw (common/imaging/drawing.py) all open images
 here, so all three agree on:
 
 - the budget, checked before anything is decoded: an allowed format by its magic bytes, the

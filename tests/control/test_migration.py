@@ -23,7 +23,7 @@ from facestream.common.streams.connection import sync_client
 from facestream.control.cli import main
 from facestream.control.embedded import EmbeddedRedis, free_port
 from facestream.detector.worker import Detector
-from facestream.ingest.compat import old_shape
+from facestream.ingest.http.dropin import old_shape
 from facestream.ingest.publisher import make_event
 from tests.support.helpers import publish, wait_results, with_detector
 from tests.support.procs import Procs, base_env, gateway_ready

@@ -25,9 +25,9 @@ from facestream.detector import jobs
 from facestream.detector.jobs import Job, ResultFactory
 from facestream.detector.worker import Detector
 from facestream.detector.writer import reply_cost, reply_maxlen
-from facestream.ingest.hits import CacheAnswers, answer_or_wait
+from facestream.ingest.http.cache_answers import CacheAnswers, answer_or_wait
+from facestream.ingest.http.reply_router import ReplyRouter
 from facestream.ingest.publisher import AsyncPublisher, make_event
-from facestream.ingest.replies import ReplyRouter
 from facestream.ingest.samples import encode
 from tests.support.helpers import publish, wait_results, with_detector
 

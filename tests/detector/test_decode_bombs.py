@@ -17,11 +17,11 @@ from redis.asyncio import Redis
 from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import ErrorCode, SchemaError
 from facestream.common.imaging.budget import MAX_SEGMENTS
+from facestream.common.imaging.drawing import draw_faces
 from facestream.common.imaging.photo import PhotoError, open_oriented
 from facestream.common.settings import Settings
 from facestream.detector.imaging import decode_image, image_size
 from facestream.detector.worker import Detector
-from facestream.ingest.drawing import draw_faces
 from facestream.ingest.publisher import make_event
 from tests.conftest import encode
 from tests.support.bombs import (

@@ -13,9 +13,9 @@ from PIL import Image
 
 from facestream.common.contract.imagetypes import sniff_format
 from facestream.common.contract.schema import ErrorCode, SchemaError
+from facestream.common.imaging.drawing import draw_faces
 from facestream.common.imaging.photo import open_oriented, to_rgb8
 from facestream.detector.imaging import decode_image, fit_size, image_size
-from facestream.ingest.drawing import draw_faces
 from tests.conftest import encode
 from tests.support.bombs import png_chunk, png_with_chunk_before_iend
 from tests.support.faces import detect, iou

@@ -150,7 +150,7 @@ def test_dashboard_queries_use_metrics_that_exist() -> None:
     import json
 
     from facestream.detector.metrics import REGISTRY as DETECTOR
-    from facestream.ingest.metrics import REGISTRY as GATEWAY
+    from facestream.ingest.http.metrics import REGISTRY as GATEWAY
     from facestream.sink.metrics import REGISTRY as SINK
 
     dashboard = json.loads((COMPOSE / "grafana" / "dashboards" / "facestream.json").read_text())

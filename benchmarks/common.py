@@ -24,8 +24,8 @@ from facestream.common.contract.schema import EVENT_FIELD, RESULT_FIELD
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import sync_client
 from facestream.control.embedded import EmbeddedRedis
+from facestream.control.samples import sample_pixels
 from facestream.ingest.publisher import make_event
-from facestream.ingest.samples import sample_pixels
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "bench"

@@ -192,7 +192,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
         return serve(settings)
     if args.command == "samples":
-        from facestream.ingest.samples import write_samples
+        from facestream.control.samples import write_samples
 
         for path in write_samples(Path(args.dir)):
             print(path)
@@ -222,7 +222,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command in ("up", "demo"):
         return run_stack(args, settings)
 
-    from facestream.ingest import commands
+    from facestream.control import client as commands
 
     client = sync_client(settings)
     locate.check(settings, client)
@@ -365,9 +365,9 @@ def run_stack(args: argparse.Namespace, settings: Settings) -> int:
 
     import redis
 
+    from facestream.control import client as commands
     from facestream.control.embedded import free_port
-    from facestream.ingest import commands
-    from facestream.ingest.samples import write_samples
+    from facestream.control.samples import write_samples
 
     if "http_port" not in settings.model_fields_set:
         settings = settings.model_copy(update={"http_port": free_port()})

@@ -133,10 +133,10 @@ def quantize(settings: Settings) -> int:
 
     from facestream.control.modeltools import photos as photo_set
     from facestream.control.modeltools import quantize as q
+    from facestream.control.samples import SamplesUnavailable
     from facestream.detector.model.int8 import QUANTIZED_NAME
     from facestream.detector.model.loader import builtin_weights, load_model
     from facestream.detector.model.registry import model_dir
-    from facestream.ingest.samples import SamplesUnavailable
 
     try:
         photos = photo_set.photo_set()

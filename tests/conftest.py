@@ -21,9 +21,9 @@ import redis
 
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import sync_client
+from facestream.control import samples
 from facestream.control.embedded import EmbeddedRedis, EmbeddedRedisError
 from facestream.control.embedded_cluster import EmbeddedCluster
-from facestream.ingest import samples
 
 
 @pytest.fixture(scope="session")

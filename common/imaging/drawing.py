@@ -1,6 +1,6 @@
 """Faces drawn on their photo: boxes, the five landmarks and scores, as a JPEG.
 
-Shared by `facestream detect --draw` (ingest/commands.py) and `POST /v1/draw` (the gateway),
+Shared by `facestream detect --draw` (control/client.py) and `POST /v1/draw` (the gateway),
 which both hold the image bytes and the result's JSON-shaped faces; the drawing never detects
 anything itself.
 """

@@ -1,7 +1,7 @@
 """The real photos `facestream model quantize builtin` calibrates on and checks against.
 
 Every face photo the installed packages ship, never a download: scikit-image's and
-matplotlib's sample photos (the `demo` extra, facestream.ingest.samples), the rest of
+matplotlib's sample photos (the `demo` extra, facestream.control.samples), the rest of
 scikit-image's 100 LFW faces as four more mosaics, and InsightFace's sample photos when the
 insightface package is installed (the dev extra pins it; read as files, never imported). Each
 photo four times: as shipped, mirrored, and both again at a quarter of the size, because
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from facestream.ingest.samples import sample_pixels
+from facestream.control.samples import sample_pixels
 
 LFW_MOSAICS = 5  # scikit-image's lfw_subset: 100 faces, then 100 non-faces
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")

@@ -33,6 +33,7 @@ import onnx
 from onnx import version_converter
 
 from facestream.common.contract.schema import Face
+from facestream.control.samples import encode
 from facestream.detector.imaging import decode_image
 from facestream.detector.model.face_model import FaceModel, ModelSpec
 from facestream.detector.model.int8 import (
@@ -45,7 +46,6 @@ from facestream.detector.model.int8 import (
 )
 from facestream.detector.model.registry import install_files
 from facestream.detector.model.types import DecodedImage
-from facestream.ingest.samples import encode
 
 # Per-channel DequantizeLinear (its `axis`) needs opset 13; the wheel's graph is opset 11.
 OPSET = 13

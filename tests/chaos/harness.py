@@ -23,8 +23,8 @@ from PIL import Image
 from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import EVENT_FIELD, RESULT_FIELD, ImageEvent
 from facestream.control.embedded import find_server_binary, free_port
+from facestream.control.samples import sample_pixels
 from facestream.ingest.publisher import make_event
-from facestream.ingest.samples import sample_pixels
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "chaos"

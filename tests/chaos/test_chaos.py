@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from facestream.common.contract.schema import EVENT_FIELD, ImageEvent
-from facestream.ingest.samples import encode, sample_pixels
+from facestream.control.samples import encode, sample_pixels
 from tests.chaos.harness import Cluster, distinct_images, events
 
 pytestmark = pytest.mark.chaos

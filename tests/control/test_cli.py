@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
+from facestream.control.client import expand
 from facestream.control.embedded import free_port
-from facestream.ingest.commands import expand
-from facestream.ingest.samples import write_samples
+from facestream.control.samples import write_samples
 from tests.support.procs import ROOT
 
 FACESTREAM = [sys.executable, "-m", "facestream.control.cli"]

@@ -20,8 +20,8 @@ from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client
 from facestream.common.streams.trim import trim_acked
 from facestream.control import locate
+from facestream.control.client import _shorten, event_id
 from facestream.control.embedded import free_port
-from facestream.ingest.commands import _shorten, event_id
 
 FACESTREAM = [sys.executable, "-m", "facestream.control.cli"]
 

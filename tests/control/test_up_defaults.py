@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from facestream.control.embedded import free_port
-from facestream.ingest.samples import write_samples
+from facestream.control.samples import write_samples
 
 FACESTREAM = [sys.executable, "-m", "facestream.control.cli"]
 

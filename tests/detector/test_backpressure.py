@@ -12,10 +12,10 @@ from redis.asyncio import Redis
 
 from facestream.common.contract.keys import Keys
 from facestream.common.settings import Settings
+from facestream.control.samples import encode
 from facestream.detector.flights import State
 from facestream.detector.worker import Detector
 from facestream.ingest.publisher import make_event
-from facestream.ingest.samples import encode
 from tests.support.helpers import publish, wait_results, with_detector
 
 MakeSettings = Callable[..., Settings]

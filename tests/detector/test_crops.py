@@ -21,6 +21,7 @@ from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import Face, ImageEvent
 from facestream.common.imaging import align
 from facestream.common.settings import Settings
+from facestream.control.samples import encode
 from facestream.detector import jobs
 from facestream.detector.jobs import Job, ResultFactory
 from facestream.detector.worker import Detector
@@ -28,7 +29,6 @@ from facestream.detector.writer import reply_cost, reply_maxlen
 from facestream.ingest.http.cache_answers import CacheAnswers, answer_or_wait
 from facestream.ingest.http.reply_router import ReplyRouter
 from facestream.ingest.publisher import AsyncPublisher, make_event
-from facestream.ingest.samples import encode
 from tests.support.helpers import publish, wait_results, with_detector
 
 MakeSettings = Callable[..., Settings]

@@ -4,10 +4,10 @@ partition by partition in turn (pure: no Redis, no model)."""
 from __future__ import annotations
 
 from facestream.common.contract.keys import Keys
+from facestream.control.samples import sample_photos
 from facestream.detector.flights import Flights, State
 from facestream.detector.jobs import Job
 from facestream.ingest.publisher import make_event
-from facestream.ingest.samples import sample_photos
 
 PARTS = Keys("t", 2).parts
 IMAGE = next(iter(sample_photos().values()))

@@ -1,5 +1,5 @@
 """A small data set laid out as WIDER FACE val, with known faces: real LFW face photos (the
-sample mosaic's tiles, facestream.ingest.samples) pasted on a noisy grey canvas at known boxes,
+sample mosaic's tiles, facestream.control.samples) pasted on a noisy grey canvas at known boxes,
 its ground truth written in the official formats (.mat files, the text list, RetinaFace's
 landmark label.txt). Nothing is downloaded.
 
@@ -21,7 +21,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from facestream.ingest.samples import encode, lfw_mosaic
+from facestream.control.samples import encode, lfw_mosaic
 
 TILE = 128
 # Mosaic tiles the built-in model finds well at 128..176 px (tiles 4 and 9 it does not).

@@ -26,11 +26,11 @@ from facestream.common.contract.schema import EVENT_FIELD, RESULT_FIELD
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import sync_client
 from facestream.control import ops
+from facestream.control.client import results as results_command
 from facestream.control.embedded import free_port
+from facestream.control.samples import write_samples
 from facestream.detector.worker import Detector
-from facestream.ingest.commands import results as results_command
 from facestream.ingest.publisher import Publisher, make_event
-from facestream.ingest.samples import write_samples
 from tests.conftest import encode
 from tests.sink.test_sinks import jsonl, lines, result, run_sinks
 from tests.support.helpers import with_detector, with_detectors

@@ -11,8 +11,8 @@ import httpx
 import numpy as np
 import pytest
 
+from facestream.control.samples import encode
 from facestream.ingest.http.draw_budget import DrawBudget, header_pixels
-from facestream.ingest.samples import encode
 from tests.support.procs import detector_and_gateway
 
 pytestmark = pytest.mark.slow

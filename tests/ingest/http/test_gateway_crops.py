@@ -17,9 +17,9 @@ from facestream.common.contract.schema import Face, ImageEvent, pack_faces
 from facestream.common.imaging import align
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client
+from facestream.control.samples import encode
 from facestream.ingest.http import cache_answers as hits
 from facestream.ingest.http.cache_answers import CacheAnswers
-from facestream.ingest.samples import encode
 from tests.support.faces import detect
 
 MakeSettings = Callable[..., Settings]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from facestream.control.cli import main
-from facestream.ingest.samples import encode, lfw_mosaic
+from facestream.control.samples import encode, lfw_mosaic
 from tests.support import wider
 from tests.support.faces import detect
 

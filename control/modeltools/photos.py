@@ -54,7 +54,7 @@ def insightface_photos() -> dict[str, np.ndarray]:
 
 def originals() -> dict[str, np.ndarray]:
     """name -> pixels (RGB or greyscale uint8) of every photo above, as shipped. Raises
-    ingest.samples.SamplesUnavailable without the demo extra."""
+    control.samples.SamplesUnavailable without the demo extra."""
     photos = dict(sample_pixels())
     for index in range(1, LFW_MOSAICS):
         photos[f"lfw_mosaic_{index + 1}"] = lfw_mosaic(index)

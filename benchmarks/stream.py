@@ -22,7 +22,7 @@ from benchmarks.common import (
 from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import EVENT_FIELD
 from facestream.common.settings import Settings
-from facestream.common.streams.acked import Emit
+from facestream.common.streams.ack_gated import Emit
 from facestream.common.streams.bloom import BloomShape
 from facestream.common.streams.scripts import Scripts
 from facestream.detector.imaging import decode_image

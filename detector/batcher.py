@@ -125,7 +125,7 @@ class DynamicBatcher:
         for loop, settled in by_loop.items():
             # A loop already closed (the process stopping) has no one left to tell.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, settled, error)
+                loop.call_soon_threadsafe(_answer_waiters, settled, error)
 
     def close(self) -> None:
         self._stop()
@@ -133,7 +133,7 @@ class DynamicBatcher:
             self._thread.join()
 
 
-def _settle(settled: list[Settled], error: Exception | None) -> None:
+def _answer_waiters(settled: list[Settled], error: Exception | None) -> None:
     for fut, faces in settled:
         if fut.done():  # its waiter gave up (cancelled)
             continue

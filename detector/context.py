@@ -30,7 +30,7 @@ class Stage:
     """A detector stage built on the shared context: its parts as attributes."""
 
     def __init__(self, ctx: Context) -> None:
-        self.s = ctx.settings
+        self.settings = ctx.settings
         self.client = ctx.client
         self.keys = ctx.keys
         self.scripts = ctx.scripts

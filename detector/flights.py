@@ -85,7 +85,7 @@ class Flights:
         flight.due, flight.delay_ms = due, delay_ms
         self._move(sha, flight, State.DEFERRED)
 
-    def park(self, sha: str) -> None:
+    def queue_for_inference(self, sha: str) -> None:
         self._move(sha, self._by_sha[sha], State.PARKED)
 
     def dispatch(self, limit: int) -> list[str]:
@@ -106,7 +106,7 @@ class Flights:
             self._move(sha, self._by_sha[sha], State.INFERRING)
         return taken
 
-    def land(self, sha: str) -> list[Job]:
+    def end(self, sha: str) -> list[Job]:
         """The image is answered (or given back): its flight ends with all its entries."""
         flight = self._by_sha.pop(sha)
         self._count[flight.state] -= 1

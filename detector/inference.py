@@ -13,12 +13,12 @@ from facestream.detector.imaging import decode_image
 from facestream.detector.model.face_model import FaceModel, Prepared
 from facestream.detector.model.types import DecodedImage
 
-Answer = tuple[DecodedImage, list[Face]] | SchemaError
+InferenceAnswer = tuple[DecodedImage, list[Face]] | SchemaError
 
 
 class Inference:
     def __init__(self, settings: Settings, model: FaceModel) -> None:
-        self.s = settings
+        self.settings = settings
         self.model = model
         self.decode_pool = ThreadPoolExecutor(settings.decode_threads, "decode")
         on_gpu = model.backend.provider.startswith("CUDA")
@@ -32,24 +32,24 @@ class Inference:
         try:
             image = decode_image(
                 data,
-                max_bytes=self.s.max_image_bytes,
-                max_pixels=self.s.max_pixels,
+                max_bytes=self.settings.max_image_bytes,
+                max_pixels=self.settings.max_pixels,
                 max_side=spec.fit,
                 upscale=spec.norm.upscale,
                 resize=spec.resize,
-                max_scans=self.s.max_jpeg_scans,
+                max_scans=self.settings.max_jpeg_scans,
             )
         except SchemaError as err:
             return err
         return self.model.prepare(image)
 
-    async def detect(self, images: list[tuple[str, bytes]]) -> dict[str, Answer]:
+    async def detect(self, images: list[tuple[str, bytes]]) -> dict[str, InferenceAnswer]:
         """(sha256, image bytes) -> the decoded image and its faces, or why it has none."""
         loop = asyncio.get_running_loop()
         decoded = await asyncio.gather(
             *(loop.run_in_executor(self.decode_pool, self._decode, data) for _, data in images)
         )
-        out: dict[str, Answer] = {}
+        out: dict[str, InferenceAnswer] = {}
         ok: dict[str, Prepared] = {}
         for (sha, _), image in zip(images, decoded, strict=True):
             if isinstance(image, SchemaError):

@@ -38,15 +38,15 @@ from facestream.detector.imaging import image_size
 from facestream.detector.inference import Inference
 from facestream.detector.jobs import Job, ResultFactory
 from facestream.detector.model.face_model import FaceModel
-from facestream.detector.resolver import Acquired, Hit, Outcome, Resolver
-from facestream.detector.writer import Emission, Writer
+from facestream.detector.resolver import Acquired, Hit, Lookup, Resolver
+from facestream.detector.writer import BatchWrite, Writer
 
 log = get_logger(__name__)
 
 
 class BatchProcessor:
     def __init__(self, ctx: Context, model: FaceModel) -> None:
-        settings = self.s = ctx.settings
+        settings = self.settings = ctx.settings
         self.keys = ctx.keys
         self.model = model
         self.locks = ctx.locks
@@ -84,9 +84,9 @@ class BatchProcessor:
         part: Partition,
         entries: list[tuple[bytes, Any]],
         deliveries: dict[str, int] | None = None,
-    ) -> tuple[list[Job], Emission]:
+    ) -> tuple[list[Job], BatchWrite]:
         jobs: list[Job] = []
-        out = Emission()
+        out = BatchWrite()
         metrics.EVENTS_READ.inc(len(entries))
         for raw_id, fields in entries:
             entry = raw_id.decode()
@@ -97,7 +97,7 @@ class BatchProcessor:
                 self.counters.deleted += 1
                 continue
             count = deliveries.get(entry, 1) if deliveries else 1
-            if count >= self.s.max_deliveries:
+            if count >= self.settings.max_deliveries:
                 out.dead.append((part, *self._give_up(entry, fields, count)))
                 continue
             event = None
@@ -130,7 +130,7 @@ class BatchProcessor:
             event = decode_event(payload, self.limits)
         err = SchemaError(
             ErrorCode.MAX_DELIVERIES,
-            f"delivered {count} times without an answer (limit {self.s.max_deliveries})",
+            f"delivered {count} times without an answer (limit {self.settings.max_deliveries})",
             event.id if event else "",
         )
         return self.results.error(entry, err, event), payload, count
@@ -164,7 +164,7 @@ class BatchProcessor:
         except Exception:
             for sha in shas:  # back in the pending list only: the member re-reads it
                 if self.flights.state(sha) is State.RESOLVING:
-                    self.flights.land(sha)
+                    self.flights.end(sha)
             raise
         if out:
             # The loop reads and resolves the next batch while this one is written: the
@@ -175,7 +175,7 @@ class BatchProcessor:
         self,
         shas: list[str],
         check_cache: dict[str, bool],
-        out: Emission,
+        out: BatchWrite,
         delays: dict[str, int],
     ) -> None:
         """Look up resolving images: a hit is answered, an acquired lock parks the image for
@@ -191,12 +191,14 @@ class BatchProcessor:
             return
         outcomes = await self.resolver.lookup(asked)
         for sha, outcome in outcomes.items():
-            self._settle(sha, outcome, out, delays)
+            self._resolve_flight(sha, outcome, out, delays)
         self._pump()
 
-    def _settle(self, sha: str, outcome: Outcome, out: Emission, delays: dict[str, int]) -> None:
+    def _resolve_flight(
+        self, sha: str, outcome: Lookup, out: BatchWrite, delays: dict[str, int]
+    ) -> None:
         if isinstance(outcome, Hit):
-            jobs = self.flights.land(sha)
+            jobs = self.flights.end(sha)
             metrics.CACHE_HIT.inc(len(jobs))
             for job in jobs:
                 # Entries imported from the old design carry no size: read the header.
@@ -204,7 +206,7 @@ class BatchProcessor:
                 self._answer(out, job, outcome.faces, width, height, True)
         elif isinstance(outcome, Acquired):
             metrics.CACHE_MISS.inc(len(self.flights.jobs(sha)))
-            self.flights.park(sha)
+            self.flights.queue_for_inference(sha)
         else:
             if sha not in delays:  # deferred for the first time
                 waiting = len(self.flights.jobs(sha))
@@ -213,13 +215,13 @@ class BatchProcessor:
             self._defer(sha, delays.get(sha))
 
     def _defer(self, sha: str, delay_ms: int | None = None) -> None:
-        delay = self.s.defer_min_ms if delay_ms is None else delay_ms
+        delay = self.settings.defer_min_ms if delay_ms is None else delay_ms
         self.flights.defer(sha, time.monotonic() + delay / 1000, delay)
 
     def saturated(self) -> bool:
         """Stop reading: enough misses wait for inference, or entries wait on other workers'
         locks, or answers wait to be written. Inference being busy alone is not a reason."""
-        s = self.s
+        s = self.settings
         return (
             self.flights.count(State.PARKED) >= s.max_parked
             or self.flights.entries_in(State.DEFERRED) >= s.max_deferred
@@ -237,10 +239,12 @@ class BatchProcessor:
         due = self.flights.due(time.monotonic())
         if not due:
             return
-        delays = {sha: min(self.flights.delay_of(sha) * 2, self.s.defer_max_ms) for sha in due}
+        delays = {
+            sha: min(self.flights.delay_of(sha) * 2, self.settings.defer_max_ms) for sha in due
+        }
         for sha in due:
             self.flights.resolve(sha, [])
-        out = Emission()
+        out = BatchWrite()
         try:
             await self._resolve(due, dict.fromkeys(due, True), out, delays)
         except Exception:
@@ -251,13 +255,13 @@ class BatchProcessor:
         await self._write(out)
 
     def _answer(
-        self, out: Emission, job: Job, faces: list[Face], width: int, height: int, cached: bool
+        self, out: BatchWrite, job: Job, faces: list[Face], width: int, height: int, cached: bool
     ) -> None:
         result = self.results.faces(job, faces, width, height, cached)
         crops_from = job.event.image if job.event.crops else None
         out.add(job.part, result, job.event.reply_to, crops_from)
 
-    async def _write(self, out: Emission) -> None:
+    async def _write(self, out: BatchWrite) -> None:
         """Crops first (in a worker thread), then the write."""
         await self.results.cut_crops(out.crops)
         await self.writer.write(out)
@@ -306,8 +310,8 @@ class BatchProcessor:
             log.exception("inference_failed", images=len(shas))
             answers, failure = {}, f"{type(exc).__name__}: {exc}"
         # From here on, new copies of these images go through the cache, not this call.
-        groups = {sha: self.flights.land(sha) for sha in shas}
-        out = Emission()
+        groups = {sha: self.flights.end(sha) for sha in shas}
+        out = BatchWrite()
         inferred = sum(1 for a in answers.values() if not isinstance(a, SchemaError))
         self.counters.inferences += 1 if inferred else 0
         self.counters.images_inferred += inferred

@@ -33,7 +33,7 @@ class Busy:
     """Another worker holds the lock: its answer will land in the cache."""
 
 
-Outcome = Hit | Acquired | Busy
+Lookup = Hit | Acquired | Busy
 
 
 class Resolver(Stage):
@@ -49,7 +49,7 @@ class Resolver(Stage):
         now would take our own lock over (the owner-prefix rule) and infer it a second time."""
         return self.locks.token(self.keys.lock(sha, self.model_tag)) is not None
 
-    async def lookup(self, check_cache: dict[str, bool]) -> dict[str, Outcome]:
+    async def lookup(self, check_cache: dict[str, bool]) -> dict[str, Lookup]:
         tokens = {sha: self.locks.new_token() for sha in check_cache}
 
         def build(pipe: AsyncPipeline) -> None:
@@ -59,13 +59,13 @@ class Resolver(Stage):
                     self.keys.cache(sha, self.model_tag),
                     self.keys.lock(sha, self.model_tag),
                     tokens[sha],
-                    self.s.lock_ttl_ms,
+                    self.settings.lock_ttl_ms,
                     check,
                     self.locks.owner,
                 )
 
         replies = await self.scripts.run(self.client, build)
-        out: dict[str, Outcome] = {}
+        out: dict[str, Lookup] = {}
         for sha, reply in zip(check_cache, replies, strict=True):
             kind = int(reply[0])
             if kind == HIT:

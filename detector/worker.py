@@ -63,7 +63,7 @@ class Detector(Handler):
     counters: Counters
 
     def __init__(self, settings: Settings, client: AsyncClient, model: FaceModel) -> None:
-        self.s = settings
+        self.settings = settings
         self.client = client
         self.model = model
         self.keys = Keys(settings.prefix, settings.partitions)
@@ -92,7 +92,7 @@ class Detector(Handler):
         return self.processor
 
     async def start(self) -> None:
-        s = self.s
+        s = self.settings
         mode = await resolve_bloom_mode(self.client, s.bloom, self.keys.bloom(self.model.tag))
         bloom = BloomFilter(
             self.keys,
@@ -172,12 +172,12 @@ class Detector(Handler):
         if self.member.failed is not None:
             # A task gave up (inference, perhaps): wait for the work in hand no longer than
             # the grace; what is not done by then stays pending for the other detectors.
-            deadline = time.monotonic() + self.s.shutdown_grace_s
+            deadline = time.monotonic() + self.settings.shutdown_grace_s
             while p.tasks and (left := deadline - time.monotonic()) > 0:
                 await asyncio.wait(list(p.tasks), timeout=left)
             return
         await p.drain()
-        deadline = time.monotonic() + self.s.shutdown_grace_s
+        deadline = time.monotonic() + self.settings.shutdown_grace_s
         while p.deferred_jobs() and time.monotonic() < deadline:
             due = p.next_due() or time.monotonic()
             await asyncio.sleep(max(0.0, min(due - time.monotonic(), 0.2)))
@@ -189,9 +189,9 @@ class Detector(Handler):
 
     async def _advertise(self) -> None:
         """Tell the gateways which model's cache entries answer for this detector."""
-        ttl_ms = max(3 * self.s.trim_every_ms, 30_000)
-        key = self.keys.serving(self.s.detector_group)
-        await advertise(self.client, key, self.s.consumer, self.model.tag, ttl_ms)
+        ttl_ms = max(3 * self.settings.trim_every_ms, 30_000)
+        key = self.keys.serving(self.settings.detector_group)
+        await advertise(self.client, key, self.settings.consumer, self.model.tag, ttl_ms)
 
     async def _advertise_if_alive(self) -> None:
         """Refresh the served-model entry only while every critical task runs: else let it
@@ -211,8 +211,8 @@ class Detector(Handler):
         # The member's supervisor has stopped the background tasks by now.
         if self.processor is not None:
             with contextlib.suppress(*REDIS_ERRORS):  # else it expires
-                key = self.keys.serving(self.s.detector_group)
-                await withdraw(self.client, key, self.s.consumer)
+                key = self.keys.serving(self.settings.detector_group)
+                await withdraw(self.client, key, self.settings.consumer)
             self.processor.close()
 
     def summary(self) -> Mapping[str, object]:
@@ -248,11 +248,11 @@ class Detector(Handler):
     async def trim(self) -> None:
         """Keep the streams this detector writes to bounded, never losing unread entries."""
         results = {part.results for part in self.keys.parts}
-        streams = sorted(results) if self.s.trim_results else []
-        if not self.s.delete_acked_images:  # else answered image entries are deleted at once
+        streams = sorted(results) if self.settings.trim_results else []
+        if not self.settings.delete_acked_images:  # else answered image entries are deleted at once
             streams += [part.images for part in self.keys.parts]
         for stream in streams:
-            keep = self.s.results_keep if stream in results else 0
+            keep = self.settings.results_keep if stream in results else 0
             removed = await trim_acked(self.client, stream, keep)
             if removed:
                 log.debug("trimmed", stream=stream, entries=removed)

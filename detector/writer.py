@@ -18,7 +18,7 @@ from typing import Any
 from facestream.common.contract.keys import Partition
 from facestream.common.contract.schema import RESULT_FIELD, Face, Result, pack_faces
 from facestream.common.log import get_logger
-from facestream.common.streams.acked import DeadLetter, Emit, acknowledge_entries
+from facestream.common.streams.ack_gated import DeadLetter, Emit, acknowledge_entries
 from facestream.common.streams.errors import REDIS_ERRORS, TRANSIENT
 from facestream.common.streams.scripts import Step
 from facestream.common.streams.types import AsyncPipeline
@@ -31,7 +31,7 @@ RETRIES = 4
 
 
 @dataclass(slots=True)
-class Emission:
+class BatchWrite:
     # (partition, result, reply_to)
     results: list[tuple[Partition, Result, str | None]] = field(default_factory=list)
     cache_puts: list[tuple[str, str, list[Face], int, int]] = field(default_factory=list)
@@ -91,7 +91,7 @@ OUTAGE_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, WriteError)
 
 
 class Writer(Stage):
-    async def write(self, out: Emission) -> None:
+    async def write(self, out: BatchWrite) -> None:
         """Write with retries: every step is safe to repeat (cache and Bloom writes are
         idempotent, releases check tokens, a repeated emit finds its entries acked and publishes
         nothing, a repeated reply is deduped by id downstream)."""
@@ -108,10 +108,10 @@ class Writer(Stage):
                 log.info("write_retry", attempt=attempt + 1, error=str(exc))
                 await asyncio.sleep(0.05 * 2**attempt)
 
-    def _side_effects(self, out: Emission, payloads: list[bytes]) -> Step:
+    def _side_effects(self, out: BatchWrite, payloads: list[bytes]) -> Step:
         """Cache entries (each releasing its lock), the Bloom adds vouching for them, lock
         releases, replies: everything that must land before the acks."""
-        s, keys = self.s, self.keys
+        s, keys = self.settings, self.keys
         created = now_ms()
 
         def build(pipe: AsyncPipeline) -> None:
@@ -142,14 +142,14 @@ class Writer(Stage):
         return build
 
     def _stream_steps(
-        self, out: Emission, payloads: list[bytes], at: dict[str, list[int]]
+        self, out: BatchWrite, payloads: list[bytes], at: dict[str, list[int]]
     ) -> list[Step]:
         """Per partition: plain acks, dead letters and the ack-gated emit. Where a partition's
         streams share a slot (or on one server) each is one script; on a cluster with the
         untagged v1 names they span slots, so results and dead letters are written first and
         the acks after: a crash in between repeats a result (deduped by id downstream), never
         loses one. `at` gets the answer offset of each script call, by kind."""
-        s = self.s
+        s = self.settings
         parts: dict[int, Partition] = {}
         emits: dict[int, list[tuple[str, bytes]]] = defaultdict(list)
         dead: dict[int, list[tuple[str, bytes, bytes, int]]] = defaultdict(list)
@@ -201,11 +201,11 @@ class Writer(Stage):
 
         return [publish, acknowledge]
 
-    async def _write_once(self, out: Emission, payloads: list[bytes]) -> None:
+    async def _write_once(self, out: BatchWrite, payloads: list[bytes]) -> None:
         at: dict[str, list[int]] = {"dead": [], "emit": []}
         side = self._side_effects(out, payloads)
         streams = self._stream_steps(out, payloads, at)
-        if not self.s.cluster:
+        if not self.settings.cluster:
             side_answers, *stream_answers = await self.scripts.run_steps(
                 self.client, [side, *streams], together=True
             )
@@ -225,7 +225,7 @@ class Writer(Stage):
             raise WriteError("ack / emit stopped early")
         self._count(out, stream_answers[0] if len(streams) == 1 else None, at)
 
-    def _count(self, out: Emission, answers: list[Any] | None, at: dict[str, list[int]]) -> None:
+    def _count(self, out: BatchWrite, answers: list[Any] | None, at: dict[str, list[int]]) -> None:
         """Counters, metrics and logs of one write. `answers`: the scripted step's answers
         (None when the step was split: every result and dead letter went out)."""
         dead_ok: list[Any] = []

@@ -32,7 +32,7 @@ from facestream.common.contract.schema import (
 )
 from facestream.common.settings import Settings
 from facestream.common.streams.errors import TRANSIENT
-from facestream.common.streams.server import idempotent_xadd_from_hello
+from facestream.common.streams.server_features import idempotent_xadd_from_hello
 from facestream.common.streams.types import AsyncClient, AsyncPipeline, SyncClient, SyncPipeline
 from facestream.ingest.coalesce import PerCycle, SingleFlight
 

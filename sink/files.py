@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from facestream.common.contract.schema import jsonable
-from facestream.sink.runner import Item, Outcome
+from facestream.sink.runner import Item, WriteOutcome
 
 
 def dedupe_key(result: dict[str, Any]) -> str:
@@ -111,7 +111,7 @@ class JsonlSink:
             if pos < size:
                 f.truncate(pos)
 
-    async def write(self, items: list[Item]) -> Outcome:
+    async def write(self, items: list[Item]) -> WriteOutcome:
         assert self._file is not None
         written = []
         good, dead = serialised(items)
@@ -126,7 +126,7 @@ class JsonlSink:
         self._file.flush()
         if self.fsync and written:
             os.fsync(self._file.fileno())
-        return Outcome(written, dead)
+        return WriteOutcome(written, dead)
 
     async def close(self) -> None:
         if self._file is not None:
@@ -144,12 +144,12 @@ class StdoutSink:
     async def open(self) -> None:
         return None
 
-    async def write(self, items: list[Item]) -> Outcome:
+    async def write(self, items: list[Item]) -> WriteOutcome:
         good, dead = serialised(items)
         for _, data in good:
             self.out.write(data)
         self.out.flush()
-        return Outcome([item for item, _ in good], dead)
+        return WriteOutcome([item for item, _ in good], dead)
 
     async def close(self) -> None:
         self.out.flush()

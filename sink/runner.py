@@ -20,7 +20,7 @@ from facestream.common.contract.keys import Keys, Partition
 from facestream.common.contract.schema import RESULT_FIELD, decode_result
 from facestream.common.log import get_logger
 from facestream.common.settings import Settings
-from facestream.common.streams.acked import SinkDeadLetter
+from facestream.common.streams.ack_gated import SinkDeadLetter
 from facestream.common.streams.member import Batch, Handler, Member, MemberCounters, Subscription
 from facestream.common.streams.scripts import Scripts, Step
 from facestream.common.streams.types import AsyncClient, AsyncPipeline, Entry
@@ -38,7 +38,7 @@ class Item:
 
 
 @dataclass(slots=True)
-class Outcome:
+class WriteOutcome:
     """What became of the items handed to a sink: written, or given up with a reason."""
 
     written: list[Item]
@@ -50,7 +50,7 @@ class Sink(Protocol):
 
     async def open(self) -> None: ...
 
-    async def write(self, items: list[Item]) -> Outcome: ...
+    async def write(self, items: list[Item]) -> WriteOutcome: ...
 
     async def close(self) -> None: ...
 
@@ -70,7 +70,7 @@ class SinkRunner(Handler):
     counters: SinkCounters
 
     def __init__(self, settings: Settings, client: AsyncClient, sink: Sink) -> None:
-        self.s = settings
+        self.settings = settings
         self.client = client
         self.sink = sink
         self.keys = Keys(settings.prefix, settings.partitions)
@@ -118,7 +118,7 @@ class SinkRunner(Handler):
             result = None  # dead-lettered as "not a v1 result"
         return Item(raw_id.decode(), payload, result)
 
-    async def _settle(self, part: Partition, items: list[Item], outcome: Outcome) -> None:
+    async def _acknowledge(self, part: Partition, items: list[Item], outcome: WriteOutcome) -> None:
         """Acknowledge the batch, dead letters included. Where the results and dead-letter
         streams share a slot (or on one server) each dead letter is one script step with its
         acknowledgement, written only if that acknowledgement counted; on a cluster with the
@@ -126,9 +126,9 @@ class SinkRunner(Handler):
         dead = [(item.entry, item.payload, reason[:1000]) for item, reason in outcome.dead]
         dead_ids = {entry for entry, _, _ in dead}
         rest = [i.entry for i in items if i.entry not in dead_ids]
-        s, kind = self.s, self.sink.kind
+        settings, kind = self.settings, self.sink.kind
 
-        letters = SinkDeadLetter(part.results, part.dlq, self.group, kind, s.consumer, dead)
+        letters = SinkDeadLetter(part.results, part.dlq, self.group, kind, settings.consumer, dead)
 
         def acks(pipe: AsyncPipeline) -> None:
             if rest:
@@ -145,7 +145,7 @@ class SinkRunner(Handler):
             split.acknowledge(pipe)
             acks(pipe)
 
-        one_slot = self.keys.streams_in_one_slot(s.cluster)
+        one_slot = self.keys.streams_in_one_slot(settings.cluster)
         steps: list[Step] = [scripted] if one_slot else [split.publish, acknowledge]
         for answers in await self.scripts.run_steps(self.client, steps, together=len(steps) == 1):
             for answer in answers:
@@ -164,11 +164,11 @@ class SinkRunner(Handler):
             return
         part, deliveries = self.keys.parts[batch.stream], batch.deliveries
         self.counters.read += len(items)
-        limit = self.s.max_deliveries
+        limit = self.settings.max_deliveries
         poison = {i.entry for i in items if deliveries and deliveries.get(i.entry, 1) >= limit}
         good = [i for i in items if i.result is not None and i.entry not in poison]
         async with self._writing:
-            outcome = await self.sink.write(good) if good else Outcome([], [])
+            outcome = await self.sink.write(good) if good else WriteOutcome([], [])
         outcome.dead.extend((i, "not a v1 result") for i in items if i.result is None)
         outcome.dead.extend(
             (i, f"max_deliveries: delivered {deliveries[i.entry]} times, never written")
@@ -177,4 +177,4 @@ class SinkRunner(Handler):
         )
         handled = {i.entry for i in outcome.written} | {i.entry for i, _ in outcome.dead}
         self.counters.skipped += sum(1 for i in good if i.entry not in handled)
-        await self._settle(part, items, outcome)
+        await self._acknowledge(part, items, outcome)

@@ -14,7 +14,7 @@ import httpx
 
 from facestream.common.settings import Settings
 from facestream.sink.files import UNSERIALISABLE, to_json
-from facestream.sink.runner import Item, Outcome
+from facestream.sink.runner import Item, WriteOutcome
 
 RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
 
@@ -64,11 +64,11 @@ class WebhookSink:
                 await asyncio.sleep(min(delay, 30.0))
         return f"gave up after {self.retries + 1} attempts: {last}"
 
-    async def write(self, items: list[Item]) -> Outcome:
+    async def write(self, items: list[Item]) -> WriteOutcome:
         reasons = await asyncio.gather(*(self._post(i) for i in items))
         written = [i for i, r in zip(items, reasons, strict=True) if r is None]
         dead = [(i, r) for i, r in zip(items, reasons, strict=True) if r is not None]
-        return Outcome(written, dead)
+        return WriteOutcome(written, dead)
 
     async def close(self) -> None:
         if self.client is not None:

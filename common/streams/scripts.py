@@ -73,7 +73,7 @@ class Scripts:
 
     def call(self, name: str, pipe: ScriptTarget, keys: list[str], args: list[Any]) -> Any:
         """Run (or queue, on a pipeline) script `name` with its KEYS and ARGV; the wrappers below
-        and common/streams/acked.py say what each script's arguments are."""
+        and common/streams/ack_gated.py say what each script's arguments are."""
         script = self._s[name]
         if isinstance(pipe, _PIPELINES):
             # A pipeline (plain or cluster): queue EVALSHA; `run` recovers from NOSCRIPT.

@@ -39,7 +39,7 @@ from facestream.common.streams.types import AsyncClient
 from facestream.ingest.coalesce import PerCycle, SingleFlight
 from facestream.ingest.http import metrics
 from facestream.ingest.http.reply_router import ReplyRouter
-from facestream.ingest.http.shared_waits import Answer, Joins
+from facestream.ingest.http.shared_waits import Joins, SharedAnswer
 from facestream.ingest.publisher import AsyncPublisher
 
 log = get_logger(__name__)
@@ -54,7 +54,7 @@ Cut = asyncio.Future[tuple[list[Face], int]]  # the faces with crops, how many l
 
 class CacheAnswers:
     def __init__(self, settings: Settings, client: AsyncClient, consumer: str) -> None:
-        self.s = settings
+        self.settings = settings
         self.client = client
         self.consumer = consumer
         self.keys = Keys(settings.prefix, settings.partitions)
@@ -65,7 +65,7 @@ class CacheAnswers:
         self._shared = SingleFlight()  # one read of the served model for a burst of requests
         # Redis away during the look-up: the batch's error reaches each request (503) and
         # nothing was published; a later failure is only its own request's (_answers).
-        self._cycle: PerCycle[ImageEvent, Answer | Exception] = PerCycle(self._answers)
+        self._cycle: PerCycle[ImageEvent, SharedAnswer | Exception] = PerCycle(self._answers)
         self._copies: PerCycle[dict[str, Any], None] = PerCycle(self._publish_copies)
         self.joins = Joins(consumer, self._copies)
         self._next = 0
@@ -90,14 +90,16 @@ class CacheAnswers:
         await self._shared.run("tag", self._read_tag)
 
     async def _read_tag(self) -> None:
-        tag = await served_tag(self.client, self.keys.serving(self.s.detector_group))
+        tag = await served_tag(self.client, self.keys.serving(self.settings.detector_group))
         self._tag_read = time.monotonic()
         if tag == self.tag:
             return
         self.tag, self._bloom = tag, None
         if tag is not None:
             try:
-                mode = await resolve_bloom_mode(self.client, self.s.bloom, self.keys.bloom(tag))
+                mode = await resolve_bloom_mode(
+                    self.client, self.settings.bloom, self.keys.bloom(tag)
+                )
             except RuntimeError as exc:  # FACESTREAM_BLOOM=native on a server without BF.*
                 log.warning("gateway_hits_off", reason=str(exc))
                 self.tag = None
@@ -107,13 +109,13 @@ class CacheAnswers:
                 self.scripts,
                 tag,
                 mode,
-                self.s.bloom_capacity,
-                self.s.bloom_error_rate,
-                self.s.cache_ttl_s * 1000,
+                self.settings.bloom_capacity,
+                self.settings.bloom_error_rate,
+                self.settings.cache_ttl_s * 1000,
             )
         log.info("gateway_hits_model", model=tag)
 
-    async def _answers(self, events: list[ImageEvent]) -> list[Answer | Exception]:
+    async def _answers(self, events: list[ImageEvent]) -> list[SharedAnswer | Exception]:
         """Per request its answer, None (ask the detectors) or its own error: the script may
         have published the cycle's other hits already, so one request's failure is not theirs."""
         tag, bloom = self.tag, self._bloom
@@ -128,11 +130,11 @@ class CacheAnswers:
             self._result(event, sha, tag, done_ms).to_dict()
             for event, sha in zip(events, of, strict=True)
         ]
-        if self.s.cluster:
+        if self.settings.cluster:
             found, published = await self._lookup_apart(tag, bloom, of), [False] * len(events)
         else:
             found, published = await self._lookup_and_publish(tag, bloom, events, of, drafts)
-        answers: list[Answer | Exception] = []
+        answers: list[SharedAnswer | Exception] = []
         unpublished: list[tuple[int, dict[str, Any]]] = []
         cuts: dict[CutKey, Cut] = {}
         for event, sha, draft, hit, done in zip(events, of, drafts, found, published, strict=True):
@@ -249,9 +251,9 @@ class CacheAnswers:
                     faces_with_crops,
                     event.image,
                     faces,
-                    self.s.max_pixels,
+                    self.settings.max_pixels,
                     self._caps,
-                    self.s.max_jpeg_scans,
+                    self.settings.max_jpeg_scans,
                 )
             except Exception as exc:  # a crop is an extra: its failure must not lose the answer
                 log.warning("crops_failed", id=event.id, reason=f"{type(exc).__name__}: {exc}")
@@ -309,7 +311,7 @@ async def answer_or_wait(
     """A waiting request's result: from the cache at the door, else through the detectors,
     sharing the wait of an earlier request of this process for the same image
     (ingest/http/shared_waits.py); None when `timeout_s` passes first."""
-    if not hits.s.gateway_hits:
+    if not hits.settings.gateway_hits:
         return await replies.publish_and_wait(publisher, event, timeout_s)
     result = await hits.answer(event)
     if result is not None:

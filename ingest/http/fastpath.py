@@ -35,7 +35,7 @@ log = get_logger(__name__)
 class FastDetect:
     def __init__(self, app: Any, settings: Settings) -> None:
         self.app = app  # the FastAPI app: its state holds the gateway (ingest/http/state.py)
-        self.s = settings
+        self.settings = settings
         # Read by the server's protocol (ingest/http/timeouts.py), which sees only the app.
         self.http_timeouts = (settings.http_header_timeout_s, settings.http_body_timeout_s)
 
@@ -63,7 +63,7 @@ class FastDetect:
         except REDIS_ERRORS as exc:
             status = 503
             body = _error(*trouble_of(self.app).answer(exc))
-            headers = [(b"retry-after", str(self.s.retry_after_s).encode())]
+            headers = [(b"retry-after", str(self.settings.retry_after_s).encode())]
         except Exception:  # the same shape as FastAPI's last resort (ingest/http/errors.py)
             log.exception("request_failed", path=scope["path"])
             status = 500
@@ -79,18 +79,18 @@ class FastDetect:
         query = _query(scope)
         wait = _flag(query.get("wait", "false"))
         crops = _flag(query.get("crops", "false"), "crops")
-        timeout_ms = self.s.wait_timeout_ms
+        timeout_ms = self.settings.wait_timeout_ms
         if "timeout_ms" in query:
             raw = query["timeout_ms"]
-            if not raw.isdigit() or not 1 <= int(raw) <= self.s.max_wait_timeout_ms:
-                raise BadRequest(f"timeout_ms must be 1..{self.s.max_wait_timeout_ms}")
+            if not raw.isdigit() or not 1 <= int(raw) <= self.settings.max_wait_timeout_ms:
+                raise BadRequest(f"timeout_ms must be 1..{self.settings.max_wait_timeout_ms}")
             timeout_ms = int(raw)
         event_id = query.get("id")
         if event_id is not None and not 0 < len(event_id) <= MAX_ID_CHARS:
             raise BadRequest(f"id must be 1..{MAX_ID_CHARS} characters")
         source = query.get("source")  # its length is checked by make_event
         meta = parse_meta(query.get("meta"))
-        image = await read_body(scope, receive, self.s.max_image_bytes)
+        image = await read_body(scope, receive, self.settings.max_image_bytes)
         gateway = gateway_of(self.app)
         event = make_event(
             image,
@@ -98,7 +98,7 @@ class FastDetect:
             source=source,
             meta=meta,
             reply_to=gateway.reply_stream if wait else None,
-            limits=self.s.limits(),
+            limits=self.settings.limits(),
             crops=crops,
         )
         if not wait:

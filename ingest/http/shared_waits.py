@@ -32,11 +32,11 @@ from facestream.common.log import get_logger
 from facestream.ingest.http import metrics
 
 log = get_logger(__name__)
-Answer = dict[str, Any] | None
-Own = Callable[[float], Awaitable[Answer]]  # publish the event, wait so long for its answer
+SharedAnswer = dict[str, Any] | None
+Own = Callable[[float], Awaitable[SharedAnswer]]  # publish the event, wait so long for its answer
 
 
-def _usable(answer: Answer) -> TypeGuard[dict[str, Any]]:
+def _usable(answer: SharedAnswer) -> TypeGuard[dict[str, Any]]:
     """An answer a follower may share: faces (maybe none), not an error, not a time out."""
     return answer is not None and "error" not in answer
 
@@ -45,7 +45,7 @@ class Joins:
     def __init__(self, consumer: str, publish: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
         self.consumer = consumer
         self._publish = publish  # adds one result to the results stream
-        self._leaders: dict[tuple[str, bool], asyncio.Future[Answer]] = {}  # (sha256, crops)
+        self._leaders: dict[tuple[str, bool], asyncio.Future[SharedAnswer]] = {}  # (sha256, crops)
         self._owed: set[asyncio.Task[None]] = set()
 
     async def wait(
@@ -53,7 +53,7 @@ class Joins:
         event: ImageEvent,
         timeout_s: float,
         own: Own,
-    ) -> Answer:
+    ) -> SharedAnswer:
         """`event`'s answer: the leader's, copied, or `own(seconds left)` (publish and wait)."""
         key = (event.sha256 or event.content_sha256(), event.crops)
         leader = self._leaders.get(key)
@@ -66,7 +66,7 @@ class Joins:
         except TimeoutError:
             answer = None
         except asyncio.CancelledError:
-            task = asyncio.create_task(self._settle(event, leader, own))
+            task = asyncio.create_task(self._answer_dropped_follower(event, leader, own))
             self._owed.add(task)
             task.add_done_callback(self._owed.discard)
             raise
@@ -80,10 +80,10 @@ class Joins:
         metrics.GATEWAY_JOINED.inc()
         return body
 
-    async def _settle(
+    async def _answer_dropped_follower(
         self,
         event: ImageEvent,
-        leader: asyncio.Future[Answer],
+        leader: asyncio.Future[SharedAnswer],
         own: Own,
     ) -> None:
         """A dropped follower's one result: the leader's copy, or its own event published."""
@@ -100,10 +100,10 @@ class Joins:
     def leading(self) -> int:
         return len(self._leaders)
 
-    async def _lead(self, key: tuple[str, bool], timeout_s: float, own: Own) -> Answer:
-        fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+    async def _lead(self, key: tuple[str, bool], timeout_s: float, own: Own) -> SharedAnswer:
+        fut: asyncio.Future[SharedAnswer] = asyncio.get_running_loop().create_future()
         self._leaders[key] = fut
-        answer: Answer = None
+        answer: SharedAnswer = None
         try:
             answer = await own(timeout_s)
             return answer

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from facestream.common.contract.keys import Keys
 from facestream.common.settings import Settings
-from facestream.common.streams.acked import Emit
+from facestream.common.streams.ack_gated import Emit
 from facestream.common.streams.bloom import BloomFilter, BloomShape, server_has_native_bloom
 from facestream.common.streams.connection import async_client
 from facestream.common.streams.locks import ConsumerNameInUse, LockKeeper, claim_consumer_name

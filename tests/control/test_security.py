@@ -410,7 +410,7 @@ def r_admin(acl_server: tuple[str, Path]) -> Iterator[redis.Redis]:
 def test_a_sink_cannot_forge_or_erase_but_its_scripts_work(acl_server: tuple[str, Path]) -> None:
     """The sink's dead-letter script (XACK results + XADD dlq) runs under the sink's role,
     while the same XADD to the results stream outside it is refused."""
-    from facestream.common.streams.acked import SinkDeadLetter
+    from facestream.common.streams.ack_gated import SinkDeadLetter
     from facestream.common.streams.scripts import Scripts
 
     url, secrets_dir = acl_server

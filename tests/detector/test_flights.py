@@ -40,7 +40,7 @@ def test_every_move_keeps_the_counts() -> None:
     assert f.join(job("c")) is None
     f.defer("a", due=1.0, delay_ms=20)
     assert f.join(job("a", entry="4-0")) is State.DEFERRED
-    f.park("b")
+    f.queue_for_inference("b")
     assert counts(f) == recount(f)
     assert counts(f)[State.DEFERRED] == (1, 3) and counts(f)[State.PARKED] == (1, 2)
     assert f.due(0.5) == [] and f.due(1.0) == ["a"]
@@ -48,7 +48,7 @@ def test_every_move_keeps_the_counts() -> None:
     assert counts(f)[State.RESOLVING] == (1, 3)
     assert f.dispatch(4) == ["b"]
     assert counts(f) == recount(f)
-    assert len(f.land("b")) == 2 and len(f.land("a")) == 3
+    assert len(f.end("b")) == 2 and len(f.end("a")) == 3
     assert all(counts(f)[s] == (0, 0) for s in State)
 
 
@@ -56,9 +56,9 @@ def test_parked_images_leave_partition_by_partition() -> None:
     f = Flights()
     for i in range(4):  # a backlog on partition 0
         f.resolve(f"p0-{i}", [job(f"p0-{i}", 0)])
-        f.park(f"p0-{i}")
+        f.queue_for_inference(f"p0-{i}")
     f.resolve("p1", [job("p1", 1)])  # one image on a quiet partition, parked last
-    f.park("p1")
+    f.queue_for_inference("p1")
     first = f.dispatch(2)
     assert "p1" in first  # not behind the whole backlog
     assert f.dispatch(10) == [f"p0-{i}" for i in range(4) if f"p0-{i}" not in first]

@@ -15,7 +15,7 @@ from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import Limits
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client, sync_client
-from facestream.common.streams.server import has_idempotent_xadd, version_of
+from facestream.common.streams.server_features import has_idempotent_xadd, version_of
 from facestream.ingest.publisher import (
     AsyncPublisher,
     BadRequest,

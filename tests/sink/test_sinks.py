@@ -267,7 +267,7 @@ def test_a_sink_dead_letter_is_one_step_with_its_ack(
 ) -> None:
     """Acknowledge and dead-letter together, only if the acknowledgement counted: an entry
     another member settled meanwhile is not dead-lettered a second time."""
-    from facestream.common.streams.acked import SinkDeadLetter
+    from facestream.common.streams.ack_gated import SinkDeadLetter
     from facestream.common.streams.scripts import Scripts
 
     settings = make_settings()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from facestream.common.contract.keys import Partition
 from facestream.common.contract.schema import ErrorCode, Face, ImageEvent, Result, SchemaError
-from facestream.common.imaging.align import CropCaps, faces_with_crops
+from facestream.common.imaging.align import CropCaps, crops_or_faces
 from facestream.common.imaging.photo import MAX_JPEG_SCANS
 from facestream.common.log import get_logger
 from facestream.common.streams.member import MemberCounters
@@ -57,9 +57,8 @@ class ResultFactory:
     def faces(self, job: Job, faces: list[Face], width: int, height: int, cached: bool) -> Result:
         """The result of a job; without crops even when the event asked for them: those are
         cut by `cut_crops`, off the event loop, before the result is written."""
-        ev = job.event
-        return Result(
-            id=ev.id,
+        return Result.answering(
+            job.event,
             model=self.model,
             consumer=self.consumer,
             entry=job.entry,
@@ -69,9 +68,6 @@ class ResultFactory:
             height=height,
             faces=faces,
             cached=cached,
-            source=ev.source,
-            meta=ev.meta,
-            ts_ms=ev.ts_ms,
         )
 
     async def cut_crops(self, wanted: list[tuple[Result, bytes]]) -> None:
@@ -97,11 +93,9 @@ class ResultFactory:
             result.faces, result.crops_omitted = seen[1], seen[2]
 
     def _cut(self, result: Result, image: bytes, faces: list[Face]) -> tuple[list[Face], int]:
-        try:
-            return faces_with_crops(image, faces, self.max_pixels, self.caps, self.max_scans)
-        except Exception as exc:  # a crop is an extra: its failure must not lose the answer
-            log.warning("crops_failed", entry=result.entry, reason=f"{type(exc).__name__}: {exc}")
-            return faces, len(faces)
+        return crops_or_faces(
+            image, faces, self.max_pixels, self.caps, self.max_scans, about=result.entry
+        )
 
     def error(
         self,

@@ -259,6 +259,34 @@ class Result:
     # because the image could not be decoded again), so a reader knows crops are missing.
     crops_omitted: int | None = None
 
+    @classmethod
+    def answering(
+        cls,
+        event: ImageEvent,
+        *,
+        model: str,
+        consumer: str,
+        entry: str,
+        done_ms: int,
+        sha256: str | None,
+        **fields: Any,
+    ) -> Result:
+        """The result for `event`, built the same way by every producer (the detector, the
+        gateway's cache answers): the event's id, source, meta and ts_ms carried over, the rest
+        as given."""
+        return cls(
+            id=event.id,
+            model=model,
+            consumer=consumer,
+            entry=entry,
+            done_ms=done_ms,
+            sha256=sha256,
+            source=event.source,
+            meta=event.meta,
+            ts_ms=event.ts_ms,
+            **fields,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "v": VERSION,

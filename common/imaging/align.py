@@ -17,6 +17,9 @@ from PIL import Image
 
 from facestream.common.contract.schema import Face
 from facestream.common.imaging.photo import MAX_JPEG_SCANS, open_oriented
+from facestream.common.log import get_logger
+
+log = get_logger(__name__)
 
 CROP_SIZE = 112
 TEMPLATE = np.array(
@@ -75,6 +78,24 @@ class CropCaps:
 
     max_crops: int = 64
     max_bytes: int = 1024 * 1024
+
+
+def crops_or_faces(
+    image: bytes,
+    faces: list[Face],
+    max_pixels: int,
+    caps: CropCaps | None,
+    max_scans: int,
+    about: str,
+) -> tuple[list[Face], int]:
+    """`faces_with_crops`, except that a failure returns the faces without crops (all counted
+    as omitted) and logs why: a crop is an extra, its failure must not lose the answer.
+    `about` names the result in the log line."""
+    try:
+        return faces_with_crops(image, faces, max_pixels, caps, max_scans)
+    except Exception as exc:
+        log.warning("crops_failed", result=about, reason=f"{type(exc).__name__}: {exc}")
+        return faces, len(faces)
 
 
 def faces_with_crops(

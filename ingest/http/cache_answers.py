@@ -28,7 +28,7 @@ from facestream.common.contract.schema import (
     pack_result,
     unpack_faces,
 )
-from facestream.common.imaging.align import CropCaps, faces_with_crops
+from facestream.common.imaging.align import CropCaps, crops_or_faces
 from facestream.common.log import get_logger
 from facestream.common.settings import Settings
 from facestream.common.streams.bloom import BloomFilter, resolve_bloom_mode
@@ -246,18 +246,15 @@ class CacheAnswers:
 
     async def _cut_once(self, event: ImageEvent, faces: list[Face]) -> tuple[list[Face], int]:
         async with self._cutting:
-            try:
-                return await asyncio.to_thread(
-                    faces_with_crops,
-                    event.image,
-                    faces,
-                    self.settings.max_pixels,
-                    self._caps,
-                    self.settings.max_jpeg_scans,
-                )
-            except Exception as exc:  # a crop is an extra: its failure must not lose the answer
-                log.warning("crops_failed", id=event.id, reason=f"{type(exc).__name__}: {exc}")
-                return faces, len(faces)
+            return await asyncio.to_thread(
+                crops_or_faces,
+                event.image,
+                faces,
+                self.settings.max_pixels,
+                self._caps,
+                self.settings.max_jpeg_scans,
+                about=event.id,
+            )
 
     def _result(
         self,
@@ -268,8 +265,8 @@ class CacheAnswers:
         width: int | None = None,
         height: int | None = None,
     ) -> Result:
-        return Result(
-            id=event.id,
+        return Result.answering(
+            event,
             model=tag,
             consumer=self.consumer,
             entry="",  # answered at the door: no images-stream entry
@@ -279,9 +276,6 @@ class CacheAnswers:
             height=height,
             faces=[],
             cached=True,
-            source=event.source,
-            meta=event.meta,
-            ts_ms=event.ts_ms,
         )
 
     async def _publish(self, results: list[dict[str, Any]]) -> None:

@@ -22,7 +22,6 @@ from facestream.common.contract.schema import Face, ImageEvent
 from facestream.common.imaging import align
 from facestream.common.settings import Settings
 from facestream.control.samples import encode
-from facestream.detector import jobs
 from facestream.detector.jobs import Job, ResultFactory
 from facestream.detector.worker import Detector
 from facestream.detector.writer import reply_cost, reply_maxlen
@@ -60,7 +59,7 @@ def test_crops_are_cut_in_a_worker_thread_while_the_loop_runs(
         threads.append(threading.current_thread())
         return real(*args)
 
-    monkeypatch.setattr(jobs, "faces_with_crops", spy)
+    monkeypatch.setattr(align, "faces_with_crops", spy)
     factory = ResultFactory("m", "c", max_pixels=50_000_000)
     event = ImageEvent("e", image, crops=True)
     job = Job(None, "1-0", event, "sha")  # type: ignore[arg-type]  # no partition needed here

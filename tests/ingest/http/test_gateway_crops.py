@@ -18,7 +18,6 @@ from facestream.common.imaging import align
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client
 from facestream.control.samples import encode
-from facestream.ingest.http import cache_answers as hits
 from facestream.ingest.http.cache_answers import CacheAnswers
 from tests.support.faces import detect
 
@@ -42,7 +41,7 @@ def test_gateway_crops_are_capped_cut_off_the_loop_and_shared(
         calls.append(threading.current_thread())
         return real(*args)
 
-    monkeypatch.setattr(hits, "faces_with_crops", spy)
+    monkeypatch.setattr(align, "faces_with_crops", spy)
     settings = make_settings(max_crops=4)
 
     async def main() -> list[tuple[list[Face], int]]:

@@ -10,12 +10,10 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from facestream.common.settings import Settings
-from facestream.common.streams.errors import REDIS_ERRORS
-from facestream.ingest.http.errors import readable
-from facestream.ingest.http.liveness import NoDetector
+from facestream.ingest.http.errors import answer_for, readable
 from facestream.ingest.http.request_input import read_request
 from facestream.ingest.http.state import gateway_of, trouble_of
-from facestream.ingest.publisher import Overloaded, PublishError, make_event
+from facestream.ingest.publisher import make_event
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -104,13 +102,11 @@ def add_compat_routes(app: FastAPI, settings: Settings) -> None:
             gateway = gateway_of(app)
             event = make_event(image, reply_to=gateway.reply_stream, limits=settings.limits())
             result = await gateway.answer(event, settings.wait_timeout_ms / 1000)
-        except (Overloaded, NoDetector) as exc:
-            return old_error(503, exc.message, exc.retry_after_s)
-        except PublishError as exc:
-            return old_error(400, readable(exc.message))
-        except REDIS_ERRORS as exc:
-            _, message = trouble_of(app).answer(exc)
-            return old_error(503, message, settings.retry_after_s)
+        except Exception as exc:  # the gateway's one mapping, worded in the old shape
+            answer = answer_for(exc, settings, trouble_of(app), request.url.path)
+            # The old service answered 400 for every refusal of the input itself.
+            status = answer.status if answer.status >= 500 else 400
+            return old_error(status, answer.message, answer.retry_after_s)
         if result is None:
             return old_error(504, "timeout")
         if "error" in result:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +82,37 @@ class RedisTrouble:
         return time.monotonic() - self.oom_at < OOM_REMEMBERED_S
 
 
+@dataclass(frozen=True, slots=True)
+class ErrorAnswer:
+    """What the gateway answers for an exception a request raised, on every route: the
+    FastAPI handlers, the fast path and the drop-in route (which words it in its own shape)
+    all ask `answer_for`."""
+
+    status: int
+    code: str
+    message: str
+    retry_after_s: int | None = None
+
+    def headers(self) -> dict[str, str] | None:
+        return None if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
+
+
+def answer_for(
+    exc: BaseException, settings: Settings, trouble: RedisTrouble, path: str
+) -> ErrorAnswer:
+    """The one mapping: refusals at the door keep their status and code (503s say when to
+    retry), Redis errors are 503 `unavailable` or `redis_oom`, anything else is a bug: logged
+    with its traceback and answered 500 `internal` without its details."""
+    if isinstance(exc, PublishError):
+        retry = getattr(exc, "retry_after_s", settings.retry_after_s) if exc.status == 503 else None
+        return ErrorAnswer(exc.status, exc.code, readable(exc.message), retry)
+    if isinstance(exc, REDIS_ERRORS):
+        code, message = trouble.answer(exc)
+        return ErrorAnswer(503, code, message, settings.retry_after_s)
+    log.error("request_failed", path=path, exc_info=exc)
+    return ErrorAnswer(500, "internal", "internal error; it was logged")
+
+
 def http_code(status: int) -> str:
     """A status's error code: its reason phrase in snake case where we name none."""
     if status in _CODES:
@@ -92,14 +124,14 @@ def http_code(status: int) -> str:
 
 
 def add_error_handlers(app: FastAPI, settings: Settings, trouble: RedisTrouble) -> None:
-    @app.exception_handler(PublishError)
-    async def on_publish_error(request: Request, exc: PublishError) -> JSONResponse:
-        headers = (
-            {"Retry-After": str(getattr(exc, "retry_after_s", settings.retry_after_s))}
-            if exc.status == 503
-            else None
-        )
-        return error(exc.status, exc.code, readable(exc.message), headers=headers)
+    async def on_error(request: Request, exc: Exception) -> JSONResponse:
+        answer = answer_for(exc, settings, trouble, request.url.path)
+        return error(answer.status, answer.code, answer.message, headers=answer.headers())
+
+    # Starlette's last resort answers plain text; ours keeps the shape and says no more.
+    kinds: tuple[type[Exception], ...] = (PublishError, *REDIS_ERRORS, Exception)
+    for kind in kinds:
+        app.add_exception_handler(kind, on_error)
 
     @app.exception_handler(RequestValidationError)
     async def on_bad_query(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -118,16 +150,3 @@ def add_error_handlers(app: FastAPI, settings: Settings, trouble: RedisTrouble) 
         else:
             message = readable(str(exc.detail))
         return error(exc.status_code, http_code(exc.status_code), message, headers=exc.headers)
-
-    async def on_redis_error(request: Request, exc: Exception) -> JSONResponse:
-        code, message = trouble.answer(exc)
-        return error(503, code, message, headers={"Retry-After": str(settings.retry_after_s)})
-
-    for kind in REDIS_ERRORS:
-        app.add_exception_handler(kind, on_redis_error)
-
-    @app.exception_handler(Exception)
-    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
-        # Starlette's last resort answers plain text; ours keeps the shape and says no more.
-        log.exception("request_failed", path=request.url.path)
-        return error(500, "internal", "internal error; it was logged")

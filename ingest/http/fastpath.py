@@ -18,13 +18,12 @@ from starlette.types import Receive, Scope, Send
 from facestream.common.contract.schema import MAX_ID_CHARS
 from facestream.common.log import get_logger
 from facestream.common.settings import Settings
-from facestream.common.streams.errors import REDIS_ERRORS
 from facestream.ingest.http import metrics
-from facestream.ingest.http.errors import clean_result, readable
+from facestream.ingest.http.errors import answer_for, clean_result
 from facestream.ingest.http.headers import NOSNIFF
 from facestream.ingest.http.request_input import b64_default, parse_meta, read_body
 from facestream.ingest.http.state import gateway_of, trouble_of
-from facestream.ingest.publisher import BadRequest, PublishError, make_event
+from facestream.ingest.publisher import BadRequest, make_event
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -52,23 +51,12 @@ class FastDetect:
         status = 500
         try:
             status, body, headers = await self._detect(scope, receive)
-        except PublishError as exc:
-            status = exc.status
-            body = _error(exc.code, readable(exc.message))
-            headers = (
-                [(b"retry-after", str(getattr(exc, "retry_after_s", 1)).encode())]
-                if status == 503
-                else []
-            )
-        except REDIS_ERRORS as exc:
-            status = 503
-            body = _error(*trouble_of(self.app).answer(exc))
-            headers = [(b"retry-after", str(self.settings.retry_after_s).encode())]
-        except Exception:  # the same shape as FastAPI's last resort (ingest/http/errors.py)
-            log.exception("request_failed", path=scope["path"])
-            status = 500
-            body = _error("internal", "internal error; it was logged")
-            headers = []
+        except Exception as exc:  # the mapping FastAPI's handlers use (ingest/http/errors.py)
+            answer = answer_for(exc, self.settings, trouble_of(self.app), scope["path"])
+            status, body = answer.status, _error(answer.code, answer.message)
+            headers = [
+                (k.lower().encode(), v.encode()) for k, v in (answer.headers() or {}).items()
+            ]
         headers = [*_JSON, (b"content-length", str(len(body)).encode()), *headers]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

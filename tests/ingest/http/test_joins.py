@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from facestream.common.contract.schema import ImageEvent
-from facestream.ingest.http.shared_waits import Answer, Joins
+from facestream.ingest.http.shared_waits import Joins, SharedAnswer
 
 IMAGE = b"same photo"
 SHA = hashlib.sha256(IMAGE).hexdigest()
@@ -32,8 +32,8 @@ class Recorder:
         self.results: list[dict[str, Any]] = []
         self.release = asyncio.Event()
 
-    def own(self, ev: ImageEvent, answer: Answer | Exception = None) -> Any:
-        async def run(left_s: float) -> Answer:
+    def own(self, ev: ImageEvent, answer: SharedAnswer | Exception = None) -> Any:
+        async def run(left_s: float) -> SharedAnswer:
             self.events.append((ev.id, left_s))
             if ev.id == "lead":
                 await self.release.wait()  # the leader's answer comes when the test says
@@ -48,8 +48,12 @@ class Recorder:
 
 
 async def lead_and_follow(
-    rec: Recorder, joins: Joins, leader_answer: Answer | Exception, n: int = 3, timeout_s: float = 5
-) -> tuple[asyncio.Task[Answer], list[asyncio.Task[Answer]]]:
+    rec: Recorder,
+    joins: Joins,
+    leader_answer: SharedAnswer | Exception,
+    n: int = 3,
+    timeout_s: float = 5,
+) -> tuple[asyncio.Task[SharedAnswer], list[asyncio.Task[SharedAnswer]]]:
     lead = asyncio.create_task(joins.wait(event("lead"), 5, rec.own(event("lead"), leader_answer)))
     await asyncio.sleep(0)
     followers = [
@@ -90,7 +94,7 @@ def test_followers_get_copies_of_the_leaders_answer_and_publish_no_event() -> No
     ids=["error", "timeout", "raised"],
 )
 def test_without_a_usable_answer_each_follower_publishes_its_own_event(
-    leader_answer: Answer | Exception,
+    leader_answer: SharedAnswer | Exception,
 ) -> None:
     async def main() -> None:
         rec = Recorder()
@@ -162,7 +166,7 @@ def test_requests_for_crops_share_a_wait_only_with_each_other() -> None:
         with_crops = {**FACES, "id": "c", "faces": [{"crop": b"jpeg"}], "crops_omitted": 0}
         answered = asyncio.Event()
 
-        async def own_crops(left_s: float) -> Answer:
+        async def own_crops(left_s: float) -> SharedAnswer:
             rec.events.append(("c", left_s))
             await answered.wait()
             return with_crops

@@ -180,3 +180,11 @@ def test_dashboard_queries_use_metrics_that_exist() -> None:
             assert quantiles == {"0.5", "0.99"}, panel["title"]
     scrape = yaml.safe_load((COMPOSE / "prometheus" / "prometheus.yml").read_text())
     assert {job["job_name"] for job in scrape["scrape_configs"]} == {"gateway", "detector", "sinks"}
+
+
+def test_the_readme_documents_every_setting() -> None:
+    """The README's settings table names each variable in full (no `_SUFFIX` shorthand)."""
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"`(FACESTREAM_[A-Z0-9_]+)`", readme))
+    expected = {f"FACESTREAM_{name.upper()}" for name in Settings.model_fields}
+    assert expected - documented == set()

@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from facestream.common import stackfile
-from facestream.common.contract.schema import Limits
+from facestream.common.contract.schema import DEFAULT_LIMITS, Limits
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -124,13 +124,14 @@ class Settings(BaseSettings):
     consumer_claim_ttl_ms: int = Field(default=15_000, ge=1_000)
 
     # --- input limits -----------------------------------------------------------------------
-    max_event_bytes: int = Field(default=24 * 1024 * 1024, ge=1024)
-    max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    # The defaults are the wire contract's (schema.Limits), stated once there.
+    max_event_bytes: int = Field(default=DEFAULT_LIMITS.max_event_bytes, ge=1024)
+    max_image_bytes: int = Field(default=DEFAULT_LIMITS.max_image_bytes, ge=1024)
     max_pixels: int = Field(default=40_000_000, ge=1)
     # Scans a (progressive) JPEG may have: each one re-decodes the whole picture, real photos
     # have about 10, past it the image is refused `too_complex` before decoding.
     max_jpeg_scans: int = Field(default=100, ge=1, le=100_000)
-    max_meta_bytes: int = Field(default=4096, ge=0)
+    max_meta_bytes: int = Field(default=DEFAULT_LIMITS.max_meta_bytes, ge=0)
 
     # --- model ------------------------------------------------------------------------------
     # builtin, a path to an ONNX file, or the name of a fetched model (`facestream model list`).

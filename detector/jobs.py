@@ -47,8 +47,8 @@ class Counters(MemberCounters):
 class ResultFactory:
     model: str
     consumer: str
+    max_pixels: int  # the decode limits come from the settings, never a copy of their defaults
     counters: Counters = field(default_factory=Counters)
-    max_pixels: int = 40_000_000
     caps: CropCaps = field(default_factory=CropCaps)
     max_scans: int = MAX_JPEG_SCANS
     # One crop cut at a time per detector: each holds a full-size decode (3 bytes a pixel).

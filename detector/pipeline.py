@@ -55,8 +55,8 @@ class BatchProcessor:
         self.results = ResultFactory(
             ctx.model_tag,
             settings.consumer,
-            ctx.counters,
             settings.max_pixels,
+            ctx.counters,
             caps,
             settings.max_jpeg_scans,
         )

@@ -23,6 +23,7 @@ import redis.cluster
 from facestream.common.contract.imagetypes import sniff_format
 from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import (
+    DEFAULT_LIMITS,
     EVENT_FIELD,
     MAX_ID_CHARS,
     MAX_SOURCE_CHARS,
@@ -35,8 +36,6 @@ from facestream.common.streams.errors import TRANSIENT
 from facestream.common.streams.server_features import idempotent_xadd_from_hello
 from facestream.common.streams.types import AsyncClient, AsyncPipeline, SyncClient, SyncPipeline
 from facestream.ingest.coalesce import PerCycle, SingleFlight
-
-DEFAULT_LIMITS = Limits()
 
 
 class PublishError(Exception):

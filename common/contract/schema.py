@@ -59,6 +59,9 @@ class Limits:
     max_meta_bytes: int = 4096
 
 
+DEFAULT_LIMITS = Limits()  # also the settings' defaults (common/settings.py)
+
+
 @dataclass(slots=True)
 class ImageEvent:
     id: str

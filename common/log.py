@@ -8,10 +8,10 @@ from typing import Any
 
 import structlog
 
-from facestream.common.settings import Settings
+from facestream.common.settings import ObservabilitySettings
 
 
-def configure(settings: Settings, stream: Any = None) -> None:
+def configure(settings: ObservabilitySettings, stream: Any = None) -> None:
     out = stream if stream is not None else sys.stderr
     level = getattr(logging, settings.log_level.upper())
     as_json = settings.log_format == "json" or (

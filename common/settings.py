@@ -1,6 +1,11 @@
 """All configuration, read once per entry point from FACESTREAM_* environment variables.
 
-Entry points build one `Settings` and pass it down; library code never reads the environment.
+One class per part of the system, composed by inheritance, so each receives only its part
+(a detector `DetectorSettings`, the gateway `GatewaySettings`, a sink `SinkSettings`, the
+publisher library `PublisherSettings`, the Redis connection `ConnectionSettings`), with every
+variable keeping its name (`FACESTREAM_<FIELD>`). `Settings` is all of them: what the
+`facestream` command and the tests build. Entry points build one and pass it down; library
+code never reads the environment.
 """
 
 from __future__ import annotations
@@ -19,8 +24,13 @@ from facestream.common.contract.schema import DEFAULT_LIMITS, Limits
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-class Settings(BaseSettings):
+class _Env(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACESTREAM_", extra="ignore")
+
+
+class ConnectionSettings(_Env):
+    """Which Redis, how to reach it, and the names every part shares: all a library caller
+    needs to talk to a facestream (arq's `RedisSettings` plays this part there)."""
 
     # --- Redis connection -------------------------------------------------------------------
     # Unset: the Redis of a `facestream up` running in stack_dir (its stack.json), else this
@@ -56,72 +66,48 @@ class Settings(BaseSettings):
     # only with drained streams: the stream names depend on it.
     partitions: int = Field(default=1, ge=1, le=256)
 
-    # --- detector consumer ------------------------------------------------------------------
+    # --- this process -----------------------------------------------------------------------
     # Stable across restarts so a restarted process re-reads its own pending entries; two live
     # processes may not share one (the member refuses to start: common/streams/member.py).
     consumer: str = Field(default_factory=socket.gethostname, min_length=1)
-    read_count: int = Field(default=64, ge=1, le=10_000)
-    # Concurrent readers per partition in one detector: while one batch is looked up and
-    # written, another is read (measured: docs/performance.md). The first also re-reads the
-    # process's own pending entries and claims stuck ones.
-    read_lanes: int = Field(default=2, ge=1, le=16)
-    block_ms: int = Field(default=1000, ge=1)
-    # Batches of answers being written while the readers go on.
-    max_inflight_batches: int = Field(default=4, ge=1, le=64)
-    # Misses waiting for inference: past this the readers stop (hits never wait for inference
-    # below it). A detector then holds at most max_parked + read_count x readers images.
-    max_parked: int = Field(default=64, ge=1)
-    # Dynamic batching: misses of several read batches share one model call of up to
-    # max_batch images, waiting at most max_batch_wait_ms for company after the first.
-    # Unset: 1 on the CPU (measured: batching is slower there, docs/performance.md), 16 on CUDA.
-    max_batch: int | None = Field(default=None, ge=1, le=256)
-    max_batch_wait_ms: float = Field(default=2.0, ge=0)
-    decode_threads: int = Field(default=2, ge=1, le=64)
-    max_deferred: int = Field(default=10_000, ge=1)
-    # An image locked elsewhere is usually one inference (~20-30 ms on a loaded CPU) from its
-    # answer: the first re-checks come soon (a look-up is ~0.1 ms; 20 ms put p99 at the second one).
-    defer_min_ms: int = Field(default=5, ge=1)
-    defer_max_ms: int = Field(default=1000, ge=1)
-    # Acked image entries hold the image bytes; deleting them on ack keeps Redis memory flat.
-    # Turn off only when another consumer group also reads the images stream.
-    delete_acked_images: bool = True
-    reply_maxlen: int = Field(default=10_000, ge=1)
-    # ... and in bytes: each reply keeps at most reply_max_bytes / (its own size) entries, so
-    # a gateway's reply stream of answers this size stays under it (docs/reliability.md).
-    reply_max_bytes: int = Field(default=64 * 1024**2, ge=64 * 1024)
-    # A result's crops (crops=true): at most this many, and this many bytes of JPEG; the
-    # faces past either carry none and `crops_omitted` counts them (docs/contract.md).
-    max_crops: int = Field(default=64, ge=0)
-    max_crop_bytes: int = Field(default=1024**2, ge=0)
 
-    # --- recovery ---------------------------------------------------------------------------
-    # Entries pending longer than this on any member are claimed by a live one (XAUTOCLAIM);
-    # longer than the lock TTL, so a slow but live holder is not raced.
-    claim_idle_ms: int = Field(default=60_000, ge=100)
-    claim_every_ms: int = Field(default=5_000, ge=100)
-    # An entry delivered this many times is answered `max_deliveries` and dead-lettered.
-    max_deliveries: int = Field(default=5, ge=1)
-    # Acked results are trimmed from the results stream (never below any group's oldest
-    # pending or undelivered entry); off keeps everything.
-    trim_results: bool = True
-    # ... except the newest this many per partition, acked or not: what `facestream results
-    # --last N` can show (results are small unless crops were asked for).
-    results_keep: int = Field(default=200, ge=0)
-    trim_every_ms: int = Field(default=10_000, ge=100)
-    shutdown_grace_s: float = Field(default=10.0, ge=0)
-    # Background tasks (common/supervise.py): one failing this many times within the window
-    # stops the process, exit 1; each restart waits 0.5 s, doubling up to the cap.
-    task_max_failures: int = Field(default=5, ge=1)
-    task_failure_window_s: float = Field(default=60.0, gt=0)
-    task_backoff_max_s: float = Field(default=10.0, gt=0)
+    def redis_secret(self) -> str | None:
+        if self.redis_password_file:
+            with open(self.redis_password_file, encoding="utf-8") as f:
+                return f.read().strip()
+        return self.redis_password.get_secret_value() if self.redis_password else None
 
-    # --- cache, Bloom filter, lock ----------------------------------------------------------
-    cache_ttl_s: int = Field(default=86_400, ge=1)
-    bloom: Literal["auto", "native", "lua", "off"] = "auto"
-    bloom_capacity: int = Field(default=1_000_000, ge=1_000)
-    bloom_error_rate: float = Field(default=0.001, gt=0, lt=0.5)
-    lock_ttl_ms: int = Field(default=30_000, ge=100)
-    consumer_claim_ttl_ms: int = Field(default=15_000, ge=1_000)
+    @property
+    def cluster(self) -> bool:
+        return self.redis_cluster or urlsplit(self.redis_url).scheme.endswith("+cluster")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _find_stack(cls, data: Any) -> Any:
+        """No URL given (keyword or FACESTREAM_REDIS_URL): a running `facestream up` here."""
+        if not isinstance(data, dict) or data.get("redis_url") or data.get("stack_file"):
+            return data
+        directory = Path(str(data.get("stack_dir") or stackfile.DEFAULT_DIR))
+        stack = stackfile.find_running(directory)
+        if stack is None:
+            return data
+        found = {"redis_url": stack.redis_url, "stack_file": str(stackfile.path_in(directory))}
+        if not data.get("prefix"):
+            found["prefix"] = stack.prefix
+        return {**data, **found}
+
+    @property
+    def redis_origin(self) -> str:
+        """Where redis_url came from, for the line each command prints."""
+        if self.stack_file:
+            return f"the running `facestream up` in {self.stack_file}"
+        if "redis_url" in self.model_fields_set:
+            return "FACESTREAM_REDIS_URL"
+        return "the default: FACESTREAM_REDIS_URL unset, no running `facestream up` here"
+
+
+class LimitSettings(_Env):
+    """What one image or event may be (the door, the decoders, the crops)."""
 
     # --- input limits -----------------------------------------------------------------------
     # The defaults are the wire contract's (schema.Limits), stated once there.
@@ -132,6 +118,118 @@ class Settings(BaseSettings):
     # have about 10, past it the image is refused `too_complex` before decoding.
     max_jpeg_scans: int = Field(default=100, ge=1, le=100_000)
     max_meta_bytes: int = Field(default=DEFAULT_LIMITS.max_meta_bytes, ge=0)
+
+    # A result's crops (crops=true): at most this many, and this many bytes of JPEG; the
+    # faces past either carry none and `crops_omitted` counts them (docs/contract.md).
+    max_crops: int = Field(default=64, ge=0)
+    max_crop_bytes: int = Field(default=1024**2, ge=0)
+
+    def limits(self) -> Limits:
+        return Limits(self.max_event_bytes, self.max_image_bytes, self.max_meta_bytes)
+
+
+class ObservabilitySettings(_Env):
+    """Metrics and logs, for every process."""
+
+    # Detectors and sinks serve Prometheus metrics on this port (0: off); the gateway serves
+    # them at /metrics on its own port.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    # ... on this interface: all of them by default (a Prometheus in another container
+    # scrapes them); `facestream up` keeps its processes' metrics on loopback.
+    metrics_host: str = "0.0.0.0"
+    # Gateway worker processes (FACESTREAM_HTTP_WORKERS > 1) keep their metric values in files
+    # here, so /metrics on any worker sums them all. Set by the gateway for its workers (a
+    # fresh temporary directory); only set it to choose the directory.
+    metrics_dir: str | None = None
+
+    # --- logging ----------------------------------------------------------------------------
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+
+class SupervisionSettings(_Env):
+    """How a process stops, and how its background tasks are restarted (common/supervise.py)."""
+
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # Background tasks (common/supervise.py): one failing this many times within the window
+    # stops the process, exit 1; each restart waits 0.5 s, doubling up to the cap.
+    task_max_failures: int = Field(default=5, ge=1)
+    task_failure_window_s: float = Field(default=60.0, gt=0)
+    task_backoff_max_s: float = Field(default=10.0, gt=0)
+
+
+class PublisherSettings(ConnectionSettings, LimitSettings):
+    """The publisher library's part (ingest/publisher.py): the connection, the door's limits
+    and the back-pressure."""
+
+    # --- publishing -------------------------------------------------------------------------
+    # Refuse new work while the detectors' group has more than this many entries not yet
+    # delivered (0: never refuse). Checked at most every backpressure_check_ms.
+    max_lag: int = Field(default=10_000, ge=0)
+    # ... and while the images streams hold more than this many bytes in Redis (0: never):
+    # the lag counts events, whatever their size.
+    max_queue_bytes: int = Field(default=1024**3, ge=0)
+    backpressure_check_ms: int = Field(default=100, ge=0)
+    retry_after_s: int = Field(default=1, ge=1)
+
+
+class ProcessSettings(ConnectionSettings, ObservabilitySettings, SupervisionSettings):
+    """What every service process has: its connection, metrics and logs, and supervision."""
+
+
+class MemberSettings(ProcessSettings):
+    """A consumer-group member (common/streams/member.py): a detector or a sink."""
+
+    # --- reading and recovery ---------------------------------------------------------------
+    read_count: int = Field(default=64, ge=1, le=10_000)
+    # Concurrent readers per partition in one detector: while one batch is looked up and
+    # written, another is read (measured: docs/performance.md). The first also re-reads the
+    # process's own pending entries and claims stuck ones.
+    read_lanes: int = Field(default=2, ge=1, le=16)
+    block_ms: int = Field(default=1000, ge=1)
+    # Entries pending longer than this on any member are claimed by a live one (XAUTOCLAIM);
+    # longer than the lock TTL, so a slow but live holder is not raced.
+    claim_idle_ms: int = Field(default=60_000, ge=100)
+    claim_every_ms: int = Field(default=5_000, ge=100)
+    # An entry delivered this many times is answered `max_deliveries` and dead-lettered.
+    max_deliveries: int = Field(default=5, ge=1)
+    consumer_claim_ttl_ms: int = Field(default=15_000, ge=1_000)
+
+    @model_validator(mode="after")
+    def _check_reads(self) -> MemberSettings:
+        if self.socket_timeout_s * 1000 <= self.block_ms:
+            raise ValueError(
+                f"socket_timeout_s ({self.socket_timeout_s}) must be longer than block_ms "
+                f"({self.block_ms} ms), or blocking reads time out"
+            )
+        return self
+
+
+class CacheSettings(_Env):
+    """The result cache, its Bloom filter and the single-flight lock."""
+
+    # --- cache, Bloom filter, lock ----------------------------------------------------------
+    cache_ttl_s: int = Field(default=86_400, ge=1)
+    bloom: Literal["auto", "native", "lua", "off"] = "auto"
+    bloom_capacity: int = Field(default=1_000_000, ge=1_000)
+    bloom_error_rate: float = Field(default=0.001, gt=0, lt=0.5)
+    lock_ttl_ms: int = Field(default=30_000, ge=100)
+
+
+class ReplySettings(_Env):
+    """Reply streams: the detectors write them, a gateway (or `detect`) reads its own."""
+
+    # --- reply streams ----------------------------------------------------------------------
+    reply_maxlen: int = Field(default=10_000, ge=1)
+    # ... and in bytes: each reply keeps at most reply_max_bytes / (its own size) entries, so
+    # a gateway's reply stream of answers this size stays under it (docs/reliability.md).
+    reply_max_bytes: int = Field(default=64 * 1024**2, ge=64 * 1024)
+    # A reply stream outlives its gateway by at most this long (refreshed while it runs).
+    reply_ttl_s: int = Field(default=300, ge=10)
+
+
+class ModelSettings(_Env):
+    """The face model and how it runs (detector/model/)."""
 
     # --- model ------------------------------------------------------------------------------
     # builtin, a path to an ONNX file, or the name of a fetched model (`facestream model list`).
@@ -162,15 +260,55 @@ class Settings(BaseSettings):
     # once, outputs bound to host memory), not on the CPU, where it is the same work.
     io_binding: Literal["auto", "on", "off"] = "auto"
 
-    # --- ingest: publisher and HTTP gateway ------------------------------------------------
-    # Refuse new work while the detectors' group has more than this many entries not yet
-    # delivered (0: never refuse). Checked at most every backpressure_check_ms.
-    max_lag: int = Field(default=10_000, ge=0)
-    # ... and while the images streams hold more than this many bytes in Redis (0: never):
-    # the lag counts events, whatever their size.
-    max_queue_bytes: int = Field(default=1024**3, ge=0)
-    backpressure_check_ms: int = Field(default=100, ge=0)
-    retry_after_s: int = Field(default=1, ge=1)
+    # Dynamic batching: misses of several read batches share one model call of up to
+    # max_batch images, waiting at most max_batch_wait_ms for company after the first.
+    # Unset: 1 on the CPU (measured: batching is slower there, docs/performance.md), 16 on CUDA.
+    max_batch: int | None = Field(default=None, ge=1, le=256)
+    max_batch_wait_ms: float = Field(default=2.0, ge=0)
+
+
+class DetectorSettings(MemberSettings, LimitSettings, CacheSettings, ReplySettings, ModelSettings):
+    """A detector's part."""
+
+    # --- detector ---------------------------------------------------------------------------
+    # Batches of answers being written while the readers go on.
+    max_inflight_batches: int = Field(default=4, ge=1, le=64)
+    # Misses waiting for inference: past this the readers stop (hits never wait for inference
+    # below it). A detector then holds at most max_parked + read_count x readers images.
+    max_parked: int = Field(default=64, ge=1)
+    decode_threads: int = Field(default=2, ge=1, le=64)
+    max_deferred: int = Field(default=10_000, ge=1)
+    # An image locked elsewhere is usually one inference (~20-30 ms on a loaded CPU) from its
+    # answer: the first re-checks come soon (a look-up is ~0.1 ms; 20 ms put p99 at the second one).
+    defer_min_ms: int = Field(default=5, ge=1)
+    defer_max_ms: int = Field(default=1000, ge=1)
+    # Acked image entries hold the image bytes; deleting them on ack keeps Redis memory flat.
+    # Turn off only when another consumer group also reads the images stream.
+    delete_acked_images: bool = True
+    # Acked results are trimmed from the results stream (never below any group's oldest
+    # pending or undelivered entry); off keeps everything.
+    trim_results: bool = True
+    # ... except the newest this many per partition, acked or not: what `facestream results
+    # --last N` can show (results are small unless crops were asked for).
+    results_keep: int = Field(default=200, ge=0)
+    trim_every_ms: int = Field(default=10_000, ge=100)
+
+    @model_validator(mode="after")
+    def _check_detector(self) -> DetectorSettings:
+        if self.claim_idle_ms <= self.lock_ttl_ms:
+            raise ValueError(
+                f"claim_idle_ms ({self.claim_idle_ms}) must be longer than lock_ttl_ms "
+                f"({self.lock_ttl_ms}): a live lock holder's entries must not be claimed"
+            )
+        if self.defer_max_ms < self.defer_min_ms:
+            raise ValueError("defer_max_ms must be >= defer_min_ms")
+        return self
+
+
+class GatewaySettings(ProcessSettings, PublisherSettings, CacheSettings, ReplySettings):
+    """The HTTP gateway's part: a publisher that also answers from the cache."""
+
+    # --- HTTP gateway -----------------------------------------------------------------------
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
     http_workers: int = Field(default=1, ge=1)
@@ -189,8 +327,10 @@ class Settings(BaseSettings):
     # that wait (ingest/http/shared_waits.py).
     gateway_hits: bool = True
     max_wait_timeout_ms: int = Field(default=120_000, ge=1)
-    # A reply stream outlives its gateway by at most this long (refreshed while it runs).
-    reply_ttl_s: int = Field(default=300, ge=10)
+
+
+class SinkSettings(MemberSettings):
+    """A sink's part."""
 
     # --- sinks ------------------------------------------------------------------------------
     sink_group: str | None = None  # default: sink-<kind>
@@ -204,76 +344,11 @@ class Settings(BaseSettings):
     webhook_backoff_ms: int = Field(default=200, ge=1)
     webhook_concurrency: int = Field(default=8, ge=1)
 
-    # --- observability ----------------------------------------------------------------------
-    # Detectors and sinks serve Prometheus metrics on this port (0: off); the gateway serves
-    # them at /metrics on its own port.
-    metrics_port: int = Field(default=0, ge=0, le=65535)
-    # ... on this interface: all of them by default (a Prometheus in another container
-    # scrapes them); `facestream up` keeps its processes' metrics on loopback.
-    metrics_host: str = "0.0.0.0"
-    # Gateway worker processes (FACESTREAM_HTTP_WORKERS > 1) keep their metric values in files
-    # here, so /metrics on any worker sums them all. Set by the gateway for its workers (a
-    # fresh temporary directory); only set it to choose the directory.
-    metrics_dir: str | None = None
-
-    # --- logging ----------------------------------------------------------------------------
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["auto", "json", "console"] = "auto"
-
-    def redis_secret(self) -> str | None:
-        if self.redis_password_file:
-            with open(self.redis_password_file, encoding="utf-8") as f:
-                return f.read().strip()
-        return self.redis_password.get_secret_value() if self.redis_password else None
-
-    @property
-    def cluster(self) -> bool:
-        return self.redis_cluster or urlsplit(self.redis_url).scheme.endswith("+cluster")
-
     def sink_group_of(self, kind: str) -> str:
         """The consumer group of a sink kind: each kind its own group, so each sees every
         result."""
         return self.sink_group or f"sink-{kind}"
 
-    def limits(self) -> Limits:
-        return Limits(self.max_event_bytes, self.max_image_bytes, self.max_meta_bytes)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _find_stack(cls, data: Any) -> Any:
-        """No URL given (keyword or FACESTREAM_REDIS_URL): a running `facestream up` here."""
-        if not isinstance(data, dict) or data.get("redis_url") or data.get("stack_file"):
-            return data
-        directory = Path(str(data.get("stack_dir") or stackfile.DEFAULT_DIR))
-        stack = stackfile.find_running(directory)
-        if stack is None:
-            return data
-        found = {"redis_url": stack.redis_url, "stack_file": str(stackfile.path_in(directory))}
-        if not data.get("prefix"):
-            found["prefix"] = stack.prefix
-        return {**data, **found}
-
-    @property
-    def redis_origin(self) -> str:
-        """Where redis_url came from, for the line each command prints."""
-        if self.stack_file:
-            return f"the running `facestream up` in {self.stack_file}"
-        if "redis_url" in self.model_fields_set:
-            return "FACESTREAM_REDIS_URL"
-        return "the default: FACESTREAM_REDIS_URL unset, no running `facestream up` here"
-
-    @model_validator(mode="after")
-    def _check(self) -> Settings:
-        if self.socket_timeout_s * 1000 <= self.block_ms:
-            raise ValueError(
-                f"socket_timeout_s ({self.socket_timeout_s}) must be longer than block_ms "
-                f"({self.block_ms} ms), or blocking reads time out"
-            )
-        if self.claim_idle_ms <= self.lock_ttl_ms:
-            raise ValueError(
-                f"claim_idle_ms ({self.claim_idle_ms}) must be longer than lock_ttl_ms "
-                f"({self.lock_ttl_ms}): a live lock holder's entries must not be claimed"
-            )
-        if self.defer_max_ms < self.defer_min_ms:
-            raise ValueError("defer_max_ms must be >= defer_min_ms")
-        return self
+class Settings(DetectorSettings, GatewaySettings, SinkSettings):
+    """Every setting: what the `facestream` command, `facestream up` and the tests build."""

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from facestream.common.log import get_logger
-from facestream.common.settings import Settings
+from facestream.common.settings import SupervisionSettings
 
 log = get_logger(__name__)
 
@@ -46,7 +46,7 @@ class RestartPolicy:
     backoff_max_s: float = 10.0
 
     @classmethod
-    def of(cls, settings: Settings) -> RestartPolicy:
+    def of(cls, settings: SupervisionSettings) -> RestartPolicy:
         return cls(
             settings.task_max_failures,
             settings.task_failure_window_s,

@@ -7,7 +7,7 @@ import sys
 
 from facestream.common.heap import freeze_startup_heap
 from facestream.common.log import configure, get_logger
-from facestream.common.settings import Settings
+from facestream.common.settings import DetectorSettings
 from facestream.common.streams.connection import async_client, redact
 from facestream.common.streams.member import stop_on_signals
 from facestream.detector import metrics
@@ -19,7 +19,7 @@ from facestream.detector.worker import Detector
 log = get_logger("detector")
 
 
-def ready_model(settings: Settings) -> FaceModel | None:
+def ready_model(settings: DetectorSettings) -> FaceModel | None:
     """The model loaded and run once, or None after one log line saying why it cannot serve:
     a supervisor restarting a detector that can never start gains nothing from a traceback."""
     try:
@@ -36,7 +36,7 @@ def ready_model(settings: Settings) -> FaceModel | None:
     return model
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: DetectorSettings) -> int:
     builds = installed_runtime_builds()
     if len(builds) > 1:
         log.warning(
@@ -75,7 +75,7 @@ async def serve(settings: Settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = Settings()
+    settings = DetectorSettings()
     configure(settings)
     return asyncio.run(serve(settings))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from facestream.common.contract.keys import Keys
-from facestream.common.settings import Settings
+from facestream.common.settings import DetectorSettings
 from facestream.common.streams.bloom import BloomFilter
 from facestream.common.streams.locks import LockKeeper
 from facestream.common.streams.scripts import Scripts
@@ -16,7 +16,7 @@ from facestream.detector.jobs import Counters
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    settings: Settings
+    settings: DetectorSettings
     client: AsyncClient
     keys: Keys
     scripts: Scripts

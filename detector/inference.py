@@ -7,7 +7,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 from facestream.common.contract.schema import Face, SchemaError
-from facestream.common.settings import Settings
+from facestream.common.settings import DetectorSettings
 from facestream.detector.batcher import DynamicBatcher
 from facestream.detector.imaging import decode_image
 from facestream.detector.model.face_model import FaceModel, Prepared
@@ -17,7 +17,7 @@ InferenceAnswer = tuple[DecodedImage, list[Face]] | SchemaError
 
 
 class Inference:
-    def __init__(self, settings: Settings, model: FaceModel) -> None:
+    def __init__(self, settings: DetectorSettings, model: FaceModel) -> None:
         self.settings = settings
         self.model = model
         self.decode_pool = ThreadPoolExecutor(settings.decode_threads, "decode")

@@ -22,7 +22,7 @@ import redis.exceptions
 
 from facestream.common.contract.keys import Keys
 from facestream.common.log import get_logger
-from facestream.common.settings import Settings
+from facestream.common.settings import DetectorSettings
 from facestream.common.streams.bloom import BloomFilter, resolve_bloom_mode
 from facestream.common.streams.errors import REDIS_ERRORS, connection_race
 from facestream.common.streams.locks import LockKeeper
@@ -43,7 +43,7 @@ from facestream.detector.writer import OUTAGE_ERRORS
 log = get_logger(__name__)
 
 
-def subscription(settings: Settings, keys: Keys) -> Subscription:
+def subscription(settings: DetectorSettings, keys: Keys) -> Subscription:
     return Subscription(
         streams=tuple(part.images for part in keys.parts),
         group=settings.detector_group,
@@ -62,7 +62,7 @@ class Detector(Handler):
     retry_on = OUTAGE_ERRORS
     counters: Counters
 
-    def __init__(self, settings: Settings, client: AsyncClient, model: FaceModel) -> None:
+    def __init__(self, settings: DetectorSettings, client: AsyncClient, model: FaceModel) -> None:
         self.settings = settings
         self.client = client
         self.model = model

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from facestream.common.settings import Settings
+from facestream.common.settings import GatewaySettings
 from facestream.ingest.http.serve import serve
 
 if __name__ == "__main__":
-    sys.exit(serve(Settings()))
+    sys.exit(serve(GatewaySettings()))

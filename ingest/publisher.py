@@ -31,7 +31,7 @@ from facestream.common.contract.schema import (
     Limits,
     meta_problem,
 )
-from facestream.common.settings import Settings
+from facestream.common.settings import PublisherSettings
 from facestream.common.streams.errors import TRANSIENT
 from facestream.common.streams.server_features import idempotent_xadd_from_hello
 from facestream.common.streams.types import AsyncClient, AsyncPipeline, SyncClient, SyncPipeline
@@ -129,7 +129,7 @@ class Backpressure:
     the refusal they imply. Between reads the publisher adds what it sent itself, so a burst
     cannot overshoot by more than one check's worth of other publishers' work."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: PublisherSettings) -> None:
         self.max_lag = settings.max_lag
         # A count of events says nothing about memory (10,000 x 20 MiB is 200 GB): the
         # images streams' own size in Redis is bounded too.
@@ -198,7 +198,7 @@ class _Producer:
     A retry goes to the partition of the first try, where IDMP can find it.
     """
 
-    def __init__(self, settings: Settings, reply_stream: str | None = None) -> None:
+    def __init__(self, settings: PublisherSettings, reply_stream: str | None = None) -> None:
         self.settings = settings
         self.reply_stream = reply_stream
         self.keys = Keys(settings.prefix, settings.partitions)
@@ -239,7 +239,7 @@ class _Producer:
 class Publisher(_Producer):
     """Synchronous publisher: XADD one event, or pipeline many in one round trip."""
 
-    def __init__(self, settings: Settings, client: SyncClient) -> None:
+    def __init__(self, settings: PublisherSettings, client: SyncClient) -> None:
         super().__init__(settings)
         self.client = client
 
@@ -277,7 +277,7 @@ class AsyncPublisher(_Producer):
     (a gateway serving many requests) share one pipelined round trip."""
 
     def __init__(
-        self, settings: Settings, client: AsyncClient, reply_stream: str | None = None
+        self, settings: PublisherSettings, client: AsyncClient, reply_stream: str | None = None
     ) -> None:
         """`reply_stream`: the stream this publisher's waiting callers are answered on (a
         gateway's), whose unread answers count towards the byte budget."""

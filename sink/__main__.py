@@ -8,7 +8,7 @@ import sys
 
 from facestream.common.heap import freeze_startup_heap
 from facestream.common.log import configure, get_logger
-from facestream.common.settings import Settings
+from facestream.common.settings import SinkSettings
 from facestream.common.streams.connection import async_client
 from facestream.common.streams.member import stop_on_signals
 from facestream.sink import metrics
@@ -20,7 +20,7 @@ KINDS = ("jsonl", "webhook", "stdout")
 log = get_logger("sink")
 
 
-def make_sink(kind: str, settings: Settings) -> Sink:
+def make_sink(kind: str, settings: SinkSettings) -> Sink:
     if kind == "jsonl":
         return JsonlSink(settings.jsonl_path, settings.jsonl_durability, settings.dedupe_window)
     if kind == "webhook":
@@ -28,7 +28,7 @@ def make_sink(kind: str, settings: Settings) -> Sink:
     return StdoutSink()
 
 
-async def serve(kind: str, settings: Settings) -> int:
+async def serve(kind: str, settings: SinkSettings) -> int:
     metrics.serve(settings.metrics_port, settings.metrics_host)
     client = async_client(settings)
     runner = SinkRunner(settings, client, make_sink(kind, settings))
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="facestream sink")
     parser.add_argument("kind", choices=KINDS)
     args = parser.parse_args(argv)
-    settings = Settings()
+    settings = SinkSettings()
     configure(settings)
     return asyncio.run(serve(args.kind, settings))
 

@@ -19,7 +19,7 @@ import structlog
 from facestream.common.contract.keys import Keys, Partition
 from facestream.common.contract.schema import RESULT_FIELD, decode_result
 from facestream.common.log import get_logger
-from facestream.common.settings import Settings
+from facestream.common.settings import SinkSettings
 from facestream.common.streams.ack_gated import SinkDeadLetter
 from facestream.common.streams.member import Batch, Handler, Member, MemberCounters, Subscription
 from facestream.common.streams.scripts import Scripts, Step
@@ -69,7 +69,7 @@ class SinkRunner(Handler):
     retry_on = (Exception,)
     counters: SinkCounters
 
-    def __init__(self, settings: Settings, client: AsyncClient, sink: Sink) -> None:
+    def __init__(self, settings: SinkSettings, client: AsyncClient, sink: Sink) -> None:
         self.settings = settings
         self.client = client
         self.sink = sink

@@ -12,7 +12,7 @@ import random
 
 import httpx
 
-from facestream.common.settings import Settings
+from facestream.common.settings import SinkSettings
 from facestream.sink.files import UNSERIALISABLE, to_json
 from facestream.sink.runner import Item, WriteOutcome
 
@@ -22,7 +22,7 @@ RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
 class WebhookSink:
     kind = "webhook"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: SinkSettings) -> None:
         if not settings.webhook_url:
             raise ValueError("the webhook sink needs FACESTREAM_WEBHOOK_URL")
         self.url = settings.webhook_url

@@ -1,4 +1,4 @@
-"""Redis clients built from Settings (hiredis parser when installed, timeouts above BLOCK).
+"""Redis clients built from connection settings (hiredis, timeouts above BLOCK).
 
 One server or a Redis Cluster, chosen by settings alone (`redis_cluster` or a
 `redis+cluster://` URL); callers get a client with the same commands either way.
@@ -14,11 +14,11 @@ import redis.asyncio as aioredis
 import redis.asyncio.cluster as aiocluster
 import redis.cluster
 
-from facestream.common.settings import Settings
+from facestream.common.settings import ConnectionSettings, MemberSettings
 from facestream.common.streams.types import AsyncClient, SyncClient
 
 
-def _options(settings: Settings) -> dict[str, Any]:
+def _options(settings: ConnectionSettings) -> dict[str, Any]:
     options: dict[str, Any] = {
         "socket_timeout": settings.socket_timeout_s,
         "socket_connect_timeout": settings.socket_connect_timeout_s,
@@ -66,20 +66,21 @@ def cluster_seeds(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     return seeds, creds
 
 
-def pool_size(settings: Settings) -> int:
+def pool_size(settings: ConnectionSettings) -> int:
     # Detectors block one connection per reader (partitions x read lanes) in XREADGROUP, sinks
     # one per partition: room for those and for the writes, lock extensions and housekeeping.
-    return max(settings.redis_max_connections, settings.partitions * settings.read_lanes + 16)
+    readers = settings.read_lanes if isinstance(settings, MemberSettings) else 1
+    return max(settings.redis_max_connections, settings.partitions * readers + 16)
 
 
-def _cluster_options(settings: Settings) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+def _cluster_options(settings: ConnectionSettings) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     seeds, creds = cluster_seeds(settings.redis_url)
     options = creds | _options(settings)  # settings' credentials win over the URL's
     options["max_connections"] = pool_size(settings)  # per node
     return seeds, options
 
 
-def async_client(settings: Settings) -> AsyncClient:
+def async_client(settings: ConnectionSettings) -> AsyncClient:
     """An asyncio client: `redis.asyncio.Redis`, or `RedisCluster` on a cluster."""
     if settings.cluster:
         seeds, options = _cluster_options(settings)
@@ -97,7 +98,7 @@ def async_client(settings: Settings) -> AsyncClient:
     return aioredis.Redis(connection_pool=pool)
 
 
-def sync_client(settings: Settings) -> SyncClient:
+def sync_client(settings: ConnectionSettings) -> SyncClient:
     """A blocking client: `redis.Redis`, or `redis.cluster.RedisCluster` on a cluster."""
     if settings.cluster:
         seeds, options = _cluster_options(settings)

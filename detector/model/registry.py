@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from facestream.common.settings import Settings
+from facestream.common.settings import ModelSettings
 from facestream.detector.model.entry import FORMAT_VERSION, NAME_RE, EntrySchema, describe
 from facestream.detector.model.trust import TrustError, TrustMode, check_model_dir
 
@@ -91,7 +91,7 @@ class RegistryEntry:
         return cls(**checked.model_dump())
 
 
-def model_dir(settings: Settings) -> Path:
+def model_dir(settings: ModelSettings) -> Path:
     if settings.model_dir:
         return Path(settings.model_dir).expanduser()
     # XDG's cache directory: where a fetched model lands when nothing else is configured.

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from facestream.common.contract.keys import Keys
 from facestream.common.heap import freeze_startup_heap
 from facestream.common.log import get_logger
-from facestream.common.settings import Settings
+from facestream.common.settings import GatewaySettings
 from facestream.common.streams.connection import async_client
 from facestream.common.streams.errors import REDIS_ERRORS
 from facestream.common.streams.types import AsyncClient
@@ -78,7 +78,7 @@ class MetricsMiddleware:
             metrics.HTTP_LATENCY.labels(path).observe(time.perf_counter() - started)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: GatewaySettings) -> FastAPI:
     keys = Keys(settings.prefix, settings.partitions)
 
     @asynccontextmanager
@@ -234,11 +234,11 @@ async def out_of_memory(client: AsyncClient, stream: str) -> bool:
 
 
 def app_factory() -> ASGIApp:
-    """uvicorn's factory: each worker process is an entry point with its own Settings."""
+    """uvicorn's factory: each worker process is an entry point with its own GatewaySettings."""
     from facestream.common.log import configure
     from facestream.ingest.http.fastpath import FastDetect
 
-    settings = Settings()
+    settings = GatewaySettings()
     configure(settings)
     app = FastDetect(create_app(settings), settings)
     # The worker's imports are done: what is alive now stays alive (common/heap.py).

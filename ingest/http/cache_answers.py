@@ -30,7 +30,7 @@ from facestream.common.contract.schema import (
 )
 from facestream.common.imaging.align import CropCaps, crops_or_faces
 from facestream.common.log import get_logger
-from facestream.common.settings import Settings
+from facestream.common.settings import GatewaySettings
 from facestream.common.streams.bloom import BloomFilter, resolve_bloom_mode
 from facestream.common.streams.errors import REDIS_ERRORS
 from facestream.common.streams.scripts import Scripts
@@ -53,7 +53,7 @@ Cut = asyncio.Future[tuple[list[Face], int]]  # the faces with crops, how many l
 
 
 class CacheAnswers:
-    def __init__(self, settings: Settings, client: AsyncClient, consumer: str) -> None:
+    def __init__(self, settings: GatewaySettings, client: AsyncClient, consumer: str) -> None:
         self.settings = settings
         self.client = client
         self.consumer = consumer

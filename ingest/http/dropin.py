@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from facestream.common.settings import Settings
+from facestream.common.settings import GatewaySettings
 from facestream.ingest.http.errors import answer_for, readable
 from facestream.ingest.http.request_input import read_request
 from facestream.ingest.http.state import gateway_of, trouble_of
@@ -50,7 +50,7 @@ def old_error(status: int, message: str, retry_after_s: int | None = None) -> JS
     return JSONResponse({"error": message}, status, headers)
 
 
-def add_compat_routes(app: FastAPI, settings: Settings) -> None:
+def add_compat_routes(app: FastAPI, settings: GatewaySettings) -> None:
 
     @app.post(
         "/face-detection",

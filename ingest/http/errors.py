@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from facestream.common.log import get_logger
-from facestream.common.settings import Settings
+from facestream.common.settings import GatewaySettings
 from facestream.common.streams.errors import REDIS_ERRORS
 from facestream.ingest.http.request_input import error
 from facestream.ingest.publisher import PublishError
@@ -98,7 +98,7 @@ class ErrorAnswer:
 
 
 def answer_for(
-    exc: BaseException, settings: Settings, trouble: RedisTrouble, path: str
+    exc: BaseException, settings: GatewaySettings, trouble: RedisTrouble, path: str
 ) -> ErrorAnswer:
     """The one mapping: refusals at the door keep their status and code (503s say when to
     retry), Redis errors are 503 `unavailable` or `redis_oom`, anything else is a bug: logged
@@ -123,7 +123,7 @@ def http_code(status: int) -> str:
         return "error"
 
 
-def add_error_handlers(app: FastAPI, settings: Settings, trouble: RedisTrouble) -> None:
+def add_error_handlers(app: FastAPI, settings: GatewaySettings, trouble: RedisTrouble) -> None:
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
         answer = answer_for(exc, settings, trouble, request.url.path)
         return error(answer.status, answer.code, answer.message, headers=answer.headers())

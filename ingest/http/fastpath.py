@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from facestream.common.contract.schema import MAX_ID_CHARS
 from facestream.common.log import get_logger
-from facestream.common.settings import Settings
+from facestream.common.settings import GatewaySettings
 from facestream.ingest.http import metrics
 from facestream.ingest.http.errors import answer_for, clean_result
 from facestream.ingest.http.headers import NOSNIFF
@@ -32,7 +32,7 @@ log = get_logger(__name__)
 
 
 class FastDetect:
-    def __init__(self, app: Any, settings: Settings) -> None:
+    def __init__(self, app: Any, settings: GatewaySettings) -> None:
         self.app = app  # the FastAPI app: its state holds the gateway (ingest/http/state.py)
         self.settings = settings
         # Read by the server's protocol (ingest/http/timeouts.py), which sees only the app.

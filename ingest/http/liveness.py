@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from facestream.common.contract.keys import Keys
-from facestream.common.settings import Settings
+from facestream.common.settings import GatewaySettings
 from facestream.common.streams.errors import REDIS_ERRORS
 from facestream.common.streams.serving import live_detectors
 from facestream.common.streams.types import AsyncClient
@@ -43,7 +43,7 @@ class NoDetector(PublishError):
 
 
 class Liveness:
-    def __init__(self, settings: Settings, client: AsyncClient) -> None:
+    def __init__(self, settings: GatewaySettings, client: AsyncClient) -> None:
         self.client = client
         self.key = Keys(settings.prefix, settings.partitions).serving(settings.detector_group)
         self.retry_after_s = settings.retry_after_s

@@ -40,7 +40,7 @@ import msgpack
 from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import RESULT_FIELD, ImageEvent
 from facestream.common.log import get_logger
-from facestream.common.settings import Settings
+from facestream.common.settings import GatewaySettings
 from facestream.common.streams.errors import REDIS_ERRORS, connection_race
 from facestream.common.streams.outage import Outage
 from facestream.common.streams.types import AsyncClient
@@ -94,7 +94,7 @@ class ReplyRouter:
         self.gave_up = False
 
     @classmethod
-    def of(cls, client: AsyncClient, keys: Keys, settings: Settings) -> ReplyRouter:
+    def of(cls, client: AsyncClient, keys: Keys, settings: GatewaySettings) -> ReplyRouter:
         """The gateway's router: its restarts as FACESTREAM_TASK_* say."""
         return cls(client, keys, settings.reply_ttl_s, policy=RestartPolicy.of(settings))
 

@@ -14,7 +14,7 @@ from starlette.datastructures import UploadFile
 from starlette.types import Message, Receive, Scope
 
 from facestream.common.contract.schema import MAX_META_DEPTH, ImageEvent
-from facestream.common.settings import Settings
+from facestream.common.settings import GatewaySettings
 from facestream.ingest.publisher import BadRequest, ImageTooLarge, PublishError, make_event
 
 MULTIPART_OVERHEAD = 64 * 1024  # field headers and small fields around the image part
@@ -110,7 +110,9 @@ def limited(receive: Receive, limit: int) -> Receive:
     return counting
 
 
-async def read_request(request: Request, settings: Settings) -> tuple[bytes, dict[str, str | None]]:
+async def read_request(
+    request: Request, settings: GatewaySettings
+) -> tuple[bytes, dict[str, str | None]]:
     """The image bytes and the optional fields, from a raw body or a multipart form."""
     limit = settings.max_image_bytes
     fields: dict[str, str | None] = {}
@@ -158,7 +160,7 @@ def parse_meta(raw: str | None) -> dict[str, Any] | None:
 def form_event(
     image: bytes,
     form: dict[str, str | None],
-    settings: Settings,
+    settings: GatewaySettings,
     *,
     event_id: str | None,
     source: str | None,

@@ -12,7 +12,7 @@ from typing import Any
 
 import uvicorn
 
-from facestream.common.settings import Settings
+from facestream.common.settings import GatewaySettings
 from facestream.ingest.http.timeouts import DeadlineProtocol
 
 
@@ -38,7 +38,7 @@ APP = "facestream.ingest.http.app:app_factory"
 
 
 @contextlib.contextmanager
-def shared_metrics(settings: Settings) -> Iterator[None]:
+def shared_metrics(settings: GatewaySettings) -> Iterator[None]:
     """Several workers: each keeps its metric values in files of one directory (prometheus
     client's multiprocess mode, which reads PROMETHEUS_MULTIPROC_DIR when a worker imports
     it), and /metrics sums them. The workers inherit the directory through the environment."""
@@ -58,7 +58,7 @@ def shared_metrics(settings: Settings) -> Iterator[None]:
         yield
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: GatewaySettings) -> int:
     options: dict[str, Any] = {
         "factory": True,
         "host": settings.http_host,

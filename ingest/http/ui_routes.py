@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from facestream.common.contract.keys import Keys
 from facestream.common.imaging.drawing import draw_faces
 from facestream.common.imaging.photo import PhotoError
-from facestream.common.settings import Settings
+from facestream.common.settings import GatewaySettings
 from facestream.common.streams.serving import live_detectors
 from facestream.ingest.http.draw_budget import DrawBudget, give_back, header_pixels
 from facestream.ingest.http.errors import readable
@@ -63,7 +63,7 @@ def static_file(name: str) -> bytes:
     return (resources.files("facestream.ingest.http") / "static" / name).read_bytes()
 
 
-def add_look_routes(app: FastAPI, settings: Settings, keys: Keys) -> None:
+def add_look_routes(app: FastAPI, settings: GatewaySettings, keys: Keys) -> None:
     pages = {name: static_file(name) for name in STATIC}  # read once: a handful of KiB
     draws = DrawBudget(settings.draw_max_pixels)
 
@@ -175,7 +175,7 @@ def add_look_routes(app: FastAPI, settings: Settings, keys: Keys) -> None:
             draws.release(pixels)
 
 
-def _draw(image: bytes, faces: list[dict[str, Any]], settings: Settings) -> bytes:
+def _draw(image: bytes, faces: list[dict[str, Any]], settings: GatewaySettings) -> bytes:
     try:
         return draw_faces(image, faces, settings.max_pixels, settings.max_jpeg_scans)
     finally:
@@ -183,7 +183,7 @@ def _draw(image: bytes, faces: list[dict[str, Any]], settings: Settings) -> byte
 
 
 async def _drawn(
-    result: dict[str, Any], image: bytes, settings: Settings, started: float
+    result: dict[str, Any], image: bytes, settings: GatewaySettings, started: float
 ) -> Response:
     if "error" in result:
         code = str(result["error"].get("code", "error"))

@@ -9,31 +9,22 @@ reader per process (ingest/http/reply_router.py). Errors: ingest/http/errors.py.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import orjson
-import redis.exceptions
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facestream.common.contract.keys import Keys
 from facestream.common.heap import freeze_startup_heap
 from facestream.common.log import get_logger
 from facestream.common.settings import GatewaySettings
-from facestream.common.streams.connection import async_client
-from facestream.common.streams.errors import REDIS_ERRORS
-from facestream.common.streams.types import AsyncClient
 from facestream.ingest.http import metrics
 from facestream.ingest.http.apidocs import add_docs_routes
-from facestream.ingest.http.cache_answers import CacheAnswers
-from facestream.ingest.http.dropin import add_compat_routes
-from facestream.ingest.http.errors import RedisTrouble, add_error_handlers, clean_result, is_oom
+from facestream.ingest.http.dropin import add_dropin_routes
+from facestream.ingest.http.errors import RedisTrouble, add_error_handlers, clean_result
 from facestream.ingest.http.headers import SecurityHeaders
-from facestream.ingest.http.liveness import Liveness
-from facestream.ingest.http.reply_router import ReplyRouter
+from facestream.ingest.http.health_routes import add_health_routes
 from facestream.ingest.http.request_input import (
     CROPS_DOC,
     REQUEST_BODY,
@@ -43,9 +34,8 @@ from facestream.ingest.http.request_input import (
     form_event,
     read_request,
 )
-from facestream.ingest.http.state import Gateway, gateway_of
-from facestream.ingest.http.ui_routes import add_look_routes
-from facestream.ingest.publisher import AsyncPublisher
+from facestream.ingest.http.state import gateway_lifespan, gateway_of
+from facestream.ingest.http.ui_routes import add_ui_routes
 
 log = get_logger(__name__)
 
@@ -79,35 +69,16 @@ class MetricsMiddleware:
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
+    """The gateway's application: its state made by the lifespan (ingest/http/state.py), one
+    error mapping, the routes, the security headers and the request metrics."""
     keys = Keys(settings.prefix, settings.partitions)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = async_client(settings)
-        replies = ReplyRouter.of(client, keys, settings)
-        gateway = Gateway(
-            client=client,
-            replies=replies,
-            publisher=AsyncPublisher(settings, client, replies.stream),
-            liveness=Liveness(settings, client),
-            # Results the gateway answers from the cache name it as their producer.
-            answers=CacheAnswers(settings, client, "gateway:" + replies.stream.rsplit(":", 1)[-1]),
-        )
-        app.state.gateway = gateway
-        await replies.start()
-        log.info("gateway_ready", reply_stream=replies.stream, cache_answers=settings.gateway_hits)
-        try:
-            yield
-        finally:
-            await replies.stop()
-            await client.aclose()
 
     app = FastAPI(
         title="facestream gateway",
         version="1",
         description="Face detection over Redis Streams: publish an image, optionally wait "
         "for its faces. Result fields are those of the v1 result contract (docs/contract.md).",
-        lifespan=lifespan,
+        lifespan=gateway_lifespan(settings, keys),
         # Served from an installed package by ingest/http/apidocs.py instead of a CDN.
         docs_url=None,
         redoc_url=None,
@@ -115,6 +86,21 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     # Redis errors seen by requests, shared with the fast path and /readyz.
     app.state.trouble = trouble = RedisTrouble()
     add_error_handlers(app, settings, trouble)
+
+    add_detect_route(app, settings)
+    add_dropin_routes(app, settings)
+    add_ui_routes(app, settings, keys)
+    docs_csp = add_docs_routes(app, "facestream gateway")
+    app.add_middleware(SecurityHeaders, docs_csp=docs_csp)
+    app.add_middleware(MetricsMiddleware)
+
+    add_health_routes(app, settings, keys, trouble)
+    return app
+
+
+def add_detect_route(app: FastAPI, settings: GatewaySettings) -> None:
+    """`POST /v1/detect` through FastAPI: multipart forms (a raw body takes the fast path,
+    ingest/http/fastpath.py, with the same answers)."""
 
     @app.post(
         "/v1/detect",
@@ -170,67 +156,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             )
         clean_result(result)
         return Response(orjson.dumps(result, default=b64_default), media_type="application/json")
-
-    add_compat_routes(app, settings)
-    add_look_routes(app, settings, keys)
-    docs_csp = add_docs_routes(app, "facestream gateway")
-    app.add_middleware(SecurityHeaders, docs_csp=docs_csp)
-    app.add_middleware(MetricsMiddleware)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics_endpoint() -> Response:
-        # Several workers (settings.metrics_dir): the sum of every worker's values.
-        return Response(metrics.page(settings.metrics_dir), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        client = gateway_of(app).client
-        try:
-            await client.ping()
-            # Partition 0 stands for all: detectors create the group on every partition.
-            groups = await client.xinfo_groups(keys.parts[0].images)
-        except redis.exceptions.ResponseError:
-            groups = []  # no images stream yet
-        except REDIS_ERRORS as exc:
-            return JSONResponse({"status": "not_ready", "reason": f"redis: {exc}"}, 503)
-        if await out_of_memory(client, keys.parts[0].images) or trouble.oom_lately():
-            return JSONResponse({"status": "not_ready", "reason": "redis: " + OOM_REASON}, 503)
-        names = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"] for g in groups}
-        if settings.detector_group not in names:
-            return JSONResponse(
-                {
-                    "status": "not_ready",
-                    "reason": f"no consumer group {settings.detector_group!r}"
-                    " on the images stream (no detector has started)",
-                },
-                503,
-            )
-        if not gateway_of(app).replies.healthy:
-            return JSONResponse({"status": "not_ready", "reason": "reply reader not running"}, 503)
-        return JSONResponse({"status": "ready"})
-
-    return app
-
-
-OOM_REASON = "out of memory (maxmemory reached): writes are refused"
-
-
-async def out_of_memory(client: AsyncClient, stream: str) -> bool:
-    """Would Redis refuse a write for memory now? Asked with an XADD that can never add (id
-    0-0, NOMKSTREAM): Redis checks memory before running a write, so the answer is the OOM
-    error or the id error, and nothing is written. The gateway's ACL role has XADD on the
-    images streams, and not INFO."""
-    try:
-        await client.xadd(stream, {"probe": "1"}, id="0-0", nomkstream=True)
-    except redis.exceptions.ResponseError as exc:
-        return is_oom(exc)
-    except REDIS_ERRORS:
-        return False  # an outage: the ping before this one says so
-    return False
 
 
 def app_factory() -> ASGIApp:

@@ -50,7 +50,7 @@ def old_error(status: int, message: str, retry_after_s: int | None = None) -> JS
     return JSONResponse({"error": message}, status, headers)
 
 
-def add_compat_routes(app: FastAPI, settings: GatewaySettings) -> None:
+def add_dropin_routes(app: FastAPI, settings: GatewaySettings) -> None:
 
     @app.post(
         "/face-detection",

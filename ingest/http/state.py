@@ -9,18 +9,26 @@ or through the detectors (ingest/http/cache_answers.py)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
 
+from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import ImageEvent
+from facestream.common.log import get_logger
+from facestream.common.settings import GatewaySettings
+from facestream.common.streams.connection import async_client
 from facestream.common.streams.types import AsyncClient
 from facestream.ingest.http.cache_answers import CacheAnswers, answer_or_wait
 from facestream.ingest.http.errors import RedisTrouble
 from facestream.ingest.http.liveness import Liveness
 from facestream.ingest.http.reply_router import ReplyRouter
 from facestream.ingest.publisher import AsyncPublisher
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +61,33 @@ def trouble_of(app: Starlette) -> RedisTrouble:
     """The Redis errors seen by this process's requests (set when the app is made)."""
     trouble: RedisTrouble = app.state.trouble
     return trouble
+
+
+def gateway_lifespan(
+    settings: GatewaySettings, keys: Keys
+) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: the Gateway made at start-up (the Redis client, the reply reader
+    started, the publisher, liveness and cache answers), closed at shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        client = async_client(settings)
+        replies = ReplyRouter.of(client, keys, settings)
+        gateway = Gateway(
+            client=client,
+            replies=replies,
+            publisher=AsyncPublisher(settings, client, replies.stream),
+            liveness=Liveness(settings, client),
+            # Results the gateway answers from the cache name it as their producer.
+            answers=CacheAnswers(settings, client, "gateway:" + replies.stream.rsplit(":", 1)[-1]),
+        )
+        app.state.gateway = gateway
+        await replies.start()
+        log.info("gateway_ready", reply_stream=replies.stream, cache_answers=settings.gateway_hits)
+        try:
+            yield
+        finally:
+            await replies.stop()
+            await client.aclose()
+
+    return lifespan

@@ -63,7 +63,7 @@ def static_file(name: str) -> bytes:
     return (resources.files("facestream.ingest.http") / "static" / name).read_bytes()
 
 
-def add_look_routes(app: FastAPI, settings: GatewaySettings, keys: Keys) -> None:
+def add_ui_routes(app: FastAPI, settings: GatewaySettings, keys: Keys) -> None:
     pages = {name: static_file(name) for name in STATIC}  # read once: a handful of KiB
     draws = DrawBudget(settings.draw_max_pixels)
 

@@ -66,6 +66,8 @@ class BatchProcessor:
         self.flights = Flights()
         self.resolver = Resolver(ctx)
         self.writes: set[asyncio.Task[None]] = set()  # batches of answers being written
+        # Answers between their flight's end and their ack: still pending in Redis, and in hand.
+        self.writing: dict[int, BatchWrite] = {}  # by id(): two writes may hold equal data
         self.inferring: set[asyncio.Task[None]] = set()  # model calls with their writes
         self.lost_writes = 0
         self.inference = Inference(settings, model)
@@ -169,6 +171,7 @@ class BatchProcessor:
         if out:
             # The loop reads and resolves the next batch while this one is written: the
             # detector's CPU work and Redis's overlap instead of taking turns.
+            self.writing[id(out)] = out  # in hand from now, not from when the task first runs
             self._spawn(self.writes, self._write(out))
 
     async def _resolve(
@@ -263,8 +266,12 @@ class BatchProcessor:
 
     async def _write(self, out: BatchWrite) -> None:
         """Crops first (in a worker thread), then the write."""
-        await self.results.cut_crops(out.crops)
-        await self.writer.write(out)
+        self.writing[id(out)] = out  # already there when spawned (`_spawn_write`)
+        try:
+            await self.results.cut_crops(out.crops)
+            await self.writer.write(out)
+        finally:
+            self.writing.pop(id(out), None)
 
     # --- stage 3: infer -------------------------------------------------------------------
     def _pump(self) -> None:
@@ -296,8 +303,14 @@ class BatchProcessor:
         return self.writes | self.inferring
 
     def active_entries(self, part: Partition) -> set[str]:
-        """Entries of one partition this process holds in memory, in any state."""
-        return self.flights.held(part.index)
+        """Entries of one partition this process holds in memory: in flight in any state, or
+        answered and being written. A re-read of the pending list (after an outage) skips
+        them, or an answer still being written would be answered a second time (on a cluster,
+        where the result is written before its ack, as a duplicate result)."""
+        held = self.flights.held(part.index)
+        for out in self.writing.values():
+            held |= out.entries(part.index)
+        return held
 
     async def _infer(self, shas: list[str]) -> None:
         tag = self.model.tag

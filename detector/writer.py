@@ -57,6 +57,13 @@ class BatchWrite:
     def __bool__(self) -> bool:
         return bool(self.results or self.cache_puts or self.releases or self.ack_only or self.dead)
 
+    def entries(self, partition: int) -> set[str]:
+        """The entries of one partition this write answers (pending until its ack lands)."""
+        answered = [(part, result.entry) for part, result, _ in self.results]
+        answered += [(part, result.entry) for part, result, _, _ in self.dead]
+        answered += self.ack_only
+        return {entry for part, entry in answered if part.index == partition}
+
 
 # What Redis adds to a stream entry besides its payload: the entry's header, field name and
 # share of its node, and the allocator's rounding up to a size class (jemalloc's classes are at

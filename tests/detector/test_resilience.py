@@ -107,3 +107,36 @@ def test_a_cluster_client_error_is_an_outage_not_a_crash(
 
     [result] = with_detector(settings, builtin_model, scenario)
     assert result["id"] == "through"
+
+
+def test_an_answer_being_written_is_still_in_hand(
+    make_settings: MakeSettings, builtin_model: Any, photo_png: dict[str, bytes]
+) -> None:
+    """Between the end of an image's flight and its acknowledgement an entry is still pending
+    in Redis: a re-read of the pending list then (after an outage) must skip it, or it is
+    answered twice (a duplicate result on a cluster, where results are written before acks)."""
+    settings = make_settings()
+
+    async def scenario(det: Detector, client: Redis, keys: Keys) -> Any:
+        for _ in range(600):  # until the detector has started (it has no event to wait on)
+            if det.processor is not None:
+                break
+            await asyncio.sleep(0.05)
+        writer = det.p.writer
+        real, entered, release = writer.write, asyncio.Event(), asyncio.Event()
+
+        async def held_write(out: Any) -> None:
+            entered.set()
+            await release.wait()
+            await real(out)
+
+        writer.write = held_write  # type: ignore[method-assign]
+        [entry] = await publish(client, keys, make_event(photo_png["astronaut"], "held"))
+        await asyncio.wait_for(entered.wait(), 30)
+        in_hand = det.in_hand(0)
+        release.set()
+        return in_hand, entry, await wait_results(client, keys, 1)
+
+    in_hand, entry, results = with_detector(settings, builtin_model, scenario)
+    assert entry in in_hand
+    assert [r["id"] for r in results] == ["held"]

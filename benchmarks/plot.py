@@ -37,7 +37,8 @@ def plot(
         _closed(axes[0], axes[1], points)
     shown = ["closed loop at the table's miss rate per point"] if points else []
     shown += ["open loop (Poisson arrivals) against offered rate"] if rates else []
-    fig.suptitle("Same machine, same client: " + "; ".join(shown))
+    # One panel is too narrow for the title on one line.
+    fig.suptitle(("Same machine, same client:" + ("\n" if panels == 1 else " ")) + "; ".join(shown))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -13,7 +13,6 @@ import tempfile
 from contextlib import closing
 from pathlib import Path
 
-from facestream.common import stackfile
 from facestream.common.log import configure
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import redact, sync_client
@@ -245,7 +244,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )
     if args.command == "publish":
         return commands.publish(settings, client, paths)
-    running = stackfile.read(Path(settings.stack_file).parent) if settings.stack_file else None
+    running = locate.running_stack(settings)
     jsonl = running.jsonl_path if running else None
     if args.last is not None:
         if args.last < 1 or args.follow or args.group or args.start:
@@ -340,10 +339,8 @@ def health_members(args: argparse.Namespace, settings: Settings) -> list[str]:
     consumer name of a member started by hand or in a container)."""
     if args.consumer:
         return [str(args.consumer)]
-    if "consumer" in settings.model_fields_set or not settings.stack_file:
-        return [settings.consumer]
-    running = stackfile.read(Path(settings.stack_file).parent)
-    if running is None:
+    running = locate.running_stack(settings)
+    if "consumer" in settings.model_fields_set or running is None:
         return [settings.consumer]
     if args.role == "detector":
         return list(running.detectors)

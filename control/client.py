@@ -76,25 +76,23 @@ ID_NAME_CHARS = 96
 DRAWN_STEM_BYTES = 200
 
 
-def _shorten(name: str, max_bytes: int) -> str:
-    """`name` as valid UTF-8 (undecodable bytes of a file name become U+FFFD) within
-    max_bytes, with a hash of the original when it had to be cut."""
+def _shorten(name: str, limit: int, *, in_bytes: bool) -> str:
+    """`name` as valid UTF-8 (undecodable bytes of a file name become U+FFFD) within `limit`
+    characters, or UTF-8 bytes, with a hash of the original when it had to be cut."""
     raw = name.encode("utf-8", "surrogateescape")
     clean = raw.decode("utf-8", "replace")
-    if len(clean.encode()) <= max_bytes:
+    if len(clean.encode() if in_bytes else clean) <= limit:
         return clean
     digest = hashlib.sha256(raw).hexdigest()[:12]
-    head = clean.encode()[: max_bytes - len(digest) - 1].decode("utf-8", "ignore")
+    cut = limit - len(digest) - 1
+    head = clean.encode()[:cut].decode("utf-8", "ignore") if in_bytes else clean[:cut]
     return f"{head}~{digest}"
 
 
 def event_id(path: Path) -> str:
-    """`<file name>-<8 hex>`: readable in results, unique per publish, never too long."""
-    short = _shorten(path.name, ID_NAME_CHARS * 4)
-    if len(short) > ID_NAME_CHARS:  # characters, as the contract counts them
-        digest = hashlib.sha256(path.name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
-        short = f"{short[: ID_NAME_CHARS - 13]}~{digest}"
-    return f"{short}-{uuid.uuid4().hex[:8]}"
+    """`<file name>-<8 hex>`: readable in results, unique per publish, never too long (the
+    contract counts an id in characters)."""
+    return f"{_shorten(path.name, ID_NAME_CHARS, in_bytes=False)}-{uuid.uuid4().hex[:8]}"
 
 
 class Drawer:
@@ -110,7 +108,7 @@ class Drawer:
     def write(self, path: Path, faces: list[dict[str, Any]]) -> Path | None:
         """The drawn photo's path, or None (said on stderr) when it could not be written:
         one photo's failure never stops the others."""
-        stem = _shorten(path.stem, DRAWN_STEM_BYTES)
+        stem = _shorten(path.stem, DRAWN_STEM_BYTES, in_bytes=True)
         name = f"{stem}.faces.jpg"
         n = 1
         while name in self.used:  # same file name from two directories: keep both
@@ -210,7 +208,7 @@ def detect(
                     event = make_event(
                         path.read_bytes(),
                         event_id(path),
-                        source=source or _shorten(str(path), 256),
+                        source=source or _shorten(str(path), 256, in_bytes=True),
                         reply_to=reply,
                         limits=settings.limits(),
                         crops=crops,
@@ -271,7 +269,7 @@ def publish(settings: Settings, client: SyncClient, paths: list[Path]) -> int:
             event = make_event(
                 path.read_bytes(),
                 event_id(path),
-                source=_shorten(str(path), 256),
+                source=_shorten(str(path), 256, in_bytes=True),
                 limits=settings.limits(),
             )
         except (PublishError, OSError) as exc:

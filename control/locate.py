@@ -9,7 +9,9 @@ application's, on the usual port) would take published images and never answer t
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from facestream.common import stackfile
 from facestream.common.contract.keys import Keys
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import redact
@@ -29,6 +31,11 @@ def add_dir_option(parser: argparse.ArgumentParser) -> None:
         help="the directory of a running `facestream up` to talk to when FACESTREAM_REDIS_URL "
         "is unset (default .facestream under the current directory; FACESTREAM_STACK_DIR)",
     )
+
+
+def running_stack(settings: Settings) -> stackfile.StackFile | None:
+    """The running `facestream up` these settings found their Redis through, if any."""
+    return stackfile.read(Path(settings.stack_file).parent) if settings.stack_file else None
 
 
 def describe(settings: Settings) -> str:

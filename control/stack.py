@@ -47,6 +47,7 @@ class Stack:
     children: list[Child] = field(default_factory=list)
     redis_url: str = ""
     metrics: dict[str, str] = field(default_factory=dict)  # child name -> its metrics URL
+    wrote_stack_file: bool = False  # stop removes stack.json only if this stack wrote it
     _exit: ExitStack = field(default_factory=ExitStack)
 
     def __post_init__(self) -> None:
@@ -168,6 +169,7 @@ class Stack:
 
     def write_stack_file(self) -> Path:
         """Tell the other commands run from here where this stack is (common/stackfile.py)."""
+        self.wrote_stack_file = True
         return stackfile.write(
             self.workdir,
             stackfile.StackFile(
@@ -221,7 +223,9 @@ class Stack:
                 raise RuntimeError(f"{child.name} exited with status {code}")
 
     def stop(self) -> list[int]:
-        stackfile.remove(self.workdir)
+        if self.wrote_stack_file:  # never another running stack's, in the same directory
+            stackfile.remove(self.workdir)
+            self.wrote_stack_file = False
         for child in self.children:
             if child.proc.poll() is None:
                 child.proc.send_signal(signal.SIGTERM)

@@ -61,6 +61,15 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()  # also the settings' defaults (common/settings.py)
 
+# Libraries name the objects they fail on (Pillow: `<_io.BytesIO object at 0x7f...>`): a
+# Python repr that means nothing to whoever reads an error message.
+_OBJECT_REPR = re.compile(r"\s*<[^<>]*\bat 0x[0-9a-fA-F]+>")
+
+
+def without_reprs(message: str) -> str:
+    """An error message as results and answers carry it: no Python object reprs."""
+    return _OBJECT_REPR.sub("", message)
+
 
 @dataclass(slots=True)
 class ImageEvent:

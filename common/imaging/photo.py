@@ -17,7 +17,6 @@ here, so all three agree on:
 from __future__ import annotations
 
 import io
-import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from facestream.common.contract.imagetypes import sniff_format
-from facestream.common.contract.schema import ErrorCode
+from facestream.common.contract.schema import ErrorCode, without_reprs
 from facestream.common.imaging.budget import decode_cost_problem, png_exif
 
 # Default of FACESTREAM_MAX_JPEG_SCANS (common/settings.py): callers without settings get it.
@@ -45,15 +44,12 @@ _TRANSPOSE = {
 }
 # What Pillow raises on bytes it cannot read.
 _UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, KeyError)
-# Pillow names the file object it could not read (`<_io.BytesIO object at 0x7f...>`): a Python
-# repr that means nothing to whoever reads the result.
-_OBJECT_REPR = re.compile(r"\s*<[^<>]*\bat 0x[0-9a-fA-F]+>")
 
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, UnidentifiedImageError):
         return "the header is not readable"
-    return _OBJECT_REPR.sub("", str(exc)).strip() or type(exc).__name__
+    return without_reprs(str(exc)).strip() or type(exc).__name__
 
 
 @contextmanager

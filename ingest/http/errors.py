@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from facestream.common.contract.schema import without_reprs
 from facestream.common.log import get_logger
 from facestream.common.settings import GatewaySettings
 from facestream.common.streams.errors import REDIS_ERRORS
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 _UNIDENTIFIED = re.compile(r"cannot identify image file\s*<[^<>]*\bat 0x[0-9a-fA-F]+>")
-_REPR = re.compile(r"\s*<[^<>]*\bat 0x[0-9a-fA-F]+>")
 _CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 UNREACHABLE = "the queue is unreachable; retry later"
 OUT_OF_MEMORY = (
@@ -42,7 +42,7 @@ OOM_REMEMBERED_S = 5.0  # how long /readyz reports an OOM answer seen on a reque
 def readable(message: str) -> str:
     """`message` without Python object reprs."""
     message = _UNIDENTIFIED.sub("the bytes are not an image Pillow can read", message)
-    return _REPR.sub("", message)
+    return without_reprs(message)
 
 
 def clean_result(result: dict[str, Any]) -> dict[str, Any]:

@@ -145,14 +145,12 @@ class Backpressure:
         limited = self.max_lag > 0 or self.max_bytes > 0
         return limited and time.monotonic() - self.checked >= self.check_s
 
-    def update(self, replies: list[Any]) -> None:
-        """From (XINFO GROUPS, XLEN, MEMORY USAGE) replies, one triple per partition, then the
-        MEMORY USAGE of the publisher's own reply stream when it has one: the sum of the lags
-        and of the streams' bytes."""
-        lag = size = 0
-        if len(replies) % 3:  # the reply stream's answers wait in Redis too: same budget
-            *replies, own = replies
-            size += int(own) if isinstance(own, int) else 0  # None: nothing waits
+    def update(self, replies: list[Any], unread_answers: Any = None) -> None:
+        """From (XINFO GROUPS, XLEN, MEMORY USAGE) replies, one triple per partition, and the
+        MEMORY USAGE of the publisher's own reply stream (answers wait in Redis too: the same
+        budget): the sum of the lags and of the streams' bytes."""
+        lag = 0
+        size = int(unread_answers) if isinstance(unread_answers, int) else 0  # None: none
         for groups, xlen, memory in zip(replies[::3], replies[1::3], replies[2::3], strict=True):
             groups = groups if isinstance(groups, list) else []  # no stream yet: an error
             lag += _lag_from(groups, self.group, int(xlen) if isinstance(xlen, int) else 0)
@@ -235,6 +233,11 @@ class _Producer:
         if self.reply_stream is not None:
             pipe.memory_usage(self.reply_stream, samples=0)
 
+    def read_lag(self, replies: list[Any]) -> None:
+        """The answers of the commands `queue_lag` queued, given to the back-pressure."""
+        own = replies.pop() if self.reply_stream is not None else None
+        self.backpressure.update(replies, own)
+
 
 class Publisher(_Producer):
     """Synchronous publisher: XADD one event, or pipeline many in one round trip."""
@@ -249,7 +252,7 @@ class Publisher(_Producer):
         if self.backpressure.due():
             pipe = self.client.pipeline(transaction=False)
             self.queue_lag(pipe)
-            self.backpressure.update(pipe.execute(raise_on_error=False))
+            self.read_lag(pipe.execute(raise_on_error=False))
         self.backpressure.check(len(events), _size(events))
         self.backpressure.added(events)
 
@@ -294,7 +297,7 @@ class AsyncPublisher(_Producer):
     async def _read_lag(self) -> None:
         pipe = self.client.pipeline(transaction=False)
         self.queue_lag(pipe)
-        self.backpressure.update(await pipe.execute(raise_on_error=False))
+        self.read_lag(await pipe.execute(raise_on_error=False))
 
     async def _check(self, events: list[ImageEvent]) -> None:
         if self.idmp is None:

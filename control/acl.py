@@ -24,7 +24,8 @@ SINK_KINDS = ("jsonl", "webhook", "stdout")
 # (CLUSTER SLOTS) at start and after a MOVED, and the command table (COMMAND) to find each
 # command's keys. Not INFO (server internals) nor SELECT: the services use database 0.
 _CONNECT = ["ping", "hello", "client|setname", "client|id", "cluster|slots", "command"]
-# Calling the scripts of common/streams/lua by their SHA1 (redis-py loads one the server lacks).
+# Calling the scripts of common/streams/lua and common/cache/lua by their SHA1 (redis-py loads
+# one the server lacks).
 # Never EVAL: an arbitrary script that writes and then loops cannot be killed (docs/reliability.md,
 # "What each role can do", for what SCRIPT LOAD still allows).
 _SCRIPTS = ["evalsha", "script|load", "script|exists"]

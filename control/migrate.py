@@ -17,11 +17,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from facestream.common.cache.bloom import open_bloom
+from facestream.common.cache.lookup import CacheView
+from facestream.common.cache.store import queue_unsized
 from facestream.common.contract.keys import Keys
-from facestream.common.contract.schema import Face, pack_faces
+from facestream.common.contract.schema import Face
 from facestream.common.progress import Progress
 from facestream.common.settings import Settings
-from facestream.common.streams.bloom import BloomFilter, resolve_bloom_mode
 from facestream.common.streams.scripts import Scripts
 from facestream.common.streams.types import AsyncClient
 
@@ -106,16 +108,8 @@ async def import_cache(
         )
     keys = Keys(settings.prefix, settings.partitions)
     scripts = Scripts(target)
-    mode = await resolve_bloom_mode(target, settings.bloom, keys.bloom(model_tag))
-    bloom = BloomFilter(
-        keys,
-        scripts,
-        model_tag,
-        mode,
-        settings.bloom_capacity,
-        settings.bloom_error_rate,
-        settings.cache_ttl_s * 1000,
-    )
+    bloom = await open_bloom(target, scripts, keys, model_tag, settings)
+    view = CacheView(target, scripts, keys, model_tag)
     report = ImportReport()
     progress = Progress(int(await source.dbsize()), "import")
     batch: list[str] = []
@@ -127,7 +121,7 @@ async def import_cache(
             pipe.hgetall(key)
             pipe.pttl(key)
         replies = await pipe.execute(raise_on_error=False)
-        writes: list[tuple[str, dict[str, Any], int]] = []
+        writes: list[tuple[str, list[Face], int, int]] = []  # sha, faces, ttl, created
         added = []
         for i, key in enumerate(batch):
             kind, fields, ttl = replies[3 * i : 3 * i + 3]
@@ -147,24 +141,13 @@ async def import_cache(
                 report.skipped[reason] += 1
                 continue
             ttl_ms = ttl if ttl > 0 else settings.cache_ttl_s * 1000  # no TTL: ours
-            cache_key = keys.cache(sha, model_tag)
-            # The old design did not store the image size; detectors read it from the image
-            # header when they serve such an entry.
-            fields_out = {
-                "faces": pack_faces(faces),
-                "width": "",
-                "height": "",
-                "model": model_tag,
-                "created_ms": _created(fields),
-            }
-            writes.append((cache_key, fields_out, ttl_ms))
+            writes.append((sha, faces, ttl_ms, _created(fields)))
             added.append(sha)
             report.imported += 1
 
         def build(write: Any) -> None:
-            for cache_key, mapping, ttl_ms in writes:
-                write.hset(cache_key, mapping=mapping)
-                write.pexpire(cache_key, ttl_ms)
+            for sha, faces, ttl_ms, created_ms in writes:
+                queue_unsized(write, view, sha, faces, ttl_ms, created_ms)
             bloom.queue_add(write, added)  # after the entries it vouches for
 
         await scripts.run(target, build)

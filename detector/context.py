@@ -1,13 +1,14 @@
-"""What every stage of a detector shares, made once at start (detector/worker.py) and handed to
-the resolver, the batch processor and the writer instead of the same eight arguments each."""
+"""What every part of a detector shares, made once at start (detector/worker.py) and handed to
+the resolver, the batch processor and the writer instead of the same nine arguments each."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from facestream.common.cache.bloom import BloomFilter
+from facestream.common.cache.lookup import CacheView
 from facestream.common.contract.keys import Keys
 from facestream.common.settings import DetectorSettings
-from facestream.common.streams.bloom import BloomFilter
 from facestream.common.streams.locks import LockKeeper
 from facestream.common.streams.scripts import Scripts
 from facestream.common.streams.types import AsyncClient
@@ -20,20 +21,22 @@ class Context:
     client: AsyncClient
     keys: Keys
     scripts: Scripts
+    cache: CacheView  # the served model's cache entries and locks (common/cache/)
     bloom: BloomFilter
     locks: LockKeeper
     model_tag: str  # the served model's tag: every cache, lock and Bloom key carries it
     counters: Counters
 
 
-class Stage:
-    """A detector stage built on the shared context: its parts as attributes."""
+class WithContext:
+    """A detector part whose shared context's parts are its attributes."""
 
     def __init__(self, ctx: Context) -> None:
         self.settings = ctx.settings
         self.client = ctx.client
         self.keys = ctx.keys
         self.scripts = ctx.scripts
+        self.cache = ctx.cache
         self.bloom = ctx.bloom
         self.locks = ctx.locks
         self.model_tag = ctx.model_tag

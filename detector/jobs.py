@@ -6,6 +6,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from facestream.common.cache.entry import cached_result
 from facestream.common.contract.keys import Partition
 from facestream.common.contract.schema import ErrorCode, Face, ImageEvent, Result, SchemaError
 from facestream.common.imaging.align import CropCaps, crops_or_faces
@@ -55,8 +56,21 @@ class ResultFactory:
     _cutting: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
 
     def faces(self, job: Job, faces: list[Face], width: int, height: int, cached: bool) -> Result:
-        """The result of a job; without crops even when the event asked for them: those are
-        cut by `cut_crops`, off the event loop, before the result is written."""
+        """The result of a job, inferred here or found in the cache (one builder for every
+        cached answer: common/cache/entry.py); without crops even when the event asked for
+        them: those are cut by `cut_crops`, off the event loop, before the result is written."""
+        if cached:
+            return cached_result(
+                job.event,
+                sha256=job.sha,
+                model=self.model,
+                consumer=self.consumer,
+                entry=job.entry,
+                done_ms=now_ms(),
+                width=width,
+                height=height,
+                faces=faces,
+            )
         return Result.answering(
             job.event,
             model=self.model,
@@ -67,7 +81,7 @@ class ResultFactory:
             width=width,
             height=height,
             faces=faces,
-            cached=cached,
+            cached=False,
         )
 
     async def cut_crops(self, wanted: list[tuple[Result, bytes]]) -> None:

@@ -15,15 +15,16 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from facestream.common.cache.store import Put, queue_puts
 from facestream.common.contract.keys import Partition
-from facestream.common.contract.schema import RESULT_FIELD, Face, Result, pack_faces
+from facestream.common.contract.schema import RESULT_FIELD, Result
 from facestream.common.log import get_logger
 from facestream.common.streams.ack_gated import DeadLetter, Emit, acknowledge_entries
 from facestream.common.streams.errors import REDIS_ERRORS, TRANSIENT
 from facestream.common.streams.scripts import Step
 from facestream.common.streams.types import AsyncPipeline
 from facestream.detector import metrics
-from facestream.detector.context import Stage
+from facestream.detector.context import WithContext
 from facestream.detector.jobs import now_ms
 
 log = get_logger(__name__)
@@ -34,7 +35,7 @@ RETRIES = 4
 class BatchWrite:
     # (partition, result, reply_to)
     results: list[tuple[Partition, Result, str | None]] = field(default_factory=list)
-    cache_puts: list[tuple[str, str, list[Face], int, int]] = field(default_factory=list)
+    cache_puts: list[Put] = field(default_factory=list)
     releases: list[tuple[str, str]] = field(default_factory=list)  # (lock key, token)
     ack_only: list[tuple[Partition, str]] = field(default_factory=list)
     # Given up after too many deliveries: (partition, error result, event payload, deliveries).
@@ -97,7 +98,7 @@ class WriteError(RuntimeError):
 OUTAGE_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, WriteError)
 
 
-class Writer(Stage):
+class Writer(WithContext):
     async def write(self, out: BatchWrite) -> None:
         """Write with retries: every step is safe to repeat (cache and Bloom writes are
         idempotent, releases check tokens, a repeated emit finds its entries acked and publishes
@@ -118,24 +119,11 @@ class Writer(Stage):
     def _side_effects(self, out: BatchWrite, payloads: list[bytes]) -> Step:
         """Cache entries (each releasing its lock), the Bloom adds vouching for them, lock
         releases, replies: everything that must land before the acks."""
-        s, keys = self.settings, self.keys
+        s = self.settings
         created = now_ms()
 
         def build(pipe: AsyncPipeline) -> None:
-            for sha, token, faces, width, height in out.cache_puts:
-                self.scripts.cache_put(
-                    pipe,
-                    keys.cache(sha, self.model_tag),
-                    keys.lock(sha, self.model_tag),
-                    token,
-                    s.cache_ttl_s * 1000,
-                    pack_faces(faces),
-                    width,
-                    height,
-                    self.model_tag,
-                    created,
-                )
-            self.bloom.queue_add(pipe, [put[0] for put in out.cache_puts])
+            queue_puts(pipe, self.cache, self.bloom, out.cache_puts, s.cache_ttl_s * 1000, created)
             for lock_key, token in out.releases:
                 self.scripts.lock_release(pipe, lock_key, token)
             for (_, _, reply_to), payload in zip(out.results, payloads, strict=True):

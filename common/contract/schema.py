@@ -334,24 +334,6 @@ def pack_result(body: dict[str, Any]) -> bytes:
     return msgpack.packb(body, use_bin_type=True)
 
 
-# What a script holding the cache entry appends to a cached result's head, in this order.
-CACHE_APPENDED = ("width", "height", "faces")
-
-
-def cached_result_head(result: dict[str, Any]) -> bytes:
-    """A result map (`Result.to_dict()`'s shape) packed without width, height and faces, its
-    header counting them: the gateway's look-up script appends the three from the cache entry
-    (cached_answers.lua), so a hit reaches the results stream in the same round trip, its
-    packed faces untouched. Map order means nothing to a msgpack reader: the entry reads
-    exactly as `pack_result` of the whole map."""
-    body = {k: v for k, v in result.items() if k not in CACHE_APPENDED}
-    packer = msgpack.Packer(use_bin_type=True)
-    parts = [packer.pack_map_header(len(body) + len(CACHE_APPENDED))]
-    for key, value in body.items():
-        parts += [packer.pack(key), packer.pack(value)]
-    return b"".join(parts)
-
-
 def decode_result(payload: bytes) -> dict[str, Any]:
     """Results are produced by us; sinks read them as plain maps."""
     body = msgpack.unpackb(payload, raw=False)

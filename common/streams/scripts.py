@@ -1,4 +1,6 @@
-"""Lua scripts (common/streams/lua/*.lua) registered once per client, with typed call wrappers.
+"""Lua scripts registered once per client: the streams' own (common/streams/lua/*.lua: ack-gated
+emits, dead letters, token-checked locks) and the result cache's (common/cache/lua/*.lua, with
+their typed wrappers in common/cache/scripts.py).
 
 Each wrapper queues EVALSHA onto a pipeline when given one (`pipe=`), so a batch's scripts
 travel in one round trip. `Scripts.run` builds and runs such a pipeline: scripts are loaded
@@ -42,18 +44,21 @@ _PIPELINES = (
 _ASYNC_CLIENTS = (redis.asyncio.client.Redis, redis.asyncio.cluster.RedisCluster)
 _SYNC_CLIENTS = (redis.client.Redis, redis.cluster.RedisCluster)
 
-_NAMES = (
-    "lookup_or_lock",
-    "cache_put",
-    "lock_release",
-    "lock_extend",
-    "emit",
-    "dead_letter",
-    "sink_dead_letter",
-    "bloom_check",
-    "bloom_add",
-    "cached_answers",
-)
+# Every script, by name, with the package whose lua/ folder holds it.
+_STREAMS, _CACHE = "facestream.common.streams", "facestream.common.cache"
+_SOURCES = {
+    "lock_release": _STREAMS,
+    "lock_extend": _STREAMS,
+    "emit": _STREAMS,
+    "dead_letter": _STREAMS,
+    "sink_dead_letter": _STREAMS,
+    "lookup_or_lock": _CACHE,
+    "cache_put": _CACHE,
+    "bloom_check": _CACHE,
+    "bloom_add": _CACHE,
+    "cached_answers": _CACHE,
+}
+_NAMES = tuple(_SOURCES)
 
 
 # One step of a write: queues commands onto a pipeline (run by `Scripts.run` / `run_steps`).
@@ -62,7 +67,7 @@ Step: TypeAlias = Callable[[AsyncPipeline], None]
 
 @cache
 def script_source(name: str) -> str:
-    return (files("facestream.common.streams") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+    return (files(_SOURCES[name]) / "lua" / f"{name}.lua").read_text(encoding="utf-8")
 
 
 class Scripts:
@@ -72,8 +77,9 @@ class Scripts:
         self._s = {name: client.register_script(script_source(name)) for name in _NAMES}
 
     def call(self, name: str, pipe: ScriptTarget, keys: list[str], args: list[Any]) -> Any:
-        """Run (or queue, on a pipeline) script `name` with its KEYS and ARGV; the wrappers below
-        and common/streams/ack_gated.py say what each script's arguments are."""
+        """Run (or queue, on a pipeline) script `name` with its KEYS and ARGV; the wrappers below,
+        common/streams/ack_gated.py and common/cache/scripts.py say what each script's
+        arguments are."""
         script = self._s[name]
         if isinstance(pipe, _PIPELINES):
             # A pipeline (plain or cluster): queue EVALSHA; `run` recovers from NOSCRIPT.
@@ -150,53 +156,8 @@ class Scripts:
                 break
         return out
 
-    def lookup_or_lock(
-        self,
-        pipe: ScriptTarget,
-        cache_key: str,
-        lock_key: str,
-        token: str,
-        ttl_ms: int,
-        check_cache: bool,
-        owner: str,
-    ) -> Any:
-        return self.call(
-            "lookup_or_lock",
-            pipe,
-            [cache_key, lock_key],
-            [token, ttl_ms, "1" if check_cache else "0", owner],
-        )
-
-    def cache_put(
-        self,
-        pipe: ScriptTarget,
-        cache_key: str,
-        lock_key: str,
-        token: str,
-        ttl_ms: int,
-        faces: bytes,
-        width: int,
-        height: int,
-        model: str,
-        created_ms: int,
-    ) -> Any:
-        return self.call(
-            "cache_put",
-            pipe,
-            [cache_key, lock_key],
-            [token, ttl_ms, faces, width, height, model, created_ms],
-        )
-
     def lock_release(self, pipe: ScriptTarget, lock_key: str, token: str) -> Any:
         return self.call("lock_release", pipe, [lock_key], [token])
 
     def lock_extend(self, pipe: ScriptTarget, lock_key: str, token: str, ttl_ms: int) -> Any:
         return self.call("lock_extend", pipe, [lock_key], [token, ttl_ms])
-
-    def bloom_check(self, pipe: ScriptTarget, key: str, k: int, offsets: list[int]) -> Any:
-        return self.call("bloom_check", pipe, [key], [k, *offsets])
-
-    def bloom_add(
-        self, pipe: ScriptTarget, key: str, k: int, ttl_ms: int, offsets: list[int]
-    ) -> Any:
-        return self.call("bloom_add", pipe, [key], [k, ttl_ms, *offsets])

@@ -11,10 +11,11 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
+from facestream.common.cache import scripts as cache_scripts
+from facestream.common.cache.bloom import BloomFilter, BloomShape, server_has_native_bloom
 from facestream.common.contract.keys import Keys
 from facestream.common.settings import Settings
 from facestream.common.streams.ack_gated import Emit
-from facestream.common.streams.bloom import BloomFilter, BloomShape, server_has_native_bloom
 from facestream.common.streams.connection import async_client
 from facestream.common.streams.locks import ConsumerNameInUse, LockKeeper, claim_consumer_name
 from facestream.common.streams.scripts import Scripts
@@ -198,17 +199,19 @@ def test_lock_step_confirms_a_bloom_negative_against_the_cache(prefix: str, r: r
     Taking the lock on a stale "never seen" must still find that result, not infer again."""
     keys, scripts = Keys(prefix), Scripts(r)
     cache, lock = keys.cache(sha(7), "m-1"), keys.lock(sha(7), "m-1")
-    assert scripts.lookup_or_lock(r, cache, lock, "p1.t1", 10_000, False, "p1.") == [2]
+    assert cache_scripts.lookup_or_lock(scripts, r, cache, lock, "p1.t1", 10_000, False, "p1.") == [
+        2
+    ]
     r.delete(lock)
     r.hset(
         cache, mapping={"faces": b"\x90", "width": 4, "height": 3, "model": "m-1", "created_ms": 1}
     )
-    reply = scripts.lookup_or_lock(r, cache, lock, "p1.t2", 10_000, False, "p1.")
+    reply = cache_scripts.lookup_or_lock(scripts, r, cache, lock, "p1.t2", 10_000, False, "p1.")
     assert reply == [1, b"\x90", b"4", b"3", b"m-1", b"1"]
     assert not r.exists(lock)
     r.set(lock, "other", px=5_000)
     r.delete(cache)
-    kind, pttl = scripts.lookup_or_lock(r, cache, lock, "p1.t3", 10_000, True, "p1.")
+    kind, pttl = cache_scripts.lookup_or_lock(scripts, r, cache, lock, "p1.t3", 10_000, True, "p1.")
     assert kind == 3 and 0 < pttl <= 5_000
 
 
@@ -218,6 +221,10 @@ def test_a_process_takes_back_its_own_orphaned_lock(prefix: str, r: redis.Redis)
     keys, scripts = Keys(prefix), Scripts(r)
     cache, lock = keys.cache(sha(8), "m-1"), keys.lock(sha(8), "m-1")
     r.set(lock, "p1.old", px=30_000)
-    assert scripts.lookup_or_lock(r, cache, lock, "p2.x", 10_000, True, "p2.")[0] == 3
-    assert scripts.lookup_or_lock(r, cache, lock, "p1.new", 10_000, True, "p1.") == [2]
+    assert (
+        cache_scripts.lookup_or_lock(scripts, r, cache, lock, "p2.x", 10_000, True, "p2.")[0] == 3
+    )
+    assert cache_scripts.lookup_or_lock(scripts, r, cache, lock, "p1.new", 10_000, True, "p1.") == [
+        2
+    ]
     assert r.get(lock) == b"p1.new" and r.pttl(lock) <= 10_000

@@ -10,8 +10,9 @@ from typing import Any
 import msgpack
 import redis
 
+from facestream.common.cache.entry import result_head
 from facestream.common.contract.keys import Keys
-from facestream.common.contract.schema import Face, Result, cached_result_head, pack_faces
+from facestream.common.contract.schema import Face, Result, pack_faces
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client
 from facestream.common.streams.scripts import Scripts
@@ -82,7 +83,7 @@ def test_a_hit_is_published_exactly_as_the_gateway_would_pack_it(
         result("new", absent),
     ]
     shas = [cached, cached, sized_out, odd, absent]
-    packed = [cached_result_head(res.to_dict()) for res in heads]
+    packed = [result_head(res.to_dict()) for res in heads]
     # The crops-style request: looked up, not published (its crops are cut afterwards).
     shas.append(cached)
     packed.append(b"")

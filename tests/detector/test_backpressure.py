@@ -80,7 +80,7 @@ def test_the_parked_misses_stay_under_their_bound(
         await publish(client, keys, *(make_event(img, f"m-{i}") for i, img in enumerate(misses)))
         waiting = asyncio.ensure_future(wait_results(client, keys, len(misses), wait_s=120))
         while not waiting.done():
-            if det.processor is not None:
+            if det.started:
                 seen.append(det.processor.flights.count(State.PARKED))
             await asyncio.sleep(0.005)
         return await waiting

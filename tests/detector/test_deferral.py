@@ -11,6 +11,7 @@ import numpy as np
 import redis
 from redis.asyncio import Redis
 
+from facestream.common.cache import scripts as cache_scripts
 from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import pack_faces
 from facestream.common.settings import Settings
@@ -40,7 +41,8 @@ def test_busy_lock_defers_then_answers_from_the_cache(
         pending = (await client.xpending(keys.images, settings.detector_group))["pending"]
         # The other worker finishes: result cached, its lock released, in one script.
         scripts = Scripts(client)
-        await scripts.cache_put(
+        await cache_scripts.cache_put(
+            scripts,
             client,
             keys.cache(sha, builtin_model.tag),
             lock,
@@ -112,7 +114,8 @@ def test_stop_gives_deferred_images_a_grace_period(
         await asyncio.sleep(0.3)
         det.stop.set()  # SIGTERM while the image waits on the other worker
         await asyncio.sleep(0.3)
-        await Scripts(client).cache_put(
+        await cache_scripts.cache_put(
+            Scripts(client),
             client,
             keys.cache(sha, builtin_model.tag),
             lock,

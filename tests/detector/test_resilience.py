@@ -119,10 +119,10 @@ def test_an_answer_being_written_is_still_in_hand(
 
     async def scenario(det: Detector, client: Redis, keys: Keys) -> Any:
         for _ in range(600):  # until the detector has started (it has no event to wait on)
-            if det.processor is not None:
+            if det.started:
                 break
             await asyncio.sleep(0.05)
-        writer = det.p.writer
+        writer = det.processor.writer
         real, entered, release = writer.write, asyncio.Event(), asyncio.Event()
 
         async def held_write(out: Any) -> None:

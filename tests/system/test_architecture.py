@@ -3,6 +3,7 @@ copy of the tree with a deliberate violation added; and the wheel installs one p
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -129,6 +130,7 @@ def test_the_wheel_installs_one_top_level_package(tmp_path: Path) -> None:
     for name in PACKAGES:
         assert f"facestream/{name}/__init__.py" in names
     assert "facestream/common/streams/lua/emit.lua" in names
+    assert "facestream/common/cache/lua/cached_answers.lua" in names
     assert "facestream/detector/model/loader.py" in names
     assert "facestream/py.typed" in names  # the whole package typed for downstream mypy
     assert "facestream/ingest/http/static/index.html" in names  # the try-it page's files
@@ -157,3 +159,30 @@ def test_a_clone_without_symlinks_fails_the_build_loudly(tmp_path: Path) -> None
     assert done.returncode != 0
     assert "this clone was made without symlinks" in done.stdout + done.stderr
     assert not list(tmp_path.rglob("*.whl"))
+
+
+def _key_builders(path: Path) -> list[str]:
+    """Calls of `<...keys>.cache(...)` / `<...keys>.lock(...)` in one module."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        owner = node.func.value
+        name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+        if node.func.attr in ("cache", "lock") and name.endswith("keys"):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+def test_only_the_cache_package_names_cache_and_lock_keys() -> None:
+    """The result cache has one owner (common/cache/, docs/architecture.md): a service that
+    built a cache or lock key itself would be a second reader or writer of the format."""
+    outside = [
+        hit
+        for name in PACKAGES
+        for path in sorted((ROOT / name).rglob("*.py"))
+        if "common/cache" not in path.as_posix()
+        for hit in _key_builders(path)
+    ]
+    assert outside == []
+    assert _key_builders(ROOT / "common/cache/lookup.py")  # the check sees what it looks for

@@ -13,7 +13,8 @@
 -- ARGV[3]  n              requests
 -- ARGV[4..] per request   its sha256, its result head, then its k offsets. The head is the
 --          msgpack map of the request's result without width, height and faces, its header
---          counting those three (schema.cached_result_head); "" publishes nothing.
+--          counting those three, made by common/cache/entry.py `result_head` (which says why
+--          the splice reads as one map); "" publishes nothing.
 -- return   per request: {0} never seen; {2} maybe, not cached; {1, published (1 or 0), faces,
 --          width, height} cached (a missing size as ""). An entry without a size (imported from
 --          the old design) is returned, never published: the detector answers those.
@@ -46,7 +47,8 @@ local function maybe(sha, first)
 end
 
 -- A size is a positive integer in decimal digits, the one rule the gateway applies as well
--- (hits.py `_size`): an entry this script publishes is one the gateway answers, never a miss.
+-- (common/cache/entry.py `size_of`): an entry this script publishes is one the gateway
+-- answers, never a miss.
 local function sized(value)
   return value and string.match(value, "^%d+$") ~= nil and tonumber(value) > 0
 end

@@ -19,7 +19,9 @@ from typing import Literal
 
 import redis.exceptions
 
+from facestream.common.cache import scripts as cache_scripts
 from facestream.common.contract.keys import Keys
+from facestream.common.settings import CacheSettings
 from facestream.common.streams.scripts import Scripts
 from facestream.common.streams.types import AsyncClient, AsyncPipeline
 
@@ -126,7 +128,9 @@ class BloomFilter:
                 if self.mode == "native":
                     pipe.execute_command("BF.MEXISTS", self._key(g), *shas)
                 else:
-                    self._scripts.bloom_check(pipe, self._key(g), self._shape.hashes, offsets)
+                    cache_scripts.bloom_check(
+                        self._scripts, pipe, self._key(g), self._shape.hashes, offsets
+                    )
 
         current, previous = await self._scripts.run(client, build)
         return [bool(a) or bool(b) for a, b in zip(current, previous, strict=True)]
@@ -155,8 +159,25 @@ class BloomFilter:
             pipe.execute_command("PEXPIRE", key, ttl_ms, "NX")
         else:
             offsets = [o for sha in shas for o in self._shape.offsets(sha)]
-            self._scripts.bloom_add(pipe, key, self._shape.hashes, ttl_ms, offsets)
+            cache_scripts.bloom_add(self._scripts, pipe, key, self._shape.hashes, ttl_ms, offsets)
 
     @property
     def shape(self) -> BloomShape:
         return self._shape
+
+
+async def open_bloom(
+    client: AsyncClient, scripts: Scripts, keys: Keys, model_tag: str, settings: CacheSettings
+) -> BloomFilter:
+    """The Bloom filter of one model's cache entries as the settings ask for it, its mode
+    resolved against the server (RuntimeError: `native` asked of a server without BF.*)."""
+    mode = await resolve_bloom_mode(client, settings.bloom, keys.bloom(model_tag))
+    return BloomFilter(
+        keys,
+        scripts,
+        model_tag,
+        mode,
+        settings.bloom_capacity,
+        settings.bloom_error_rate,
+        settings.cache_ttl_s * 1000,
+    )

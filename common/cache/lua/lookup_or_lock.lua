@@ -1,4 +1,5 @@
 -- lookup_or_lock: read an (image, model) cache entry, or take the single-flight lock for it.
+-- The entry's fields: common/cache/entry.py. Called through common/cache/lookup.py.
 -- Cache and lock share the {sha256} hash tag, so this stays one slot on a cluster.
 -- KEYS[1]  cache hash    <prefix>:face:{<sha256>}:<model>
 -- KEYS[2]  lock string   <prefix>:lock:{<sha256>}:<model>

@@ -25,6 +25,7 @@ from benchmarks.olddesign.launch import old_service
 from benchmarks.openloop import ClientOptions, StepOutcome, open_loop
 from benchmarks.sidebyside import NEW, OLD, System, facestream_stack, old_system
 from benchmarks.sidebyside import Options as SystemOptions
+from benchmarks.stages import StageStats, breakdown, breakdown_table, scrape
 from facestream.control.embedded import free_port
 
 
@@ -71,6 +72,8 @@ class RatePoint:
     cached: int = 0
     cpu_pct: dict[str, float] = field(default_factory=dict)  # process group -> % of one core
     failed: list[str] = field(default_factory=list)  # why the bound did not hold
+    # Where the time went, from the system's own stage histograms (benchmarks/stages.py).
+    stages: list[StageStats] = field(default_factory=list)
 
     @property
     def held(self) -> bool:
@@ -154,6 +157,7 @@ def stepper(system: System, work: Workload, opts: Options) -> Callable[[float], 
     probes = {"system": system.probes, "client": {"client": lambda: cpu_seconds(os.getpid())}}
 
     def step_at(rate: float) -> RatePoint:
+        scraped = scrape(system.metrics)  # outside the CPU probes: the scrape is not the load
         before = {g: sum(f() for f in p.values()) for g, p in probes.items()}
         started = time.perf_counter()
         out = open_loop(
@@ -171,6 +175,7 @@ def stepper(system: System, work: Workload, opts: Options) -> Callable[[float], 
         point.cpu_pct = {
             g: 100 * (sum(f() for f in p.values()) - before[g]) / elapsed for g, p in probes.items()
         }
+        point.stages = breakdown(scrape(system.metrics), scraped) if system.metrics else []
         print(_progress(point), flush=True)  # steps are long: say where the search is
         time.sleep(opts.settle_s)
         return point
@@ -293,7 +298,27 @@ def report(points: list[RatePoint], opts: Options) -> str:
     )
     if ratio:
         print(ratio, flush=True)
-    return "\n".join([steps, cap] + ([ratio] if ratio else []))
+    return "\n".join([steps, cap] + ([ratio] if ratio else []) + breakdowns(points, opts))
+
+
+def breakdowns(points: list[RatePoint], opts: Options) -> list[str]:
+    """Where a request's time went, per class, at each system's capacity point and at the first
+    step that failed (what gave way), for the systems that measure it (facestream)."""
+    out = []
+    for name in (OLD, NEW):
+        mine = [p for p in points if p.system == name and p.stages]
+        cap = capacity(mine)
+        failed = min((p for p in mine if not p.held), key=lambda p: p.offered, default=None)
+        for point, what in ((cap, "capacity point"), (failed, "first step that failed")):
+            if point is None:
+                continue
+            title = (
+                f"Where a request's time goes, {name} at {point.offered:,.0f}/s ({what}): its "
+                "stage histograms over the step, warm-up included (docs/performance.md); ms, "
+                "p50 / p99 estimated from the buckets"
+            )
+            out.append(breakdown_table(title, point.stages, point.classes))
+    return out
 
 
 def to_json(points: list[RatePoint]) -> list[dict[str, object]]:

@@ -86,15 +86,27 @@ def detector_env(url: str, **extra: object) -> dict[str, str]:
 
 @contextmanager
 def detectors(
-    url: str, n: int, ready_on: str | None = None, **extra: object
+    url: str,
+    n: int,
+    ready_on: str | None = None,
+    metrics_ports: list[int] | None = None,
+    **extra: object,
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
     """n detector processes, yielded once all of them are members of the group on `ready_on`
-    (default: this benchmark's images stream); `extra`: FACESTREAM_* settings."""
+    (default: this benchmark's images stream); `metrics_ports`: each one's Prometheus port on
+    127.0.0.1 (default: none); `extra`: FACESTREAM_* settings."""
+    ports = metrics_ports or [0] * n
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "facestream.detector"],
             cwd=ROOT,
-            env=detector_env(url, FACESTREAM_CONSUMER=f"bench-{i}", **extra),
+            env=detector_env(
+                url,
+                FACESTREAM_CONSUMER=f"bench-{i}",
+                FACESTREAM_METRICS_PORT=ports[i],
+                FACESTREAM_METRICS_HOST="127.0.0.1",
+                **extra,
+            ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

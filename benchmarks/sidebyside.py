@@ -70,6 +70,7 @@ class System:
     target: Target
     probes: dict[str, Callable[[], float]]  # process -> CPU seconds so far
     inferences: Callable[[], int] | None = None  # model runs so far, where the system counts
+    metrics: list[str] = field(default_factory=list)  # its /metrics pages (benchmarks/stages.py)
 
 
 @dataclass
@@ -136,8 +137,11 @@ def facestream_stack(url: str, opts: Options) -> Iterator[System]:
     and the gateway; the jsonl sink is left out (it is not on the request path)."""
     reset(url)
     rpid = redis_pid(url)
+    ports = [free_port() for _ in range(opts.detector_processes)]
     with (
-        detectors(url, opts.detector_processes, FACESTREAM_INTRA_OP_THREADS=1) as dets,
+        detectors(
+            url, opts.detector_processes, metrics_ports=ports, FACESTREAM_INTRA_OP_THREADS=1
+        ) as dets,
         gateway(url, opts.gateway_workers) as (port, gw),
     ):
         target = v1_target(port) if opts.endpoint == "v1" else compat_target(port)
@@ -149,6 +153,8 @@ def facestream_stack(url: str, opts: Options) -> Iterator[System]:
                 "detectors": lambda: sum(cpu_seconds(d.pid) for d in dets),
                 "redis": lambda: cpu_seconds(rpid),
             },
+            # The gateway's page sums its workers' (ingest/http/serve.py).
+            metrics=[f"http://127.0.0.1:{p}/metrics" for p in [port, *ports]],
         )
 
 

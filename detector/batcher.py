@@ -23,8 +23,11 @@ from facestream.common.contract.schema import Face
 from facestream.detector import metrics
 from facestream.detector.model.face_model import FaceModel, Prepared
 
-Pending = tuple[Prepared, asyncio.Future[list[Face]], asyncio.AbstractEventLoop]
-Settled = tuple[asyncio.Future[list[Face]], list[Face] | None]
+# An image's faces and when its model call ended (`time.perf_counter()`).
+Timed = tuple[list[Face], float]
+# An image, its waiter, the waiter's loop, and when it was ready for the model (perf_counter).
+Pending = tuple[Prepared, asyncio.Future[Timed], asyncio.AbstractEventLoop, float]
+Settled = tuple[asyncio.Future[Timed], list[Face] | None]
 
 
 class DynamicBatcher:
@@ -40,11 +43,18 @@ class DynamicBatcher:
         self.batch_sizes: Counter[int] = Counter()
 
     async def detect(self, images: list[Prepared]) -> list[list[Face]]:
+        ready = [time.perf_counter()] * len(images)
+        return [faces for faces, _ in await self.detect_timed(images, ready)]
+
+    async def detect_timed(self, images: list[Prepared], ready: list[float]) -> list[Timed]:
+        """Each image's faces and when its model call ended; `ready`: when each image was
+        ready for the model (decoded), where its `model_queue` stage starts."""
         loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in images]
+        futures: list[asyncio.Future[Timed]] = [loop.create_future() for _ in images]
         with self._changed:
             self._queue.extend(
-                (image, fut, loop) for image, fut in zip(images, futures, strict=True)
+                (image, fut, loop, since)
+                for image, fut, since in zip(images, futures, ready, strict=True)
             )
             self._changed.notify()
         return list(await asyncio.gather(*futures))
@@ -102,30 +112,37 @@ class DynamicBatcher:
     def _work(self) -> None:
         while (batch := self._take()) is not None:
             started = time.perf_counter()
+            for *_, ready in batch:
+                metrics.STAGE_MODEL_QUEUE.observe(started - ready)
             try:
-                found = self.model.detect_prepared([item for item, _, _ in batch])
+                found = self.model.detect_prepared([item for item, *_ in batch])
             except Exception as exc:
-                self._answer(batch, None, exc)
+                self._answer(batch, None, exc, started)
                 continue
             finally:
                 elapsed = time.perf_counter() - started
                 self.batch_sizes[len(batch)] += 1
                 metrics.INFERENCE.observe(elapsed)
                 metrics.BATCH.observe(len(batch))
-            self._answer(batch, found, None)
+            metrics.observe_each(metrics.STAGE_MODEL, elapsed, len(batch))
+            self._answer(batch, found, None, started + elapsed)
 
     @staticmethod
     def _answer(
-        batch: list[Pending], found: list[list[Face]] | None, error: Exception | None
+        batch: list[Pending],
+        found: list[list[Face]] | None,
+        error: Exception | None,
+        ended: float,
     ) -> None:
-        """Hand the call's answers to the loop(s) waiting for them: one wake-up per loop."""
+        """Hand the call's answers, and when the call ended, to the loop(s) waiting for them:
+        one wake-up per loop."""
         by_loop: dict[asyncio.AbstractEventLoop, list[Settled]] = {}
-        for i, (_, fut, loop) in enumerate(batch):
+        for i, (_, fut, loop, _) in enumerate(batch):
             by_loop.setdefault(loop, []).append((fut, found[i] if found is not None else None))
         for loop, settled in by_loop.items():
             # A loop already closed (the process stopping) has no one left to tell.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_answer_waiters, settled, error)
+                loop.call_soon_threadsafe(_answer_waiters, settled, error, ended)
 
     def close(self) -> None:
         self._stop()
@@ -133,14 +150,14 @@ class DynamicBatcher:
             self._thread.join()
 
 
-def _answer_waiters(settled: list[Settled], error: Exception | None) -> None:
+def _answer_waiters(settled: list[Settled], error: Exception | None, ended: float) -> None:
     for fut, faces in settled:
         if fut.done():  # its waiter gave up (cancelled)
             continue
         if faces is None:
             fut.set_exception(error or RuntimeError("no answer"))
         else:
-            fut.set_result(faces)
+            fut.set_result((faces, ended))
 
 
 def _ended(ended: asyncio.Future[BaseException | None], error: BaseException | None) -> None:

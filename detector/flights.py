@@ -14,9 +14,11 @@ leave at once, never wait behind misses. Parked images leave partition by partit
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from facestream.detector import metrics
 from facestream.detector.jobs import Job
 
 
@@ -33,6 +35,7 @@ class Flight:
     jobs: list[Job]
     due: float = 0.0  # DEFERRED: monotonic time of the next re-check
     delay_ms: int = 0  # DEFERRED: the backoff that led to `due`
+    parked_at: float = 0.0  # PARKED: since when (perf_counter), for its `parked` stage
 
 
 class Flights:
@@ -86,7 +89,9 @@ class Flights:
         self._move(sha, flight, State.DEFERRED)
 
     def queue_for_inference(self, sha: str) -> None:
-        self._move(sha, self._by_sha[sha], State.PARKED)
+        flight = self._by_sha[sha]
+        flight.parked_at = time.perf_counter()
+        self._move(sha, flight, State.PARKED)
 
     def dispatch(self, limit: int) -> list[str]:
         """Up to `limit` parked images, now inferring: oldest first within a partition, and
@@ -102,8 +107,11 @@ class Flights:
                 if queues[index] and len(taken) < limit:
                     taken.append(queues[index].pop(0))
                     self._turn = index + 1
+        now = time.perf_counter()
         for sha in taken:
-            self._move(sha, self._by_sha[sha], State.INFERRING)
+            flight = self._by_sha[sha]
+            metrics.STAGE_PARKED.observe(now - flight.parked_at)
+            self._move(sha, flight, State.INFERRING)
         return taken
 
     def end(self, sha: str) -> list[Job]:

@@ -4,10 +4,12 @@ dynamic batcher's model calls (onnxruntime releases the GIL, so both overlap the
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from facestream.common.contract.schema import Face, SchemaError
 from facestream.common.settings import DetectorSettings
+from facestream.detector import metrics
 from facestream.detector.batcher import DynamicBatcher
 from facestream.detector.imaging import decode_image
 from facestream.detector.model.face_model import FaceModel, Prepared
@@ -27,7 +29,15 @@ class Inference:
             self.max_batch = min(self.max_batch, model.spec.max_batch)
         self.batcher = DynamicBatcher(model, self.max_batch, settings.max_batch_wait_ms)
 
-    def _decode(self, data: bytes) -> Prepared | SchemaError:
+    def _decode(self, data: bytes, since: float) -> tuple[Prepared | SchemaError, float]:
+        """Decoded and pre-processed, or why not; and when (its `decode` stage, from `since`:
+        the wait for a decode thread included, ends then)."""
+        prepared = self._prepare(data)
+        ready = time.perf_counter()
+        metrics.STAGE_DECODE.observe(ready - since)
+        return prepared, ready
+
+    def _prepare(self, data: bytes) -> Prepared | SchemaError:
         spec = self.model.spec
         try:
             image = decode_image(
@@ -43,23 +53,34 @@ class Inference:
             return err
         return self.model.prepare(image)
 
-    async def detect(self, images: list[tuple[str, bytes]]) -> dict[str, InferenceAnswer]:
-        """(sha256, image bytes) -> the decoded image and its faces, or why it has none."""
+    async def detect(
+        self, images: list[tuple[str, bytes]], model_done: dict[str, float] | None = None
+    ) -> dict[str, InferenceAnswer]:
+        """(sha256, image bytes) -> the decoded image and its faces, or why it has none;
+        `model_done` gets, per image the model ran on, when its call ended (perf_counter: the
+        caller's `write` stage starts there)."""
         loop = asyncio.get_running_loop()
+        since = time.perf_counter()
         decoded = await asyncio.gather(
-            *(loop.run_in_executor(self.decode_pool, self._decode, data) for _, data in images)
+            *(
+                loop.run_in_executor(self.decode_pool, self._decode, data, since)
+                for _, data in images
+            )
         )
         out: dict[str, InferenceAnswer] = {}
-        ok: dict[str, Prepared] = {}
-        for (sha, _), image in zip(images, decoded, strict=True):
+        ok: dict[str, tuple[Prepared, float]] = {}
+        for (sha, _), (image, ready) in zip(images, decoded, strict=True):
             if isinstance(image, SchemaError):
                 out[sha] = image
             else:
-                ok[sha] = image
+                ok[sha] = (image, ready)
         if ok:
-            found = await self.batcher.detect(list(ok.values()))
-            for (sha, item), faces in zip(ok.items(), found, strict=True):
+            prepared = [item for item, _ in ok.values()]
+            found = await self.batcher.detect_timed(prepared, [ready for _, ready in ok.values()])
+            for (sha, (item, _)), (faces, ended) in zip(ok.items(), found, strict=True):
                 out[sha] = (item.image, faces)
+                if model_done is not None:
+                    model_done[sha] = ended
         return out
 
     def close(self) -> None:

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from facestream.common import metrics
@@ -46,6 +49,24 @@ END_TO_END = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )
+# Where a new photo's time goes at the detector, stage by stage, each observed once per image
+# (docs/performance.md, "Where a request's time goes"); the gateway adds `reply` under the same
+# name (ingest/http/metrics.py). In order:
+#   stream       XADD to the images stream -> read by a detector (the entry id's time)
+#   lookup       the Bloom check and the cache / single-flight lock look-up (two round trips)
+#   parked       its lock taken -> dispatched: waiting for one of the model-call slots
+#   decode       dispatched -> decoded and pre-processed (the decode threads, their queue)
+#   model_queue  decoded -> its model call starts (the call before it, the batching window)
+#   model        the model call it was in (facestream_inference_seconds: per call)
+#   write        that call's end -> its answer written (back on the event loop, the result
+#                built, crops cut, the pipelined write of cache entry, reply and result)
+STAGES = Histogram(
+    "facestream_stage_seconds",
+    "Time an image spends in each stage of its way through facestream",
+    ["stage"],
+    buckets=metrics.STAGE_BUCKETS,
+    registry=REGISTRY,
+)
 LAG = Gauge(
     "facestream_stream_lag",
     "Entries not yet delivered to a group",
@@ -66,6 +87,26 @@ CACHE_MISS = CACHE.labels("miss")
 BLOOM_MAYBE = BLOOM.labels("maybe")
 BLOOM_NEVER = BLOOM.labels("never")
 RESULT_BY_OUTCOME = {o: RESULTS.labels(o) for o in ("inferred", "cached", "error")}
+STAGE_STREAM = STAGES.labels("stream")
+STAGE_LOOKUP = STAGES.labels("lookup")
+STAGE_PARKED = STAGES.labels("parked")
+STAGE_DECODE = STAGES.labels("decode")
+STAGE_MODEL_QUEUE = STAGES.labels("model_queue")
+STAGE_MODEL = STAGES.labels("model")
+STAGE_WRITE = STAGES.labels("write")
+
+
+def observe_each(stage: Histogram, seconds: float, n: int) -> None:
+    """`n` images that spent `seconds` in `stage` together (one round trip for a batch)."""
+    for _ in range(n):
+        stage.observe(seconds)
+
+
+def observe_since(stage: Histogram, starts: Iterable[float]) -> None:
+    """One image per start (`time.perf_counter()`), each in `stage` from its start until now."""
+    now = time.perf_counter()
+    for start in starts:
+        stage.observe(now - start)
 
 
 def serve(port: int | None, host: str = "0.0.0.0") -> None:

@@ -35,6 +35,25 @@ GATEWAY_JOINED = Counter(
 BAD_REPLIES = Counter(
     "facestream_bad_replies", "Reply-stream entries the gateway skipped", registry=REGISTRY
 )
+# A new photo's last stage, under the name of the detector's stages (detector/metrics.py):
+#   reply  the detector's reply added to this process's reply stream -> handed to the waiting
+#          request by the reply reader (the entry id's time, ingest/http/reply_router.py)
+STAGES = Histogram(
+    "facestream_stage_seconds",
+    "Time an image spends in each stage of its way through facestream",
+    ["stage"],
+    buckets=metrics.STAGE_BUCKETS,
+    registry=REGISTRY,
+)
+# A cache hit answered at the door, in the four parts Triton reports for a request
+# (ingest/http/hit_clock.py says where each begins and ends).
+HIT_STAGES = Histogram(
+    "facestream_hit_stage_seconds",
+    "Time a waiting request answered from the cache at the gateway spends in each stage",
+    ["stage"],
+    buckets=metrics.STAGE_BUCKETS,
+    registry=REGISTRY,
+)
 # The gateway asks the detectors' Bloom filter before looking a cached answer up; counted
 # under the detectors' name so one query sums both.
 BLOOM = Counter("facestream_bloom_checks", "Bloom filter answers", ["answer"], registry=REGISTRY)
@@ -44,6 +63,11 @@ GATEWAY_HITS = GATEWAY_CACHE.labels("hit")
 GATEWAY_MISSES = GATEWAY_CACHE.labels("miss")
 BLOOM_MAYBE = BLOOM.labels("maybe")
 BLOOM_NEVER = BLOOM.labels("never")
+STAGE_REPLY = STAGES.labels("reply")
+HIT_QUEUE = HIT_STAGES.labels("queue")
+HIT_INPUT = HIT_STAGES.labels("compute_input")
+HIT_INFER = HIT_STAGES.labels("compute_infer")
+HIT_OUTPUT = HIT_STAGES.labels("compute_output")
 
 
 def page(multiprocess_dir: str | None) -> bytes:

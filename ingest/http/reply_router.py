@@ -40,6 +40,7 @@ import msgpack
 from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import RESULT_FIELD, ImageEvent
 from facestream.common.log import get_logger
+from facestream.common.metrics import entry_age_s
 from facestream.common.settings import GatewaySettings
 from facestream.common.streams.errors import REDIS_ERRORS, connection_race
 from facestream.common.streams.outage import Outage
@@ -60,6 +61,15 @@ class Waiter:
     fut: asyncio.Future[dict[str, Any]]
     entry: str | None = None  # known once the publish returned
     key: tuple[str, str] = field(default=("", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class Early:
+    """A reply that came before its publish returned, kept a moment for its waiter."""
+
+    seen: float  # time.monotonic()
+    result: dict[str, Any]
+    added: str  # its reply-stream entry id: the `reply` stage starts at its time
 
 
 def _stop_gateway(task: str) -> None:
@@ -83,7 +93,7 @@ class ReplyRouter:
         self.ttl_ms = ttl_s * 1000
         self.block_ms = block_ms
         self._waiters: dict[tuple[str, str], list[Waiter]] = {}
-        self._early: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._early: OrderedDict[str, Early] = OrderedDict()
         self._policy = policy or RestartPolicy()
         # The gateway's own stop unless told otherwise (tests, an embedding application).
         self._exit_on_stop = on_give_up is None
@@ -116,8 +126,8 @@ class ReplyRouter:
     def published(self, waiter: Waiter, entry: str) -> None:
         waiter.entry = entry
         early = self._early.pop(entry, None)
-        if early is not None and early[1].get("id") == waiter.key[0]:
-            self._resolve(waiter, early[1])
+        if early is not None and early.result.get("id") == waiter.key[0]:
+            self._resolve(waiter, early.result, early.added)
 
     def forget(self, waiter: Waiter) -> None:
         waiters = self._waiters.get(waiter.key)
@@ -144,12 +154,17 @@ class ReplyRouter:
     def waiting(self) -> int:
         return sum(len(w) for w in self._waiters.values())
 
-    def _resolve(self, waiter: Waiter, result: dict[str, Any]) -> None:
+    def _resolve(self, waiter: Waiter, result: dict[str, Any], added: str = "") -> None:
+        """Hand `result` to its waiter; `added`: its reply-stream entry id (its `reply` stage,
+        from the detector's write to here, ends now)."""
         self.forget(waiter)
         if not waiter.fut.done():
             waiter.fut.set_result(result)
+            if added:
+                metrics.STAGE_REPLY.observe(entry_age_s(added))
 
-    def _deliver(self, result: Any) -> None:
+    def _deliver(self, result: Any, added: str = "") -> None:
+        """A reply read from the stream (`added`: its entry id) to the request waiting for it."""
         if not isinstance(result, dict):
             raise TypeError(f"a reply must be a map, not {type(result).__name__}")
         event_id, sha, entry = result.get("id"), result.get("sha256") or "", result.get("entry")
@@ -158,14 +173,14 @@ class ReplyRouter:
         waiters = self._waiters.get((event_id, sha), [])
         for waiter in waiters:
             if waiter.entry == entry:
-                self._resolve(waiter, result)
+                self._resolve(waiter, result, added)
                 return
         if any(w.entry is None for w in waiters):  # its publish has not returned yet
             now = time.monotonic()
-            self._early[entry] = (now, result)
+            self._early[entry] = Early(now, result, added)
             while self._early and (
                 len(self._early) > EARLY_MAX
-                or next(iter(self._early.values()))[0] < now - EARLY_KEEP_S
+                or next(iter(self._early.values())).seen < now - EARLY_KEEP_S
             ):
                 self._early.popitem(last=False)
 
@@ -212,6 +227,6 @@ class ReplyRouter:
                 for entry_id, fields in entries:
                     self._last = last = entry_id.decode()
                     try:
-                        self._deliver(msgpack.unpackb(fields[RESULT_FIELD], raw=False))
+                        self._deliver(msgpack.unpackb(fields[RESULT_FIELD], raw=False), last)
                     except Exception as exc:  # anyone who may XADD here may write anything
                         self._skip(last, f"{type(exc).__name__}: {exc}")

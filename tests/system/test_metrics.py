@@ -21,7 +21,7 @@ MakeSettings = Callable[..., Settings]
 
 # What each service exports, by family name (a counter's without `_total`). Written out rather
 # than read from the registries, so that a metric moved to the wrong service fails here.
-SHARED = {"facestream_bloom_checks", "facestream_dead_letters"}
+SHARED = {"facestream_bloom_checks", "facestream_dead_letters", "facestream_stage_seconds"}
 GATEWAY = {
     "facestream_http_requests",
     "facestream_http_request_seconds",
@@ -29,6 +29,8 @@ GATEWAY = {
     "facestream_gateway_joined",
     "facestream_bad_replies",
     "facestream_bloom_checks",
+    "facestream_stage_seconds",
+    "facestream_hit_stage_seconds",
 }
 DETECTOR = {
     "facestream_events_read",
@@ -43,6 +45,7 @@ DETECTOR = {
     "facestream_stream_lag",
     "facestream_stream_pending",
     "facestream_dlq_size",
+    "facestream_stage_seconds",
 }
 SINK = {"facestream_sink_written", "facestream_dead_letters"}
 

@@ -70,6 +70,7 @@ class System:
     target: Target
     probes: dict[str, Callable[[], float]]  # process -> CPU seconds so far
     inferences: Callable[[], int] | None = None  # model runs so far, where the system counts
+    pids: dict[str, list[int]] = field(default_factory=dict)  # process group -> its pids
     metrics: list[str] = field(default_factory=list)  # its /metrics pages (benchmarks/stages.py)
 
 
@@ -153,6 +154,7 @@ def facestream_stack(url: str, opts: Options) -> Iterator[System]:
                 "detectors": lambda: sum(cpu_seconds(d.pid) for d in dets),
                 "redis": lambda: cpu_seconds(rpid),
             },
+            pids={"gateway": [gw.pid], "detectors": [d.pid for d in dets], "redis": [rpid]},
             # The gateway's page sums its workers' (ingest/http/serve.py).
             metrics=[f"http://127.0.0.1:{p}/metrics" for p in [port, *ports]],
         )

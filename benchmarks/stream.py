@@ -19,11 +19,12 @@ from benchmarks.common import (
     table,
     wait_results,
 )
+from facestream.common.cache import scripts as cache_scripts
+from facestream.common.cache.bloom import BloomShape
 from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import EVENT_FIELD
 from facestream.common.settings import Settings
 from facestream.common.streams.ack_gated import Emit
-from facestream.common.streams.bloom import BloomShape
 from facestream.common.streams.scripts import Scripts
 from facestream.detector.imaging import decode_image
 from facestream.detector.model.loader import load_model
@@ -85,7 +86,8 @@ def redis_ceiling(url: str, images: list[bytes], n: int, batch: int = 64) -> flo
         ids = [e[0] for e in entries]
         distinct = {shas[(done + i) % len(shas)] for i in range(len(ids))}
         pipe = client.pipeline(transaction=False)
-        scripts.bloom_check(
+        cache_scripts.bloom_check(
+            scripts,
             pipe,
             f"{keys.bloom('m')}:0",
             shape.hashes,
@@ -94,8 +96,8 @@ def redis_ceiling(url: str, images: list[bytes], n: int, batch: int = 64) -> flo
         pipe.execute()
         pipe = client.pipeline(transaction=False)
         for s in distinct:
-            scripts.lookup_or_lock(
-                pipe, keys.cache(s, "m"), keys.lock(s, "m"), "t", 1000, True, "o."
+            cache_scripts.lookup_or_lock(
+                scripts, pipe, keys.cache(s, "m"), keys.lock(s, "m"), "t", 1000, True, "o."
             )
         pipe.execute()
         pipe = client.pipeline(transaction=False)

@@ -9,15 +9,12 @@ admitted when nothing else is being drawn, so every photo the pixel limit allows
 
 glibc keeps freed memory in its arenas (one per thread that allocated it), so a burst's peak
 stayed the process's size long after. After a large draw, `malloc_trim(0)` hands the free
-pages back; elsewhere (musl, macOS) that call does not exist and nothing is done.
+pages back (common/allocator.py).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-from collections.abc import Callable
-
+from facestream.common import allocator
 from facestream.common.imaging.photo import image_size
 
 # Below this many pixels a draw's buffers are small and trimming would cost more than it gives.
@@ -54,21 +51,7 @@ class DrawBudget:
         self.draws -= 1
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError, TypeError):
-        return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
-
-
-_TRIM = _malloc_trim()
-
-
 def give_back(pixels: int) -> None:
     """After a draw of `pixels`: return free heap pages to the system (glibc only)."""
-    if _TRIM is not None and pixels >= TRIM_FROM_PIXELS:
-        _TRIM(0)
+    if pixels >= TRIM_FROM_PIXELS:
+        allocator.trim()

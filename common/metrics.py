@@ -14,6 +14,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     GCCollector,
+    Histogram,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
@@ -30,6 +31,25 @@ STAGE_BUCKETS = (
     0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
     0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+
+
+def stage_histogram(registry: CollectorRegistry) -> Histogram:
+    """`facestream_stage_seconds{stage}` in a service's registry: a new photo's stages, the
+    detector's (detector/metrics.py says which) and the gateway's last one (`reply`), under one
+    name so one query reads the whole way."""
+    return Histogram(
+        "facestream_stage_seconds",
+        "Time an image spends in each stage of its way through facestream",
+        ["stage"],
+        buckets=STAGE_BUCKETS,
+        registry=registry,
+    )
+
+
+def bloom_counter(registry: CollectorRegistry) -> Counter:
+    """`facestream_bloom_checks{answer}`: the Bloom filter's answers, counted by the detectors
+    and by the gateways' look-ups under one name, so one query sums both."""
+    return Counter("facestream_bloom_checks", "Bloom filter answers", ["answer"], registry=registry)
 
 
 def entry_age_s(entry_id: str) -> float:

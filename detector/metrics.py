@@ -21,7 +21,7 @@ RESULTS = Counter(
 CACHE = Counter(
     "facestream_cache_lookups", "Cache look-ups by the detector", ["result"], registry=REGISTRY
 )
-BLOOM = Counter("facestream_bloom_checks", "Bloom filter answers", ["answer"], registry=REGISTRY)
+BLOOM = metrics.bloom_counter(REGISTRY)
 LOCK_WAITS = Counter(
     "facestream_lock_waits", "Images deferred on another worker's lock", registry=REGISTRY
 )
@@ -60,13 +60,7 @@ END_TO_END = Histogram(
 #   model        the model call it was in (facestream_inference_seconds: per call)
 #   write        that call's end -> its answer written (back on the event loop, the result
 #                built, crops cut, the pipelined write of cache entry, reply and result)
-STAGES = Histogram(
-    "facestream_stage_seconds",
-    "Time an image spends in each stage of its way through facestream",
-    ["stage"],
-    buckets=metrics.STAGE_BUCKETS,
-    registry=REGISTRY,
-)
+STAGES = metrics.stage_histogram(REGISTRY)
 LAG = Gauge(
     "facestream_stream_lag",
     "Entries not yet delivered to a group",

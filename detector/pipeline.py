@@ -19,6 +19,8 @@ from collections import defaultdict
 from collections.abc import Coroutine
 from typing import Any
 
+from facestream.common.cache.lookup import Acquired, Hit, Lookup
+from facestream.common.cache.store import Put
 from facestream.common.contract.keys import Partition
 from facestream.common.contract.schema import (
     EVENT_FIELD,
@@ -31,6 +33,7 @@ from facestream.common.contract.schema import (
 )
 from facestream.common.imaging.align import CropCaps
 from facestream.common.log import get_logger
+from facestream.common.metrics import entry_age_s
 from facestream.detector import metrics
 from facestream.detector.context import Context
 from facestream.detector.flights import Flights, State
@@ -38,7 +41,7 @@ from facestream.detector.imaging import image_size
 from facestream.detector.inference import Inference
 from facestream.detector.jobs import Job, ResultFactory
 from facestream.detector.model.face_model import FaceModel
-from facestream.detector.resolver import Acquired, Hit, Lookup, Resolver
+from facestream.detector.resolver import Resolver
 from facestream.detector.writer import BatchWrite, Writer
 
 log = get_logger(__name__)
@@ -50,6 +53,7 @@ class BatchProcessor:
         self.keys = ctx.keys
         self.model = model
         self.locks = ctx.locks
+        self.cache = ctx.cache
         self.writer = Writer(ctx)
         caps = CropCaps(settings.max_crops, settings.max_crop_bytes)
         self.results = ResultFactory(
@@ -98,6 +102,8 @@ class BatchProcessor:
                 out.ack_only.append((part, entry))
                 self.counters.deleted += 1
                 continue
+            if deliveries is None:  # a first delivery: its time in the stream ends now
+                metrics.STAGE_STREAM.observe(entry_age_s(entry))
             count = deliveries.get(entry, 1) if deliveries else 1
             if count >= self.settings.max_deliveries:
                 out.dead.append((part, *self._give_up(entry, fields, count)))
@@ -161,8 +167,10 @@ class BatchProcessor:
             self.flights.resolve(sha, new[sha])
         try:
             if shas:
+                started = time.perf_counter()
                 check = await self.resolver.maybe_cached(shas)
                 await self._resolve(shas, check, out, {})
+                metrics.observe_each(metrics.STAGE_LOOKUP, time.perf_counter() - started, len(shas))
         except Exception:
             for sha in shas:  # back in the pending list only: the member re-reads it
                 if self.flights.state(sha) is State.RESOLVING:
@@ -313,11 +321,11 @@ class BatchProcessor:
         return held
 
     async def _infer(self, shas: list[str]) -> None:
-        tag = self.model.tag
         images = [(sha, self.flights.jobs(sha)[0].event.image) for sha in shas]
         started = time.perf_counter()
+        model_done: dict[str, float] = {}  # sha256 -> its model call's end: `write` from there
         try:
-            answers = await self.inference.detect(images)
+            answers = await self.inference.detect(images, model_done)
             failure = None
         except Exception as exc:
             log.exception("inference_failed", images=len(shas))
@@ -329,13 +337,13 @@ class BatchProcessor:
         self.counters.inferences += 1 if inferred else 0
         self.counters.images_inferred += inferred
         for sha, group in groups.items():
-            lock_key = self.keys.lock(sha, tag)
+            lock_key = self.cache.lock_key(sha)
             token = self.locks.token(lock_key)
             answer = answers.get(sha)
             if isinstance(answer, tuple):
                 image, faces = answer
                 if token is not None:
-                    out.cache_puts.append((sha, token, faces, image.width, image.height))
+                    out.cache_puts.append(Put(sha, token, faces, image.width, image.height))
                 else:  # lock lost mid-inference: still answer, but leave the cache alone
                     log.warning("lock_lost_before_write", sha256=sha)
                 for i, job in enumerate(group):
@@ -352,9 +360,10 @@ class BatchProcessor:
         log.debug("inferred", images=inferred, ms=round((time.perf_counter() - started) * 1000, 1))
         try:
             await self._write(out)
+            metrics.observe_since(metrics.STAGE_WRITE, model_done.values())
         finally:
             for sha in shas:
-                self.locks.drop(self.keys.lock(sha, tag))
+                self.locks.drop(self.cache.lock_key(sha))
 
     async def drain(self) -> None:
         """Wait for the work in hand (parked images included) to be inferred and written."""

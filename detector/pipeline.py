@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Coroutine
 from typing import Any
 
-from facestream.common.cache.lookup import Acquired, Hit, Lookup
+from facestream.common.cache.lookup import Acquired, Checks, Hit, Lookup
 from facestream.common.cache.store import Put
 from facestream.common.contract.keys import Partition
 from facestream.common.contract.schema import (
@@ -185,14 +185,14 @@ class BatchProcessor:
     async def _resolve(
         self,
         shas: list[str],
-        check_cache: dict[str, bool],
+        check_cache: Checks,
         out: BatchWrite,
         delays: dict[str, int],
     ) -> None:
         """Look up resolving images: a hit is answered, an acquired lock parks the image for
         inference, a busy lock defers it (first time: the minimum delay; re-checks: the delay
         given)."""
-        asked: dict[str, bool] = {}
+        asked: Checks = {}
         for sha in shas:
             if self.resolver.own_write_in_flight(sha):
                 self._defer(sha, delays.get(sha))  # its answer is moments away

@@ -63,15 +63,40 @@ class CacheView:
         return self.keys.lock(sha, self.model_tag)
 
 
+# Per image, what the look-up knows of the Bloom filter: its answer (False: never cached), or
+# None: not asked yet, the script asks it in the same call (one server only).
+Checks = dict[str, bool | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    lookups: dict[str, Lookup]
+    maybe: int  # of the images whose filter the script asked: "maybe cached"
+    never: int  # and "never cached"
+
+
 async def lookup_or_lock(
-    view: CacheView, check_cache: dict[str, bool], locks: LockKeeper, lock_ttl_ms: int
-) -> dict[str, Lookup]:
-    """Per image (sha256 -> whether the Bloom filter said "maybe"): its cached answer, else the
-    lock taken and handed to `locks` to keep, else Busy. One round trip for the batch."""
-    tokens = {sha: locks.new_token() for sha in check_cache}
+    view: CacheView,
+    checks: Checks,
+    locks: LockKeeper,
+    lock_ttl_ms: int,
+    bloom: BloomFilter | None = None,
+) -> Resolved:
+    """Per image: its cached answer, else the lock taken and handed to `locks` to keep, else
+    Busy. One round trip for the batch; where `checks` says None, `bloom` is asked in the same
+    script (the filter's keys must be on the images' server: never on a cluster)."""
+    tokens = {sha: locks.new_token() for sha in checks}
+    generations = bloom.generation_keys() if bloom is not None else ("", "")
+
+    def check_of(sha: str, check: bool | None) -> bool | cache_scripts.FilterAsk:
+        if check is not None:
+            return check
+        if bloom is None:
+            raise ValueError("no Bloom filter to ask")
+        return cache_scripts.FilterAsk(*generations, bloom.mode, sha, bloom.script_offsets(sha))
 
     def build(pipe: AsyncPipeline) -> None:
-        for sha, check in check_cache.items():
+        for sha, check in checks.items():
             cache_scripts.lookup_or_lock(
                 view.scripts,
                 pipe,
@@ -79,29 +104,34 @@ async def lookup_or_lock(
                 view.lock_key(sha),
                 tokens[sha],
                 lock_ttl_ms,
-                check,
+                check_of(sha, check),
                 locks.owner,
             )
 
     replies = await view.scripts.run(view.client, build)
     out: dict[str, Lookup] = {}
-    for sha, reply in zip(check_cache, replies, strict=True):
-        kind = int(reply[0])
-        if kind == HIT:
-            entry = Entry.read(reply[1:4])
-            if entry is None:
-                raise ValueError(f"lookup_or_lock.lua answered a hit without faces for {sha}")
-            size = (entry.width, entry.height) if entry.sized else None
-            out[sha] = Hit(unpack_faces(entry.faces), size)
-        elif kind == ACQUIRED:
-            # Also after a deferral: the holder died (its lock expired) without a result.
-            locks.hold(view.lock_key(sha), tokens[sha])
-            out[sha] = Acquired()
-        elif kind == BUSY:
-            out[sha] = Busy()
-        else:
-            raise ValueError(f"lookup_or_lock.lua answered {kind} for {sha}")
-    return out
+    asked = [0, 0]  # never, maybe
+    for (sha, check), reply in zip(checks.items(), replies, strict=True):
+        if check is None:
+            asked[int(reply[-1])] += 1
+        out[sha] = _lookup(view, locks, sha, tokens[sha], reply)
+    return Resolved(out, maybe=asked[1], never=asked[0])
+
+
+def _lookup(view: CacheView, locks: LockKeeper, sha: str, token: str, reply: list[Any]) -> Lookup:
+    kind = int(reply[0])
+    if kind == HIT:
+        entry = Entry.read(reply[1:4])
+        if entry is None:
+            raise ValueError(f"lookup_or_lock.lua answered a hit without faces for {sha}")
+        return Hit(unpack_faces(entry.faces), (entry.width, entry.height) if entry.sized else None)
+    if kind == ACQUIRED:
+        # Also after a deferral: the holder died (its lock expired) without a result.
+        locks.hold(view.lock_key(sha), token)
+        return Acquired()
+    if kind == BUSY:
+        return Busy()
+    raise ValueError(f"lookup_or_lock.lua answered {kind} for {sha}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,9 +4,23 @@ client (common/streams/scripts.py `Scripts.call`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from facestream.common.streams.scripts import Scripts, ScriptTarget
+
+
+@dataclass(frozen=True, slots=True)
+class FilterAsk:
+    """What lookup_or_lock.lua needs to ask the Bloom filter itself (one server only: the
+    filter's keys are other slots than the image's): its two generations, its mode, the image's
+    sha256 (native BF.*) and its bitmap offsets (the Lua bitmap)."""
+
+    current: str
+    previous: str
+    mode: str
+    sha: str
+    offsets: list[int]
 
 
 def lookup_or_lock(
@@ -16,14 +30,19 @@ def lookup_or_lock(
     lock_key: str,
     token: str,
     ttl_ms: int,
-    check_cache: bool,
+    check_cache: bool | FilterAsk,
     owner: str,
 ) -> Any:
+    """`check_cache`: the Bloom filter's answer already known (False: never cached), or how the
+    script asks the filter itself (its answer then ends the reply)."""
+    keys = [cache_key, lock_key]
+    if isinstance(check_cache, FilterAsk):
+        ask = check_cache
+        keys += [ask.current, ask.previous]
+        args = [token, ttl_ms, "bloom", owner, ask.mode, ask.sha, *ask.offsets]
+        return scripts.call("lookup_or_lock", pipe, keys, args)
     return scripts.call(
-        "lookup_or_lock",
-        pipe,
-        [cache_key, lock_key],
-        [token, ttl_ms, "1" if check_cache else "0", owner],
+        "lookup_or_lock", pipe, keys, [token, ttl_ms, "1" if check_cache else "0", owner]
     )
 
 

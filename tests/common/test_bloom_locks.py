@@ -228,3 +228,46 @@ def test_a_process_takes_back_its_own_orphaned_lock(prefix: str, r: redis.Redis)
         2
     ]
     assert r.get(lock) == b"p1.new" and r.pttl(lock) <= 10_000
+
+
+@pytest.mark.parametrize("mode", ["lua", "native", "off"])
+def test_the_lookup_asks_the_filter_itself_in_one_round_trip(
+    make_settings: Any, prefix: str, mode: str
+) -> None:
+    """One server: lookup_or_lock.lua asks the Bloom filter in the same call (the detector's
+    look-up is one round trip): never seen -> lock taken without a cache read, and "never"
+    counted; a cached image -> its entry, "maybe" counted; a result that landed after its Bloom
+    add was missed still found (the filter only ever saves a read)."""
+    from facestream.common.cache.lookup import Acquired, CacheView, Hit, lookup_or_lock
+
+    settings = make_settings()
+
+    async def body(client: Redis) -> Any:
+        if mode == "native" and not await server_has_native_bloom(client, f"{prefix}:probe"):
+            return None
+        keys, scripts = Keys(prefix), Scripts(client)
+        view, bf = CacheView(client, scripts, keys, "m-1"), bloom(client, prefix, mode)
+        locks = LockKeeper(scripts, 10_000)
+        known, stranger, unvouched = sha(21), sha(22), sha(23)
+        for image in (known, unvouched):  # two entries; only `known` is in the filter
+            await client.hset(
+                keys.cache(image, "m-1"),
+                mapping={"faces": b"\x90", "width": 4, "height": 3, "model": "m-1"},
+            )
+        await bf.add(client, [known])
+        checks: dict[str, bool | None] = dict.fromkeys([known, stranger, unvouched])
+        return await lookup_or_lock(view, checks, locks, 10_000, bf), known, stranger, unvouched
+
+    done = run(settings, body)
+    if done is None:
+        assert not os.environ.get("FACESTREAM_TEST_REDIS_MODULE"), "RedisBloom did not load"
+        pytest.skip("this redis-server has no BF.* commands")
+    resolved, known, stranger, unvouched = done
+    assert isinstance(resolved.lookups[known], Hit)
+    assert isinstance(resolved.lookups[stranger], Acquired)
+    # Not vouched for by the filter: the lock is taken, then the entry found (confirmed).
+    assert isinstance(resolved.lookups[unvouched], Hit)
+    if mode == "off":
+        assert (resolved.maybe, resolved.never) == (3, 0)
+    else:
+        assert (resolved.maybe, resolved.never) == (1, 2)

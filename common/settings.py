@@ -327,6 +327,9 @@ class GatewaySettings(ProcessSettings, PublisherSettings, CacheSettings, ReplySe
     # that wait (ingest/http/shared_waits.py).
     gateway_hits: bool = True
     max_wait_timeout_ms: int = Field(default=120_000, ge=1)
+    # A waiting request whose new photo would wait past its timeout_ms (the detectors' backlog
+    # at their measured pace) is refused at once, 503 `overloaded` (ingest/http/admission.py).
+    admission: bool = True
 
 
 class SinkSettings(MemberSettings):

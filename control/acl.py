@@ -79,19 +79,21 @@ def roles(settings: Settings, native_bloom: bool = False) -> dict[str, list[str]
     dlqs = [f"~{part.dlq}" for part in k.parts]
     p = settings.prefix
     connect = [f"+{c}" for c in _CONNECT]
-    bloom = ["bf.mexists", "bf.insert"] if native_bloom else []
+    # BF.EXISTS: lookup_or_lock.lua asks the filter itself on one server.
+    bloom = ["bf.exists", "bf.mexists", "bf.insert"] if native_bloom else []
     detector_claim = f"~{k.consumer_claim(settings.detector_group, '*')}"
     cache = [f"~{p}:face:*", f"~{p}:lock:*"]
     gateway_bloom = ["bf.exists", "bf.mexists"] if native_bloom else []
     # Publishers: add to the images stream (write only: they cannot read other publishers'
     # images, nor trim, delete or expire queued work), read the lag and the stream's size
-    # (backpressure), read reply streams (names carry 128 random bits), and read which
-    # detectors are alive (the CLI's check before publishing, the gateway's status and the
-    # model whose cache it answers from: common/streams/serving.py).
+    # (backpressure) and which detectors hold its pending entries (the summary of XPENDING:
+    # the gateway's admission control), read reply streams (names carry 128 random bits), and
+    # read which detectors are alive (the CLI's check before publishing, the gateway's status
+    # and the model whose cache it answers from: common/streams/serving.py).
     ingest = [
         *connect,
         _selector([f"%W{i}" for i in images], ["xadd"]),
-        _selector([f"%R{i}" for i in images], ["xinfo|groups", "xlen", "memory|usage"]),
+        _selector([f"%R{i}" for i in images], ["xinfo|groups", "xlen", "memory|usage", "xpending"]),
         _selector([f"%R~{p}:reply:gw-*"], ["xread", "memory|usage"]),
         _selector([f"%R~{p}:serving:*"], ["hgetall"]),
     ]

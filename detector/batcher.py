@@ -41,6 +41,10 @@ class DynamicBatcher:
         self._thread: threading.Thread | None = None
         # Written by the inference thread only; read for the detector's summary.
         self.batch_sizes: Counter[int] = Counter()
+        # Running totals (seconds in model calls, images run) for the load the detector
+        # advertises to the gateways (common/streams/serving.py); same writer.
+        self.model_s = 0.0
+        self.images_run = 0
 
     async def detect(self, images: list[Prepared]) -> list[list[Face]]:
         ready = [time.perf_counter()] * len(images)
@@ -122,6 +126,8 @@ class DynamicBatcher:
             finally:
                 elapsed = time.perf_counter() - started
                 self.batch_sizes[len(batch)] += 1
+                self.model_s += elapsed
+                self.images_run += len(batch)
                 metrics.INFERENCE.observe(elapsed)
                 metrics.BATCH.observe(len(batch))
             metrics.observe_each(metrics.STAGE_MODEL, elapsed, len(batch))

@@ -4,7 +4,9 @@ nobody to answer it is told at once (503 `no_detector`) instead of after its who
 The rule is the one `facestream detect` and `/v1/status` use: a detector is alive while its
 entry in the served-model hash is in its time (common/streams/serving.py). The count is read
 at most once per `FRESH_S` for all of a process's requests (one HGETALL shared by a burst), so
-the hot path pays a clock read, and a detector that just started is seen within a second.
+the hot path pays a clock read, and a detector that just started is seen within a second. The
+same read gives the loads the live detectors advertise (their model time per image), which
+admission control reads (ingest/http/admission.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from facestream.common.contract.keys import Keys
 from facestream.common.settings import GatewaySettings
 from facestream.common.streams.errors import REDIS_ERRORS
-from facestream.common.streams.serving import live_detectors
+from facestream.common.streams.serving import Load, live_detectors, live_loads
 from facestream.common.streams.types import AsyncClient
 from facestream.ingest.coalesce import SingleFlight
 from facestream.ingest.publisher import PublishError
@@ -48,6 +50,8 @@ class Liveness:
         self.key = Keys(settings.prefix, settings.partitions).serving(settings.detector_group)
         self.retry_after_s = settings.retry_after_s
         self._count = 0
+        self.live: frozenset[str] = frozenset()  # the live detectors' consumer names
+        self.loads: dict[str, Load] = {}  # consumer -> its advertised load, as of the count
         self._read_at = float("-inf")
         self._shared = SingleFlight()
 
@@ -55,6 +59,11 @@ class Liveness:
         """Detectors alive, as of at most FRESH_S ago (Redis errors propagate)."""
         if time.monotonic() - self._read_at >= FRESH_S:
             await self._shared.run("read", self._read)
+        return self._count
+
+    @property
+    def count(self) -> int:
+        """Detectors alive as of the last read (no read: for code that must not wait)."""
         return self._count
 
     async def require(self) -> None:
@@ -76,5 +85,8 @@ class Liveness:
         return body
 
     async def _read(self) -> None:
-        self._count = len(live_detectors(await self.client.hgetall(self.key)))
+        entries = await self.client.hgetall(self.key)
+        self.live = frozenset(live_detectors(entries))
+        self._count = len(self.live)
+        self.loads = live_loads(entries)
         self._read_at = time.monotonic()

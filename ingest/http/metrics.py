@@ -32,6 +32,13 @@ GATEWAY_JOINED = Counter(
     "Waiting requests answered with the answer of an earlier request for the same image",
     registry=REGISTRY,
 )
+# Refused by admission control (ingest/http/admission.py): nothing was published for them.
+GATEWAY_OVERLOADED = Counter(
+    "facestream_gateway_overloaded",
+    "Waiting requests refused at the door (503 overloaded): their new photo's expected wait "
+    "was past their timeout",
+    registry=REGISTRY,
+)
 BAD_REPLIES = Counter(
     "facestream_bad_replies", "Reply-stream entries the gateway skipped", registry=REGISTRY
 )

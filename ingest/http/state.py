@@ -5,7 +5,8 @@ lifespan, ingest/http/app.py) and read by every route, the fast path included, t
 `Gateway.answer` is the one way a waiting request becomes an answer, whatever the route
 (`/v1/detect?wait=true` in FastAPI or the fast path, `/v1/draw`, the drop-in
 `/face-detection`): refused at once when no detector is alive, else from the cache at the door
-or through the detectors (ingest/http/cache_answers.py)."""
+or through the detectors (ingest/http/cache_answers.py), a new photo refused at once when it
+would wait past its deadline (ingest/http/admission.py)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from facestream.common.log import get_logger
 from facestream.common.settings import GatewaySettings
 from facestream.common.streams.connection import async_client
 from facestream.common.streams.types import AsyncClient
+from facestream.ingest.http.admission import Admission
 from facestream.ingest.http.cache_answers import CacheAnswers, answer_or_wait
 from facestream.ingest.http.errors import RedisTrouble
 from facestream.ingest.http.liveness import Liveness
@@ -38,6 +40,7 @@ class Gateway:
     publisher: AsyncPublisher
     liveness: Liveness
     answers: CacheAnswers
+    admission: Admission
 
     @property
     def reply_stream(self) -> str:
@@ -46,9 +49,12 @@ class Gateway:
 
     async def answer(self, event: ImageEvent, timeout_s: float) -> dict[str, Any] | None:
         """The result for a waiting request, or None when `timeout_s` passes first. Raises
-        NoDetector (503 `no_detector`) when no detector is alive: nothing is published then."""
+        NoDetector (503 `no_detector`) when no detector is alive, Overloaded (503 `overloaded`)
+        when its new photo would wait past `timeout_s`: nothing is published then."""
         await self.liveness.require()
-        return await answer_or_wait(self.answers, self.replies, self.publisher, event, timeout_s)
+        return await answer_or_wait(
+            self.answers, self.replies, self.publisher, event, timeout_s, self.admission
+        )
 
 
 def gateway_of(app: Starlette) -> Gateway:
@@ -73,13 +79,15 @@ def gateway_lifespan(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = async_client(settings)
         replies = ReplyRouter.of(client, keys, settings)
+        liveness = Liveness(settings, client)
         gateway = Gateway(
             client=client,
             replies=replies,
             publisher=AsyncPublisher(settings, client, replies.stream),
-            liveness=Liveness(settings, client),
+            liveness=liveness,
             # Results the gateway answers from the cache name it as their producer.
             answers=CacheAnswers(settings, client, "gateway:" + replies.stream.rsplit(":", 1)[-1]),
+            admission=Admission(settings, client, liveness),
         )
         app.state.gateway = gateway
         await replies.start()
@@ -87,6 +95,7 @@ def gateway_lifespan(
         try:
             yield
         finally:
+            await gateway.admission.close()
             await replies.stop()
             await client.aclose()
 

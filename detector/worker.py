@@ -20,16 +20,17 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import redis.exceptions
 
+from facestream.common.cache.bloom import open_bloom
+from facestream.common.cache.lookup import CacheView
 from facestream.common.contract.keys import Keys
 from facestream.common.log import get_logger
 from facestream.common.settings import DetectorSettings
-from facestream.common.streams.bloom import BloomFilter, resolve_bloom_mode
 from facestream.common.streams.errors import REDIS_ERRORS, connection_race
 from facestream.common.streams.locks import LockKeeper
 from facestream.common.streams.member import Batch, Handler, Member, Subscription
 from facestream.common.streams.outage import Outage
 from facestream.common.streams.scripts import Scripts
-from facestream.common.streams.serving import advertise, withdraw
+from facestream.common.streams.serving import LoadMeter, advertise, withdraw
 from facestream.common.streams.trim import trim_acked
 from facestream.common.streams.types import AsyncClient
 from facestream.common.supervise import RestartPolicy
@@ -78,42 +79,40 @@ class Detector(Handler):
             RestartPolicy.of(settings),
         )
         self.stop = self.member.stop
-        self.processor: BatchProcessor | None = None
+        self._processor: BatchProcessor | None = None
         self._lost_seen = 0
         self._held_back = False  # the served-model entry is not being refreshed
+        self._load = LoadMeter()  # the model time per image it advertises
 
     async def run(self) -> Counters:
         await self.member.run()
         return self.counters
 
     @property
-    def p(self) -> BatchProcessor:
-        assert self.processor is not None, "started"
-        return self.processor
+    def started(self) -> bool:
+        return self._processor is not None
+
+    @property
+    def processor(self) -> BatchProcessor:
+        """The batch processor (pipeline.py), made at start."""
+        assert self._processor is not None, "started"
+        return self._processor
 
     async def start(self) -> None:
         s = self.settings
-        mode = await resolve_bloom_mode(self.client, s.bloom, self.keys.bloom(self.model.tag))
-        bloom = BloomFilter(
-            self.keys,
-            self.scripts,
-            self.model.tag,
-            mode,
-            s.bloom_capacity,
-            s.bloom_error_rate,
-            s.cache_ttl_s * 1000,
-        )
+        bloom = await open_bloom(self.client, self.scripts, self.keys, self.model.tag, s)
         ctx = Context(
             s,
             self.client,
             self.keys,
             self.scripts,
+            CacheView(self.client, self.scripts, self.keys, self.model.tag),
             bloom,
             self.locks,
             self.model.tag,
             self.counters,
         )
-        self.processor = BatchProcessor(ctx, self.model)
+        self._processor = BatchProcessor(ctx, self.model)
         await self._advertise()
         batcher, every = self.processor.batcher, s.trim_every_ms / 1000
         supervise = self.member.supervisor.start
@@ -129,46 +128,48 @@ class Detector(Handler):
             "detector_ready",
             model=self.model.tag,
             provider=self.model.backend.provider,
-            bloom=mode,
+            bloom=bloom.mode,
             lock_owner=self.locks.owner,  # every lock this process takes starts with it
             group=s.detector_group,
             streams=[part.images for part in self.keys.parts],
         )
 
     async def handle(self, batch: Batch) -> None:
-        await self.p.handle(self.keys.parts[batch.stream], batch.entries, batch.deliveries)
+        await self.processor.handle(self.keys.parts[batch.stream], batch.entries, batch.deliveries)
 
     async def tick(self) -> None:
-        await self.p.recheck_deferred()
+        await self.processor.recheck_deferred()
 
     def next_due(self) -> float | None:
-        return self.p.next_due()
+        return self.processor.next_due()
 
     def busy(self) -> bool:
-        return self.p.saturated()
+        return self.processor.saturated()
 
     async def until_free(self, timeout_s: float) -> None:
         # Saturated: let inference finish (or deferrals come due) before reading more.
         stop_wait = asyncio.ensure_future(self.stop.wait())
         await asyncio.wait(
-            [*self.p.tasks, stop_wait], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            [*self.processor.tasks, stop_wait],
+            timeout=timeout_s,
+            return_when=asyncio.FIRST_COMPLETED,
         )
         stop_wait.cancel()
 
     def in_hand(self, stream: int) -> set[str]:
-        return self.p.active_entries(self.keys.parts[stream])
+        return self.processor.active_entries(self.keys.parts[stream])
 
     def rewind_needed(self) -> bool:
         # A write failed, or entries in hand were dropped: they are pending, unanswered.
-        if self.p.lost_writes == self._lost_seen:
+        if self.processor.lost_writes == self._lost_seen:
             return False
-        self._lost_seen = self.p.lost_writes
+        self._lost_seen = self.processor.lost_writes
         return True
 
     async def finish(self) -> None:
         """On stop: finish inference in hand, and give images deferred on another worker's lock
         a grace period to be answered from the cache; what is left stays pending for others."""
-        p = self.p
+        p = self.processor
         if self.member.failed is not None:
             # A task gave up (inference, perhaps): wait for the work in hand no longer than
             # the grace; what is not done by then stays pending for the other detectors.
@@ -188,10 +189,13 @@ class Detector(Handler):
             await p.drain()
 
     async def _advertise(self) -> None:
-        """Tell the gateways which model's cache entries answer for this detector."""
+        """Tell the gateways which model's cache entries answer for this detector, and its
+        recent model time per image (their admission control: ingest/http/admission.py)."""
         ttl_ms = max(3 * self.settings.trim_every_ms, 30_000)
         key = self.keys.serving(self.settings.detector_group)
-        await advertise(self.client, key, self.settings.consumer, self.model.tag, ttl_ms)
+        batcher = self.processor.batcher
+        load = self._load.load(batcher.model_s, batcher.images_run)
+        await advertise(self.client, key, self.settings.consumer, self.model.tag, ttl_ms, load)
 
     async def _advertise_if_alive(self) -> None:
         """Refresh the served-model entry only while every critical task runs: else let it
@@ -209,14 +213,14 @@ class Detector(Handler):
 
     async def close(self) -> None:
         # The member's supervisor has stopped the background tasks by now.
-        if self.processor is not None:
+        if self.started:
             with contextlib.suppress(*REDIS_ERRORS):  # else it expires
                 key = self.keys.serving(self.settings.detector_group)
                 await withdraw(self.client, key, self.settings.consumer)
             self.processor.close()
 
     def summary(self) -> Mapping[str, object]:
-        if self.processor is None:
+        if not self.started:
             return self.counters.as_dict()
         return {
             "deferred_left_pending": self.processor.deferred_jobs(),

@@ -18,36 +18,35 @@ from typing import Any
 
 import msgpack
 
+from facestream.common.cache.bloom import BloomFilter, open_bloom
+from facestream.common.cache.entry import Entry, cached_result, result_head
+from facestream.common.cache.lookup import CacheView, lookup_and_publish, lookup_apart
 from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import (
     RESULT_FIELD,
     Face,
     ImageEvent,
     Result,
-    cached_result_head,
     pack_result,
     unpack_faces,
 )
 from facestream.common.imaging.align import CropCaps, crops_or_faces
 from facestream.common.log import get_logger
 from facestream.common.settings import GatewaySettings
-from facestream.common.streams.bloom import BloomFilter, resolve_bloom_mode
 from facestream.common.streams.errors import REDIS_ERRORS
 from facestream.common.streams.scripts import Scripts
 from facestream.common.streams.serving import served_tag
 from facestream.common.streams.types import AsyncClient
 from facestream.ingest.coalesce import PerCycle, SingleFlight
-from facestream.ingest.http import metrics
+from facestream.ingest.http import hit_clock, metrics
+from facestream.ingest.http.admission import Admission
 from facestream.ingest.http.reply_router import ReplyRouter
 from facestream.ingest.http.shared_waits import Joins, SharedAnswer
 from facestream.ingest.publisher import AsyncPublisher
 
 log = get_logger(__name__)
-NEVER, CACHED = 0, 1  # cached_answers.lua's first field; 2: not cached
 TAG_EVERY_S = 2.0  # how stale the gateway's idea of the served model may be
 
-# Per image of a batch: None (ask the detectors) or (packed faces, width, height).
-Found = tuple[bytes, int, int] | None
 CutKey = tuple[str, bytes]  # an image's sha256 and its packed faces
 Cut = asyncio.Future[tuple[list[Face], int]]  # the faces with crops, how many left without
 
@@ -97,22 +96,13 @@ class CacheAnswers:
         self.tag, self._bloom = tag, None
         if tag is not None:
             try:
-                mode = await resolve_bloom_mode(
-                    self.client, self.settings.bloom, self.keys.bloom(tag)
+                self._bloom = await open_bloom(
+                    self.client, self.scripts, self.keys, tag, self.settings
                 )
             except RuntimeError as exc:  # FACESTREAM_BLOOM=native on a server without BF.*
                 log.warning("gateway_hits_off", reason=str(exc))
                 self.tag = None
                 return
-            self._bloom = BloomFilter(
-                self.keys,
-                self.scripts,
-                tag,
-                mode,
-                self.settings.bloom_capacity,
-                self.settings.bloom_error_rate,
-                self.settings.cache_ttl_s * 1000,
-            )
         log.info("gateway_hits_model", model=tag)
 
     async def _answers(self, events: list[ImageEvent]) -> list[SharedAnswer | Exception]:
@@ -130,19 +120,31 @@ class CacheAnswers:
             self._result(event, sha, tag, done_ms).to_dict()
             for event, sha in zip(events, of, strict=True)
         ]
+        view = CacheView(self.client, self.scripts, self.keys, tag)
+        sent = time.perf_counter()  # the waiting requests' `queue` ends, `compute_infer` starts
         if self.settings.cluster:
-            found, published = await self._lookup_apart(tag, bloom, of), [False] * len(events)
+            found = await lookup_apart(view, bloom, of)
         else:
-            found, published = await self._lookup_and_publish(tag, bloom, events, of, drafts)
+            # A request for crops gets no head: its result is published once they are cut.
+            heads = [
+                b"" if event.crops else result_head(draft)
+                for event, draft in zip(events, drafts, strict=True)
+            ]
+            streams = [self._next_results() for _ in events]
+            found = await lookup_and_publish(view, bloom, of, heads, streams)
+        hit_clock.looked_up(events, sent, [entry is not None for entry in found.entries])
+        metrics.add(metrics.BLOOM_MAYBE, found.maybe)
+        metrics.add(metrics.BLOOM_NEVER, found.never)
         answers: list[SharedAnswer | Exception] = []
         unpublished: list[tuple[int, dict[str, Any]]] = []
         cuts: dict[CutKey, Cut] = {}
-        for event, sha, draft, hit, done in zip(events, of, drafts, found, published, strict=True):
+        rows = zip(events, of, drafts, found.entries, found.published, strict=True)
+        for event, sha, draft, hit, done in rows:
             if hit is None:
                 answers.append(None)
                 continue
             try:
-                body = await self._body(event, sha, tag, done_ms, draft, *hit, cycle=cuts)
+                body = await self._body(event, sha, tag, done_ms, draft, hit, cycle=cuts)
             except (ValueError, msgpack.UnpackException) as exc:
                 # Only a foreign writer leaves such an entry: detectors pack what they store.
                 log.error("cache_entry_unreadable", id=event.id, sha256=sha, reason=str(exc))
@@ -169,64 +171,20 @@ class CacheAnswers:
         tag: str,
         done_ms: int,
         draft: dict[str, Any],
-        faces: bytes,
-        w: int,
-        h: int,
+        hit: Entry,
         *,
         cycle: dict[CutKey, Cut],
     ) -> dict[str, Any]:
         if event.crops:
-            result = self._result(event, sha, tag, done_ms, w, h)
-            result.faces, result.crops_omitted = await self._crops(event, sha, faces, cycle)
+            result = self._result(event, sha, tag, done_ms, hit.width, hit.height)
+            result.faces, result.crops_omitted = await self._crops(event, sha, hit.faces, cycle)
             return result.to_dict()
         # The packed faces are already the result's {box, score, kps} maps: decoded as they
         # are, with no Face objects made and unmade per hit.
-        draft.update(width=w, height=h, faces=msgpack.unpackb(faces, raw=False))
+        draft.update(
+            width=hit.width, height=hit.height, faces=msgpack.unpackb(hit.faces, raw=False)
+        )
         return draft
-
-    async def _lookup_and_publish(
-        self,
-        tag: str,
-        bloom: BloomFilter,
-        events: list[ImageEvent],
-        of: list[str],
-        drafts: list[dict[str, Any]],
-    ) -> tuple[list[Found], list[bool]]:
-        """One server: one script looks every request up and adds each hit's result, built
-        from a head made here (the request's fields, this gateway, the time), to the results
-        stream. A request for crops gets no head: its result is published once they are cut."""
-        current, previous = bloom.generation_keys()
-        args: list[Any] = [bloom.mode, bloom.shape.hashes if bloom.mode == "lua" else 0]
-        args.append(len(events))
-        streams: list[str] = []
-        for event, sha, draft in zip(events, of, drafts, strict=True):
-            head = b"" if event.crops else cached_result_head(draft)
-            args += [sha, head, *bloom.script_offsets(sha)]
-            streams.append(self._next_results())
-        keys = [current, previous, *(self.keys.cache(sha, tag) for sha in of), *streams]
-        replies = await self.scripts.call("cached_answers", self.client, keys, args)
-        # Counted per distinct image, as on a cluster: a burst of one photo is one answer.
-        kinds = dict(zip(of, (int(reply[0]) for reply in replies), strict=True))
-        never = list(kinds.values()).count(NEVER)
-        metrics.add(metrics.BLOOM_MAYBE, len(kinds) - never)
-        metrics.add(metrics.BLOOM_NEVER, never)
-        found = [_found(reply[2:]) if int(reply[0]) == CACHED else None for reply in replies]
-        published = [int(reply[0]) == CACHED and int(reply[1]) == 1 for reply in replies]
-        return found, published
-
-    async def _lookup_apart(self, tag: str, bloom: BloomFilter, of: list[str]) -> list[Found]:
-        """A cluster: the filter's keys and each image's entry are in different slots, so the
-        filter, then the entries, then (in `_publish`) the results: ordered round trips."""
-        shas = list(dict.fromkeys(of))
-        maybe = await bloom.check(self.client, shas)
-        metrics.add(metrics.BLOOM_MAYBE, sum(maybe))
-        metrics.add(metrics.BLOOM_NEVER, len(maybe) - sum(maybe))
-        asked = [sha for sha, m in zip(shas, maybe, strict=True) if m]
-        pipe = self.client.pipeline(transaction=False)
-        for sha in asked:
-            pipe.hmget(self.keys.cache(sha, tag), ["faces", "width", "height"])
-        rows = dict(zip(asked, await pipe.execute(), strict=True)) if asked else {}
-        return [_found(rows[sha]) if sha in rows else None for sha in of]
 
     async def _crops(
         self, event: ImageEvent, sha: str, packed: bytes, cycle: dict[CutKey, Cut]
@@ -265,17 +223,17 @@ class CacheAnswers:
         width: int | None = None,
         height: int | None = None,
     ) -> Result:
-        return Result.answering(
+        # Answered at the door: no images-stream entry.
+        return cached_result(
             event,
+            sha256=sha,
             model=tag,
             consumer=self.consumer,
-            entry="",  # answered at the door: no images-stream entry
+            entry="",
             done_ms=done_ms,
-            sha256=sha,
             width=width,
             height=height,
             faces=[],
-            cached=True,
         )
 
     async def _publish(self, results: list[dict[str, Any]]) -> None:
@@ -301,37 +259,23 @@ async def answer_or_wait(
     publisher: AsyncPublisher,
     event: ImageEvent,
     timeout_s: float,
+    admission: Admission | None = None,
 ) -> dict[str, Any] | None:
     """A waiting request's result: from the cache at the door, else through the detectors,
     sharing the wait of an earlier request of this process for the same image
-    (ingest/http/shared_waits.py); None when `timeout_s` passes first."""
+    (ingest/http/shared_waits.py); None when `timeout_s` passes first. With `admission`, a
+    new photo that would wait past its time is refused (Overloaded, 503) before anything is
+    published (ingest/http/admission.py). A hit, or a request that joins another's wait,
+    adds no work: it is never refused."""
+
+    async def own(left_s: float) -> dict[str, Any] | None:
+        if admission is None:
+            return await replies.publish_and_wait(publisher, event, left_s)
+        return await admission.publish_and_wait(replies, publisher, event, left_s)
+
     if not hits.settings.gateway_hits:
-        return await replies.publish_and_wait(publisher, event, timeout_s)
+        return await own(timeout_s)
     result = await hits.answer(event)
     if result is not None:
         return result
-
-    async def own(left_s: float) -> dict[str, Any] | None:
-        return await replies.publish_and_wait(publisher, event, left_s)
-
     return await hits.joins.wait(event, timeout_s, own)
-
-
-def _found(row: list[Any]) -> Found:
-    """A cache entry's (faces, width, height), None where there is none or it has no size."""
-    faces, width, height = row
-    if faces is None:
-        return None
-    w, h = _size(width), _size(height)
-    if not w or not h:
-        return None  # imported from the old design without a size: the detector reads it
-    return faces, w, h
-
-
-def _size(value: Any) -> int:
-    """A positive size in decimal digits, else 0: the rule cached_answers.lua applies too."""
-    if isinstance(value, str):
-        value = value.encode()
-    if not isinstance(value, bytes) or not value.isdigit():  # bytes.isdigit: ASCII only
-        return 0
-    return int(value)

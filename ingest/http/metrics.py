@@ -45,13 +45,7 @@ BAD_REPLIES = Counter(
 # A new photo's last stage, under the name of the detector's stages (detector/metrics.py):
 #   reply  the detector's reply added to this process's reply stream -> handed to the waiting
 #          request by the reply reader (the entry id's time, ingest/http/reply_router.py)
-STAGES = Histogram(
-    "facestream_stage_seconds",
-    "Time an image spends in each stage of its way through facestream",
-    ["stage"],
-    buckets=metrics.STAGE_BUCKETS,
-    registry=REGISTRY,
-)
+STAGES = metrics.stage_histogram(REGISTRY)
 # A cache hit answered at the door, in the four parts Triton reports for a request
 # (ingest/http/hit_clock.py says where each begins and ends).
 HIT_STAGES = Histogram(
@@ -63,7 +57,7 @@ HIT_STAGES = Histogram(
 )
 # The gateway asks the detectors' Bloom filter before looking a cached answer up; counted
 # under the detectors' name so one query sums both.
-BLOOM = Counter("facestream_bloom_checks", "Bloom filter answers", ["answer"], registry=REGISTRY)
+BLOOM = metrics.bloom_counter(REGISTRY)
 
 # Label children bound once: `.labels()` per event is a dict look-up and a lock on the hot path.
 GATEWAY_HITS = GATEWAY_CACHE.labels("hit")

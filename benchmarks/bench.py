@@ -2,12 +2,15 @@
 
     python -m benchmarks.bench [--only http,openloop,hit,miss,misses,burst,scaling,cluster]
                                [--out FILE]
+    python -m benchmarks.bench --only overload --overload-capacity OLD,NEW
 
 Each run starts its own redis-server; run on an otherwise idle machine and compare ratios
 within one run. `http` runs facestream and the old design rebuilt (benchmarks/olddesign) side
 by side in a closed loop; `openloop` finds each one's capacity at a latency bound with Poisson
-arrivals (benchmarks/capacity.py). Either draws benchmarks/out/http.png (--plot elsewhere),
-with the points beside it as JSON.
+arrivals (benchmarks/capacity.py), then runs each at 1.5x its capacity and back at 0.8x
+(benchmarks/overload.py; `--no-overload` leaves it out, `--only overload` runs it alone at given
+capacities). Either draws benchmarks/out/http.png (--plot elsewhere), with the points beside it
+as JSON.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import datetime
 import sys
 from pathlib import Path
 
-from benchmarks import capacity, sidebyside, stream
+from benchmarks import capacity, overload, overload_report, sidebyside, stream
 from benchmarks.common import machine, redis_server
+from benchmarks.loadgen import Workload
 from benchmarks.openloop import ClientOptions
 
 SCENARIOS = ["http", "openloop", "hit", "miss", "misses", "burst", "scaling", "cluster"]
+ALONE = ["overload"]  # not in the default: it needs capacities (openloop runs it after its search)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,13 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     group.add_argument("--plot", type=Path, default=http_opts.plot, help="PNG to write")
     _openloop_args(parser)
+    _overload_args(parser)
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = set(chosen) - set(SCENARIOS)
+    unknown = set(chosen) - set(SCENARIOS) - set(ALONE)
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     if args.rate_start <= 0 or args.rate_step <= 0:
         parser.error("--rate-start and --rate-step must be positive")
+    given = _capacities(parser, args.overload_capacity)
+    if "overload" in chosen and not given:
+        parser.error("--only overload needs --overload-capacity OLD,NEW (0 leaves one out)")
     header = (
         f"facestream benchmark, {datetime.date.today()}, {machine()}\n"
         f"command: python -m benchmarks.bench {' '.join(sys.argv[1:] if argv is None else argv)}"
@@ -71,9 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     tables = [header]
     closed: list[sidebyside.Point] = []
     rates: list[capacity.RatePoint] = []
+    overloads: list[overload.Result] = []
     with redis_server() as url:
         for name in chosen:
-            if name in ("http", "openloop"):
+            if name in ("http", "openloop", "overload"):
                 opts = sidebyside.Options(
                     seconds=args.seconds,
                     warmup_s=args.warmup,
@@ -86,10 +96,19 @@ def main(argv: list[str] | None = None) -> int:
                     rounds=args.rounds,
                     plot=args.plot,
                 )
+                over = _overload_options(args, given, opts)
                 if name == "http":
                     text, closed = sidebyside.run(url, opts)
+                elif name == "overload":
+                    text, found = overload.run(url, over)
+                    overloads += found
                 else:
-                    text, rates = capacity.run(url, _openloop_options(args, opts))
+                    found = []
+                    then = None if args.no_overload else _after_search(over, found)
+                    text, rates = capacity.run(url, _openloop_options(args, opts), then)
+                    if found:
+                        text += "\n" + overload_report.report(found, over)
+                    overloads += found
                 tables.append(text)
             elif name == "hit":
                 tables.append(stream.bench_hit_path(url))
@@ -107,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
                 tables.append(stream.bench_single_flight(url))
             else:
                 tables.append(stream.bench_scaling(url))
-    if closed or rates:
-        sidebyside.save(closed, args.plot, rates, _openloop_options(args).bound)
+    if closed or rates or overloads:
+        bound = _openloop_options(args).bound
+        sidebyside.save(closed, args.plot, rates, bound, overload.to_json(overloads))
     if args.out:
         with open(args.out, "w") as f:
             f.write("\n".join(tables) + "\n")
@@ -160,6 +180,86 @@ def _openloop_options(
         client=ClientOptions(args.max_connections, args.late_ms),
         systems=systems or sidebyside.Options(),
     )
+
+
+def _overload_args(parser: argparse.ArgumentParser) -> None:
+    d = overload.Options()
+    group = parser.add_argument_group(
+        "overload and recovery (after openloop's search, or alone with --only overload)"
+    )
+    group.add_argument("--no-overload", action="store_true", help="openloop: the search only")
+    group.add_argument(
+        "--overload-capacity",
+        metavar="OLD,NEW",
+        help="capacities (requests/s) of the old design and facestream to run at, instead of "
+        "the search's; 0 leaves a system out",
+    )
+    group.add_argument("--overload-factor", type=float, default=d.factor, help="x capacity")
+    group.add_argument("--overload-seconds", type=float, default=d.seconds)
+    group.add_argument("--recover-factor", type=float, default=d.recover_factor)
+    group.add_argument("--recover-seconds", type=float, default=d.recover_s)
+    group.add_argument("--recover-window", type=float, default=d.window_s, help="seconds")
+    group.add_argument(
+        "--overload-warmup",
+        type=float,
+        default=d.warmup_s,
+        help="seconds at the recovery rate before the overload, on the same connections",
+    )
+    group.add_argument(
+        "--overload-settle", type=float, default=d.settle_s, help="idle seconds before that"
+    )
+    group.add_argument(
+        "--deadline-ms",
+        type=float,
+        default=d.deadline_ms,
+        help="facestream's v1 timeout_ms in these runs (0: the search's 60000)",
+    )
+
+
+def _capacities(parser: argparse.ArgumentParser, text: str | None) -> dict[str, float]:
+    if not text:
+        return {}
+    try:
+        old, new = (float(x) for x in text.split(","))
+    except ValueError:
+        parser.error(f"--overload-capacity wants OLD,NEW in requests/s, not {text!r}")
+    return {k: v for k, v in ((sidebyside.OLD, old), (sidebyside.NEW, new)) if v > 0}
+
+
+def _overload_options(
+    args: argparse.Namespace, given: dict[str, float], systems: sidebyside.Options
+) -> overload.Options:
+    search = _openloop_options(args, systems)
+    return overload.Options(
+        factor=args.overload_factor,
+        seconds=args.overload_seconds,
+        recover_factor=args.recover_factor,
+        recover_s=args.recover_seconds,
+        warmup_s=args.overload_warmup,
+        settle_s=args.overload_settle,
+        window_s=args.recover_window,
+        deadline_ms=args.deadline_ms or None,
+        new_pct=args.new_pct,
+        seed=search.seed,
+        bound=search.bound,
+        client=search.client,
+        systems=systems,
+        capacities=given,
+    )
+
+
+def _after_search(opts: overload.Options, into: list[overload.Result]) -> capacity.Then:
+    """The overload run for each system right after its search, at its capacity (or the one
+    given), into `into`."""
+
+    def then(system: sidebyside.System, work: Workload, found: capacity.RatePoint | None) -> None:
+        rate = opts.capacities.get(system.name) or (found.offered if found else 0.0)
+        if not rate:
+            print(f"{system.name}: no capacity found, no overload run", flush=True)
+            return
+        into.append(overload.measure(system, work, rate, opts))
+
+    return then
 
 
 if __name__ == "__main__":

@@ -183,7 +183,12 @@ def stepper(system: System, work: Workload, opts: Options) -> Callable[[float], 
     return step_at
 
 
-def run(url: str, opts: Options) -> tuple[str, list[RatePoint]]:
+# Called with each system still running after its search, the workload it was sent and its
+# capacity point (None: not even the first step held): the overload run (benchmarks/overload.py).
+Then = Callable[[System, Workload, "RatePoint | None"], None]
+
+
+def run(url: str, opts: Options, then: Then | None = None) -> tuple[str, list[RatePoint]]:
     """Both systems, the old design first, each on a flushed Redis and a fresh workload (same
     seed: the same sequence of new photos and repeats, photos new to each)."""
     bases = photos(40)
@@ -192,10 +197,17 @@ def run(url: str, opts: Options) -> tuple[str, list[RatePoint]]:
     port = free_port()
     with old_service(url, port, sysopts.old_workers, sysopts.old_threads) as master:
         old = old_system(url, port, master.pid)
-        points += search(stepper(old, Workload(bases, opts.seed, 8 * 10**8), opts), opts)
+        work = Workload(bases, opts.seed, 8 * 10**8)
+        mine = search(stepper(old, work, opts), opts)
+        points += mine
+        if then:
+            then(old, work, capacity(mine))
     with facestream_stack(url, sysopts) as system:
         work = Workload(bases, opts.seed, 8 * 10**8 + 5 * 10**7)
-        points += search(stepper(system, work, opts), opts)
+        mine = search(stepper(system, work, opts), opts)
+        points += mine
+        if then:
+            then(system, work, capacity(mine))
     return report(points, opts), points
 
 

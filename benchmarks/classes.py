@@ -30,13 +30,14 @@ class Classifier:
         self.answered: set[int] = set()
         self.in_flight: dict[int, int] = {}
 
-    def send(self, image: int) -> str:
+    def kind(self, image: int) -> str:
+        """The class a request for `image` sent now would be in (nothing is recorded)."""
         if image in self.answered:
-            kind = HIT
-        elif self.in_flight.get(image):
-            kind = JOINED
-        else:
-            kind = NEW
+            return HIT
+        return JOINED if self.in_flight.get(image) else NEW
+
+    def send(self, image: int) -> str:
+        kind = self.kind(image)
         self.in_flight[image] = self.in_flight.get(image, 0) + 1
         return kind
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from benchmarks.classes import ByClass, Classifier
 from benchmarks.common import unique_jpeg
@@ -45,6 +46,24 @@ class Target:
 
 def v1_target(port: int) -> Target:
     return Target(port, "/v1/detect?wait=true&timeout_ms=60000", multipart=False)
+
+
+DEADLINE = re.compile(r"timeout_ms=(\d+)")
+
+
+def with_deadline(target: Target, ms: float | None) -> Target:
+    """The same target with the wait it asks for set to `ms` (`timeout_ms`, a request's deadline
+    for facestream's admission control), where its route has that parameter: facestream's v1
+    route does; the old design and facestream's drop-in route have none (returned as given)."""
+    if ms is None or not DEADLINE.search(target.path):
+        return target
+    return replace(target, path=DEADLINE.sub(f"timeout_ms={max(1, round(ms))}", target.path))
+
+
+def deadline_ms(target: Target) -> int | None:
+    """The `timeout_ms` the target sends, if any."""
+    found = DEADLINE.search(target.path)
+    return int(found.group(1)) if found else None
 
 
 def compat_target(port: int) -> Target:

@@ -10,16 +10,20 @@ byte of its answer, so neither the client's lag nor a connection set-up is left 
 that cannot keep pace says so: every step reports the rate it achieved, the sends that left
 more than `late_ms` after their arrival time, and those dropped because every connection was
 busy (benchmarks/capacity.py counts either against the step rather than close the loop).
+
+A run can be several phases back to back on one connection pool, each at its own rate (the
+overload and recovery run, benchmarks/overload.py); a phase asked to keeps a Record per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -27,6 +31,7 @@ from benchmarks.classes import ByClass
 from benchmarks.loadgen import Target, Workload, exchange
 
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+T = TypeVar("T")
 
 
 def poisson_arrivals(rate: float, seconds: float, rng: random.Random) -> list[float]:
@@ -46,6 +51,26 @@ class ClientOptions:
     timeout_s: float = 60.0  # no answer by then: an error ("timeout")
 
 
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One request of a phase that keeps records."""
+
+    at_s: float  # its arrival time, from the phase's start
+    kind: str  # hit / new / joined (benchmarks/classes.py), when it arrived
+    status: int  # the HTTP status; 0 when none came (`cause` says why)
+    cause: str  # the status as text, or "timeout", "connection", "dropped"
+    code: str  # an error answer's JSON `code` ("overloaded"), else ""
+    latency_s: float  # arrival -> the whole answer (or the failure)
+
+
+@dataclass(frozen=True)
+class Phase:
+    rate: float
+    seconds: float
+    measured: bool = True  # False: sent, not counted (a warm-up)
+    records: bool = False  # keep a Record per request (StepOutcome.records)
+
+
 @dataclass
 class StepOutcome:
     """One rate, its measured window only (warm-up arrivals are sent, not counted)."""
@@ -61,7 +86,8 @@ class StepOutcome:
     by_class: ByClass = field(default_factory=ByClass)  # answered (200) only
     cached: int = 0  # answers that said "cached": true
     errors: dict[str, int] = field(default_factory=dict)  # status or cause -> count
-    peak_connections: int = 0
+    peak_connections: int = 0  # open at once while this phase's requests were sent
+    records: list[Record] | None = None  # per request, where the phase asked for them
 
     @property
     def achieved(self) -> float:
@@ -74,6 +100,15 @@ class StepOutcome:
 
     def error(self, cause: str) -> None:
         self.errors[cause] = self.errors.get(cause, 0) + 1
+
+
+CODE = re.compile(rb'"code"\s*:\s*"([^"]{1,64})"')
+
+
+def error_code(payload: bytes) -> str:
+    """The `code` of a JSON error answer ({"error": {"code", "message"}}), else ""."""
+    found = CODE.search(payload, 0, 512)
+    return found.group(1).decode() if found else ""
 
 
 class Full(Exception):
@@ -121,42 +156,39 @@ class Pool:
 
 class _Step:
     def __init__(
-        self,
-        target: Target,
-        work: Workload,
-        new_share: float,
-        out: StepOutcome,
-        opts: ClientOptions,
+        self, target: Target, work: Workload, new_share: float, opts: ClientOptions
     ) -> None:
         self.target = target
         self.work = work
         self.new_share = new_share
-        self.out = out
         self.opts = opts
         self.pool = Pool(target.port, opts.max_connections)
 
-    async def send(self, due: float, window_start: float, measured: bool) -> None:
-        out = self.out
+    async def send(self, due: float, phase_start: float, out: StepOutcome | None) -> None:
+        """One request arriving at `due`, counted in `out` (None: a warm-up's, not counted)."""
         started = time.perf_counter()
         lag = started - due
         image, body = self.work.pick(self.new_share)
-        if measured:
+        if out is not None:
             out.lag_ms.append(lag * 1000)
             out.late += lag * 1000 > self.opts.late_ms
         try:
             conn, reused = await self.pool.get()
         except Full:
-            out.dropped += measured
+            if out is not None:
+                out.dropped += 1
+                self._unsent(out, due, phase_start, image, "dropped")
             return
         except OSError:
-            if measured:
+            if out is not None:
                 out.sent += 1
                 out.error("connection")
+                self._unsent(out, due, phase_start, image, "connection")
             return
         kind = self.work.classes.send(image)
-        if measured:
+        if out is not None:
             out.sent += 1
-            out.last_send = time.perf_counter() - window_start
+            out.last_send = time.perf_counter() - phase_start
         status, payload = 0, b""
         try:
             async with asyncio.timeout(self.opts.timeout_s):  # no extra task, unlike wait_for
@@ -170,14 +202,35 @@ class _Step:
         else:
             cause = str(status)
         self.work.classes.done(image, answered=status == 200)
-        if not measured:
+        if out is None:
             return
+        # From the arrival time; from the send where a coarse timer let it leave a little early.
+        latency = time.perf_counter() - max(due, started)
+        if out.records is not None:
+            out.records.append(
+                Record(
+                    due - phase_start,
+                    kind,
+                    status,
+                    cause,
+                    error_code(payload) if status != 200 else "",
+                    latency,
+                )
+            )
         if status != 200:
             out.error(cause)
             return
-        # From the arrival time; from the send where a coarse timer let it leave a little early.
-        out.by_class.add(kind, time.perf_counter() - max(due, started))
+        out.by_class.add(kind, latency)
         out.cached += b'"cached":true' in payload
+
+    def _unsent(
+        self, out: StepOutcome, due: float, phase_start: float, image: int, cause: str
+    ) -> None:
+        """The record of a request that got no connection."""
+        if out.records is not None:
+            kind = self.work.classes.kind(image)
+            latency = time.perf_counter() - due
+            out.records.append(Record(due - phase_start, kind, 0, cause, "", latency))
 
     async def _exchange(self, conn: Connection, reused: bool, data: bytes) -> tuple[int, bytes]:
         try:
@@ -197,40 +250,70 @@ class _Step:
         return answer
 
 
+def schedule(
+    phases: list[Phase], rng: random.Random
+) -> tuple[list[tuple[float, int]], list[float]]:
+    """Every arrival as (time from the run's start, its phase's index), in order, and each
+    phase's start: each phase its own Poisson process, from where the one before ended."""
+    arrivals: list[tuple[float, int]] = []
+    starts: list[float] = []
+    offset = 0.0
+    for i, phase in enumerate(phases):
+        starts.append(offset)
+        arrivals += [(offset + t, i) for t in poisson_arrivals(phase.rate, phase.seconds, rng)]
+        offset += phase.seconds
+    return arrivals, starts
+
+
 async def _run(
     target: Target,
     work: Workload,
-    rate: float,
-    seconds: float,
-    warmup_s: float,
+    phases: list[Phase],
     new_share: float,
     rng: random.Random,
     opts: ClientOptions,
-) -> StepOutcome:
-    out = StepOutcome(rate, seconds)
-    step = _Step(target, work, new_share, out, opts)
-    arrivals = poisson_arrivals(rate, warmup_s + seconds, rng)
-    out.scheduled = sum(t >= warmup_s for t in arrivals)
+) -> list[StepOutcome]:
+    """One outcome per measured phase, in order."""
+    arrivals, offsets = schedule(phases, rng)
+    outs: list[StepOutcome | None] = [
+        StepOutcome(p.rate, p.seconds, records=[] if p.records else None) if p.measured else None
+        for p in phases
+    ]
+    for _, i in arrivals:
+        counted = outs[i]
+        if counted is not None:
+            counted.scheduled += 1
+    step = _Step(target, work, new_share, opts)
     tasks: set[asyncio.Task[None]] = set()
     start = time.perf_counter() + 0.01
-    window_start = start + warmup_s
+    starts = [start + o for o in offsets]
+    current = 0
     try:
-        for t in arrivals:
+        for t, i in arrivals:
+            if i != current:  # the phase before has sent all it had: its peak is known
+                _close_phase(outs[current], step.pool)
+                current = i
             due = start + t
             wait = due - time.perf_counter()
             if wait > 0:
                 await asyncio.sleep(wait)
-            task = asyncio.create_task(step.send(due, window_start, t >= warmup_s))
+            task = asyncio.create_task(step.send(due, starts[i], outs[i]))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+        _close_phase(outs[current], step.pool)
         if tasks:
             await asyncio.wait(set(tasks))
     finally:
         for task in tasks:
             task.cancel()
-        out.peak_connections = step.pool.peak
         step.pool.close()
-    return out
+    return [out for out in outs if out is not None]
+
+
+def _close_phase(out: StepOutcome | None, pool: Pool) -> None:
+    if out is not None:
+        out.peak_connections = pool.peak
+    pool.peak = pool.open  # the next phase's peak starts from what is open now
 
 
 def _loop_runner() -> asyncio.Runner:
@@ -241,7 +324,7 @@ def _loop_runner() -> asyncio.Runner:
     return asyncio.Runner(loop_factory=uvloop.new_event_loop)
 
 
-def run_in_loop(coro: Coroutine[Any, Any, StepOutcome]) -> StepOutcome:
+def run_in_loop(coro: Coroutine[Any, Any, T]) -> T:
     with _loop_runner() as runner:
         return runner.run(coro)
 
@@ -258,7 +341,20 @@ def open_loop(
 ) -> StepOutcome:
     """Poisson arrivals at `rate` a second for `warmup_s` + `seconds`; only the arrivals after
     the warm-up are counted, and every request sent is waited for (up to opts.timeout_s)."""
+    phases = [Phase(rate, warmup_s, measured=False)] if warmup_s > 0 else []
+    phases.append(Phase(rate, seconds))
+    return open_loop_phases(target, work, phases, new_share, seed, opts)[0]
+
+
+def open_loop_phases(
+    target: Target,
+    work: Workload,
+    phases: list[Phase],
+    new_share: float = 0.022,
+    seed: int = 1,
+    opts: ClientOptions | None = None,
+) -> list[StepOutcome]:
+    """The phases back to back on one connection pool, with no pause between them; one outcome
+    per measured phase. Every request sent is waited for (up to opts.timeout_s)."""
     rng = random.Random(seed)
-    return run_in_loop(
-        _run(target, work, rate, seconds, warmup_s, new_share, rng, opts or ClientOptions())
-    )
+    return run_in_loop(_run(target, work, phases, new_share, rng, opts or ClientOptions()))

@@ -400,20 +400,25 @@ def save(
     png: Path,
     rates: list[RatePoint] | None = None,
     bound: Bound | None = None,
+    overload: list[dict[str, object]] | None = None,
 ) -> None:
     """The picture (benchmarks/plot.py, of the rounds' medians, and the open loop's p99
     against offered rate when `rates`) and the points as JSON beside it: the closed loop's
-    rounds in <name>.json, the open loop's steps in <name>.openloop.json."""
+    rounds in <name>.json, the open loop's steps in <name>.openloop.json, the overload and
+    recovery runs (benchmarks/overload.py to_json) in <name>.overload.json."""
     from benchmarks.capacity import to_json
     from benchmarks.plot import plot
 
     png.parent.mkdir(parents=True, exist_ok=True)
     plot(medians(points), png, rates, bound)
-    written = [png]
+    written = [png] if points or rates else []  # plot draws nothing without either
     if points:
         written.append(png.with_suffix(".json"))
         written[-1].write_text(json.dumps([asdict(p) for p in points], indent=1))
     if rates:
         written.append(png.with_suffix(".openloop.json"))
         written[-1].write_text(json.dumps(to_json(rates), indent=1))
+    if overload:
+        written.append(png.with_suffix(".overload.json"))
+        written[-1].write_text(json.dumps(overload, indent=1))
     print(f"\nwrote {', '.join(map(str, written))}", flush=True)

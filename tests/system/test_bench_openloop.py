@@ -80,8 +80,9 @@ class Stub:
 
 
 @contextmanager
-def stub_server(slots: int, service_s: float) -> Iterator[Stub]:
-    stub = Stub(slots, service_s)
+def stub_server(slots: int, service_s: float, stub: Stub | None = None) -> Iterator[Stub]:
+    """`stub` (a Stub of another kind) or a plain one, served in a thread of its own."""
+    stub = stub or Stub(slots, service_s)
     loop = asyncio.new_event_loop()
     started = threading.Event()
     stopped: asyncio.Event | None = None

@@ -27,6 +27,7 @@ GATEWAY = {
     "facestream_http_request_seconds",
     "facestream_gateway_cache_lookups",
     "facestream_gateway_joined",
+    "facestream_gateway_overloaded",
     "facestream_bad_replies",
     "facestream_bloom_checks",
     "facestream_stage_seconds",

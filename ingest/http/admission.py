@@ -115,12 +115,19 @@ class Admission:
         self._warned_pending = False
 
     async def publish_and_wait(
-        self, replies: ReplyRouter, publisher: AsyncPublisher, event: ImageEvent, timeout_s: float
+        self,
+        replies: ReplyRouter,
+        publisher: AsyncPublisher,
+        event: ImageEvent,
+        timeout_s: float,
+        *,
+        accepted: bool = False,
     ) -> dict[str, Any] | None:
         """`replies.publish_and_wait` once admitted: raises Overloaded, having published
-        nothing, when the expected wait is past `timeout_s`. (No time left at all: a dropped
-        follower's owed event, published as before.)"""
-        estimate = await self.admit(timeout_s) if timeout_s > 0 else None
+        nothing, when the expected wait is past `timeout_s`. `accepted`: a request accepted
+        already (a follower whose leader got no usable answer, one dropped while it waited),
+        whose event is owed: published whatever the wait, as before."""
+        estimate = await self.admit(timeout_s) if timeout_s > 0 and not accepted else None
         self.waiting += 1
         self.sent += 1
         started = time.monotonic()

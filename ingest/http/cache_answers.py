@@ -266,16 +266,24 @@ async def answer_or_wait(
     (ingest/http/shared_waits.py); None when `timeout_s` passes first. With `admission`, a
     new photo that would wait past its time is refused (Overloaded, 503) before anything is
     published (ingest/http/admission.py). A hit, or a request that joins another's wait,
-    adds no work: it is never refused."""
+    adds no work: it is never refused, but for a follower of a leader refused at the door
+    (refused with it, as promptly)."""
 
     async def own(left_s: float) -> dict[str, Any] | None:
         if admission is None:
             return await replies.publish_and_wait(publisher, event, left_s)
         return await admission.publish_and_wait(replies, publisher, event, left_s)
 
+    async def owed(left_s: float) -> dict[str, Any] | None:
+        """A follower's own event, its leader's answer unusable: accepted already (it joined),
+        so published whatever the wait, and answered 504 if it comes too late."""
+        if admission is None:
+            return await replies.publish_and_wait(publisher, event, left_s)
+        return await admission.publish_and_wait(replies, publisher, event, left_s, accepted=True)
+
     if not hits.settings.gateway_hits:
         return await own(timeout_s)
     result = await hits.answer(event)
     if result is not None:
         return result
-    return await hits.joins.wait(event, timeout_s, own)
+    return await hits.joins.wait(event, timeout_s, own, owed)

@@ -16,8 +16,11 @@ many-face photo were sixty events and sixty answers of ~1 MB each on the gateway
 now they are one. A follower whose leader gets no usable answer (an error, no answer in time,
 Redis away) publishes its own event with the time it has left, so every request still gets
 exactly one result: its own error, or its result on the results stream after its own time
-out. A follower whose request is dropped while it waits (the client gone, the server stopping)
-is still owed its result: a task left behind publishes it once the leader is answered.
+out. It was accepted when it joined, so admission control does not refuse that event (`owed`).
+A follower whose request is dropped while it waits (the client gone, the server stopping)
+is still owed its result: a task left behind publishes it once the leader is answered. A leader
+refused at the door (503 `overloaded`, ingest/http/admission.py) takes the followers that
+joined it in those milliseconds with it: refused as promptly, nothing published for them.
 """
 
 from __future__ import annotations
@@ -30,10 +33,22 @@ from typing import Any, TypeGuard
 from facestream.common.contract.schema import ImageEvent
 from facestream.common.log import get_logger
 from facestream.ingest.http import metrics
+from facestream.ingest.publisher import Overloaded
 
 log = get_logger(__name__)
 SharedAnswer = dict[str, Any] | None
 Own = Callable[[float], Awaitable[SharedAnswer]]  # publish the event, wait so long for its answer
+
+
+class _Refused:
+    """What a leader refused at the door leaves its followers (a value, not the exception set
+    on the future: with no follower, nobody would retrieve it)."""
+
+    def __init__(self, error: Overloaded) -> None:
+        self.error = error
+
+    def again(self) -> Overloaded:
+        return Overloaded(str(self.error), self.error.retry_after_s)
 
 
 def _usable(answer: SharedAnswer) -> TypeGuard[dict[str, Any]]:
@@ -45,7 +60,8 @@ class Joins:
     def __init__(self, consumer: str, publish: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
         self.consumer = consumer
         self._publish = publish  # adds one result to the results stream
-        self._leaders: dict[tuple[str, bool], asyncio.Future[SharedAnswer]] = {}  # (sha256, crops)
+        # (sha256, crops) -> the leader's answer
+        self._leaders: dict[tuple[str, bool], asyncio.Future[SharedAnswer | _Refused]] = {}
         self._owed: set[asyncio.Task[None]] = set()
 
     async def wait(
@@ -53,8 +69,12 @@ class Joins:
         event: ImageEvent,
         timeout_s: float,
         own: Own,
+        owed: Own | None = None,
     ) -> SharedAnswer:
-        """`event`'s answer: the leader's, copied, or `own(seconds left)` (publish and wait)."""
+        """`event`'s answer: the leader's, copied, or its own: `own(seconds)` when it leads
+        (publish and wait), `owed(seconds left)` (default `own`) when the leader's answer was
+        not usable; Overloaded when the leader was refused."""
+        owed = owed or own
         key = (event.sha256 or event.content_sha256(), event.crops)
         leader = self._leaders.get(key)
         if leader is None:
@@ -66,13 +86,15 @@ class Joins:
         except TimeoutError:
             answer = None
         except asyncio.CancelledError:
-            task = asyncio.create_task(self._answer_dropped_follower(event, leader, own))
+            task = asyncio.create_task(self._answer_dropped_follower(event, leader, owed))
             self._owed.add(task)
             task.add_done_callback(self._owed.discard)
             raise
+        if isinstance(answer, _Refused):
+            raise answer.again()
         if _usable(answer):
             return await self._answer_with(answer, event)
-        return await own(max(0.0, timeout_s - (time.monotonic() - started)))
+        return await owed(max(0.0, timeout_s - (time.monotonic() - started)))
 
     async def _answer_with(self, answer: dict[str, Any], event: ImageEvent) -> dict[str, Any]:
         body = self._copy(answer, event)
@@ -83,16 +105,19 @@ class Joins:
     async def _answer_dropped_follower(
         self,
         event: ImageEvent,
-        leader: asyncio.Future[SharedAnswer],
-        own: Own,
+        leader: asyncio.Future[SharedAnswer | _Refused],
+        owed: Own,
     ) -> None:
-        """A dropped follower's one result: the leader's copy, or its own event published."""
+        """A dropped follower's one result: the leader's copy, or its own event published
+        (none when the leader was refused: so was it)."""
         try:
             answer = await asyncio.shield(leader)
+            if isinstance(answer, _Refused):
+                return
             if _usable(answer):
                 await self._answer_with(answer, event)
             else:
-                await own(0.0)  # publishes the event; the detectors answer it
+                await owed(0.0)  # publishes the event; the detectors answer it
         except Exception as exc:  # nobody is left to tell but the log
             log.error("joined_result_lost", id=event.id, reason=repr(exc))
 
@@ -101,12 +126,15 @@ class Joins:
         return len(self._leaders)
 
     async def _lead(self, key: tuple[str, bool], timeout_s: float, own: Own) -> SharedAnswer:
-        fut: asyncio.Future[SharedAnswer] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[SharedAnswer | _Refused] = asyncio.get_running_loop().create_future()
         self._leaders[key] = fut
-        answer: SharedAnswer = None
+        answer: SharedAnswer | _Refused = None
         try:
             answer = await own(timeout_s)
             return answer
+        except Overloaded as exc:
+            answer = _Refused(exc)
+            raise
         finally:
             # Gone before the followers run: a request after this answer finds the cache.
             del self._leaders[key]

@@ -13,6 +13,7 @@ import pytest
 
 from facestream.common.contract.schema import ImageEvent
 from facestream.ingest.http.shared_waits import Joins, SharedAnswer
+from facestream.ingest.publisher import Overloaded
 
 IMAGE = b"same photo"
 SHA = hashlib.sha256(IMAGE).hexdigest()
@@ -188,5 +189,57 @@ def test_requests_for_crops_share_a_wait_only_with_each_other() -> None:
         assert all(c["faces"] == [{"crop": b"jpeg"}] and c["crops_omitted"] == 0 for c in copies)
         rec.release.set()
         await lead
+
+    asyncio.run(main())
+
+
+def test_followers_of_a_leader_refused_at_the_door_are_refused_with_it() -> None:
+    """Admission control refused the leader (nothing published): the followers that joined it
+    in those moments are refused as promptly, with no event of their own, and a dropped one is
+    owed nothing."""
+
+    async def main() -> None:
+        rec = Recorder()
+        joins = Joins("gateway:t", rec.publish)
+        refusal = Overloaded("expected wait 900 ms, past the 250 ms deadline", 2)
+        lead, followers = await lead_and_follow(rec, joins, refusal, n=3)
+        followers[2].cancel()
+        rec.release.set()
+        got = await asyncio.gather(lead, *followers, return_exceptions=True)
+        assert got[0] is refusal
+        for answer in got[1:3]:
+            assert isinstance(answer, Overloaded) and answer.retry_after_s == 2
+        assert isinstance(got[3], asyncio.CancelledError)
+        await asyncio.sleep(0.01)
+        assert [e for e, _ in rec.events] == ["lead"] and rec.results == []
+        assert joins.leading == 0
+
+    asyncio.run(main())
+
+
+def test_a_follower_whose_leader_timed_out_publishes_through_owed_not_own() -> None:
+    """Accepted when it joined, a follower's own event is owed: it goes through `owed` (which
+    admission control never refuses), not through `own` (the leader's admitted path)."""
+
+    async def main() -> None:
+        rec = Recorder()
+        joins = Joins("gateway:t", rec.publish)
+        lead = asyncio.create_task(joins.wait(event("lead"), 5, rec.own(event("lead"), None)))
+        await asyncio.sleep(0)
+        owed: list[float] = []
+
+        async def refuse(_: float) -> SharedAnswer:
+            raise Overloaded("would be refused", 1)
+
+        async def owe(left_s: float) -> SharedAnswer:
+            owed.append(left_s)
+            return None
+
+        follower = asyncio.create_task(joins.wait(event("f0"), 5, refuse, owe))
+        await asyncio.sleep(0.01)
+        rec.release.set()
+        assert await lead is None  # timed out
+        assert await follower is None
+        assert len(owed) == 1 and 0 < owed[0] <= 5
 
     asyncio.run(main())

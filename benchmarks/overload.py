@@ -22,8 +22,9 @@ Phase B, per window of `window_s` by arrival time: the window holds when every r
 answered 200 (a refusal at 0.8x, after an overload, is a backlog not yet gone; an error or a
 dropped send is a failure) with the answers' p99 and the new photos' p99 within the bound: the
 capacity search's rule for a step, less its client clause (a window is too short for it). The
-recovery time is the start of the first window from which every later window holds ("not within
-phase B" when its last window fails).
+recovery time is the start t of the first window from which the bound holds again: no refusal
+or error in any window from t on, and the answers that arrived from t to the end of the phase,
+taken together, within the bound (`recovery_s` says why not every window alone).
 """
 
 from __future__ import annotations
@@ -202,13 +203,25 @@ def windows(records: list[Record], seconds: float, window_s: float, bound: Bound
     return out
 
 
-def recovery_s(ws: list[Window]) -> float | None:
-    """The start of the first window from which every later one holds; None when the last one
-    does not (not recovered within the phase)."""
-    last_failed = max((i for i, w in enumerate(ws) if not w.held), default=-1)
-    if last_failed == len(ws) - 1:
-        return None
-    return ws[last_failed + 1].start_s
+def recovery_s(records: list[Record], ws: list[Window], bound: Bound) -> float | None:
+    """The start t of the first window from which the bound holds again: every request that
+    arrived from t on was answered 200 (no refusal, no error), and those answers, taken
+    together, have their p99 and their new photos' p99 within the bound, as a capacity step's
+    are judged. One 1-s window's p99 is its tenth-worst answer at 1,000/s (~20 new photos):
+    judged alone, a window fails now and then at any steady rate; a backlog left by the
+    overload fails every tail that starts before it is gone. None: not within the phase."""
+    for i, w in enumerate(ws):
+        if any(later.refused or later.errors for later in ws[i:]):
+            continue
+        tail = [r for r in records if r.at_s >= w.start_s and r.status == 200]
+        answered = [1000 * r.latency_s for r in tail]
+        new = [1000 * r.latency_s for r in tail if r.kind == NEW]
+        if answered and _p(answered, 99) > bound.p99_ms:
+            continue
+        if new and _p(new, 99) > bound.new_p99_ms:
+            continue
+        return w.start_s
+    return None
 
 
 @dataclass
@@ -252,7 +265,7 @@ def measure(system: System, work: Workload, capacity: float, opts: Options) -> R
         overload_phase(a, capacity, opts.bound),
         judge(system.name, b, opts.bound),
         ws,
-        recovery_s(ws),
+        recovery_s(b.records or [], ws, opts.bound),
         opts.window_s,
         elapsed,
     )

@@ -97,8 +97,9 @@ def windows_table(results: list[Result], opts: Options) -> str:
         f"phase A, no pause; per {opts.window_s:g}-s window by arrival time, per system the "
         "answers' p99 / new photos' p99, refusals, other errors. A window holds when every request "
         f"in it was answered 200 (a refusal is a backlog not yet gone) with p99 <= {b.p99_ms:g} "
-        f"ms and new photos' p99 <= {b.new_p99_ms:g} ms. Recovery time: the start of the first "
-        "window from which every later one holds"
+        f"ms and new photos' p99 <= {b.new_p99_ms:g} ms. Recovery time: the start t of the "
+        "first window from which the bound holds again: no refusal or error from t on, and the "
+        "answers from t to the end, taken together, within the bound"
     )
     n = max(len(r.windows) for r in results)
     rows: list[list[object]] = []

@@ -116,24 +116,37 @@ def test_each_window_holds_by_the_bound_and_refusals_fail_it() -> None:
     assert ws[3].failed == ["p99 260 ms", "new p99 260 ms"]
     assert ws[4].failed == ["errors connection x1"] and ws[4].errors == 1
     assert ws[6].arrivals == 2
-    assert recovery_s(ws) == 5.0
+    assert recovery_s(records, ws, BOUND) == 5.0
 
 
-def test_the_recovery_time_is_where_every_later_window_holds() -> None:
+def test_the_recovery_time_is_where_the_bound_holds_again_from_then_on() -> None:
     ok, bad = rec(0.1, HIT, 5), rec(0.1, HIT, 500)
+    refused = rec(0.1, NEW, 3, 503, "overloaded")
 
     def at(start: float, r: Record) -> Record:
         return Record(start + r.at_s, r.kind, r.status, r.cause, r.code, r.latency_s)
 
-    def recovery(pattern: str) -> float | None:
-        records = [at(i, ok if c == "+" else bad) for i, c in enumerate(pattern)]
-        return recovery_s(windows(records, len(pattern), 1.0, BOUND))
+    def recovery(pattern: str, per_window: int = 1) -> float | None:
+        kinds = {"+": ok, "-": bad, "r": refused}
+        records = [
+            at(i + j / (per_window + 1), kinds[c])
+            for i, c in enumerate(pattern)
+            for j in range(per_window)
+        ]
+        return recovery_s(records, windows(records, len(pattern), 1.0, BOUND), BOUND)
 
     assert recovery("+++++") == 0.0  # never failed
-    assert recovery("--+++") == 2.0
-    assert recovery("-+-++") == 3.0  # a window that held before a later failure does not count
-    assert recovery("+++-") is None  # the last window failed: not recovered within the phase
-    assert recovery_s(windows([], 3, 1.0, BOUND)) == 0.0  # no arrivals: nothing failed
+    assert recovery("--+++") == 2.0  # a backlog: every tail that starts in it fails
+    assert recovery("+++-") is None  # the phase's last answers too slow: not recovered
+    assert recovery("r++++") == 1.0  # a refusal at the recovery rate: not recovered yet
+    # Two slow answers among 300: the window of 100 they fall in fails (its p99 is about its
+    # second-worst), the tail from the start holds (its p99, about the third-worst, is fast)
+    records = [at(i + j / 101, ok) for i in range(3) for j in range(100)]
+    records[150], records[160] = at(1.5, bad), at(1.6, bad)
+    ws = windows(records, 3, 1.0, BOUND)
+    assert [w.held for w in ws] == [True, False, True]
+    assert recovery_s(records, ws, BOUND) == 0.0
+    assert recovery_s([], windows([], 3, 1.0, BOUND), BOUND) == 0.0  # no arrivals
 
 
 # --- the deadline sent ------------------------------------------------------------------------

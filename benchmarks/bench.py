@@ -46,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         help="facestream detector processes (default: one per core, as `facestream up`)",
     )
     group.add_argument(
+        "--facestream-model",
+        default=http_opts.model,
+        help="facestream's FACESTREAM_MODEL (the old design keeps its fp32 model)",
+    )
+    group.add_argument("--model-dir", default=None, help="FACESTREAM_MODEL_DIR for that model")
+    group.add_argument(
         "--endpoint",
         choices=["v1", "compat"],
         default=http_opts.endpoint,
@@ -95,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                     old_threads=args.old_threads,
                     rounds=args.rounds,
                     plot=args.plot,
+                    model=args.facestream_model,
+                    model_dir=args.model_dir,
                 )
                 over = _overload_options(args, given, opts)
                 if name == "http":

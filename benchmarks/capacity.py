@@ -279,7 +279,7 @@ def report(points: list[RatePoint], opts: Options) -> str:
         f"{b.p99_ms:g} ms, new photos p99 <= {b.new_p99_ms:g} ms, no errors, client late "
         f"(> {opts.client.late_ms:g} ms) <= {b.max_late_pct:g} % of sends; old design: gunicorn "
         f"{s.old_workers} x {s.old_threads}; facestream: {s.gateway_workers} gateway workers, "
-        f"{s.detector_processes} detector process(es), endpoint {s.endpoint}"
+        f"{s.detector_processes} detector process(es), model {s.model}, endpoint {s.endpoint}"
     )
     steps = table(
         f"Open loop, every step ({setup}). Latency from the scheduled arrival to the whole "

@@ -62,6 +62,10 @@ class Options:
     # drifts (a shared host), one back-to-back pair can favour either; the report takes medians.
     rounds: int = 1
     plot: Path = Path(__file__).parent / "out" / "http.png"
+    # facestream's model (FACESTREAM_MODEL; the old design keeps its fp32 one): `builtin-int8`
+    # needs `facestream model quantize builtin` into `model_dir` first.
+    model: str = "builtin"
+    model_dir: str | None = None
 
 
 @dataclass
@@ -141,7 +145,12 @@ def facestream_stack(url: str, opts: Options) -> Iterator[System]:
     ports = [free_port() for _ in range(opts.detector_processes)]
     with (
         detectors(
-            url, opts.detector_processes, metrics_ports=ports, FACESTREAM_INTRA_OP_THREADS=1
+            url,
+            opts.detector_processes,
+            metrics_ports=ports,
+            FACESTREAM_INTRA_OP_THREADS=1,
+            FACESTREAM_MODEL=opts.model,
+            **({"FACESTREAM_MODEL_DIR": opts.model_dir} if opts.model_dir else {}),
         ) as dets,
         gateway(url, opts.gateway_workers) as (port, gw),
     ):

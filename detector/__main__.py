@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
-from facestream.common import allocator, eventloop
+from facestream.common import allocator
 from facestream.common.heap import freeze_startup_heap
 from facestream.common.log import configure, get_logger
 from facestream.common.settings import DetectorSettings
@@ -56,7 +57,6 @@ async def serve(settings: DetectorSettings) -> int:
         redis=redact(settings.redis_url),
         consumer=settings.consumer,
         frozen_objects=freeze_startup_heap(),
-        loop=eventloop.loop_name(),
     )
     try:
         counters = await detector.run()
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = DetectorSettings()
     configure(settings)
     allocator.keep_freed_memory()
-    return eventloop.run(serve(settings))
+    return asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

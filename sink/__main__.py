@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 
-from facestream.common import eventloop
 from facestream.common.heap import freeze_startup_heap
 from facestream.common.log import configure, get_logger
 from facestream.common.settings import SinkSettings
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = SinkSettings()
     configure(settings)
-    return eventloop.run(serve(args.kind, settings))
+    return asyncio.run(serve(args.kind, settings))
 
 
 if __name__ == "__main__":

@@ -29,18 +29,19 @@ model = load_model(DetectorSettings())
 spec = model.spec
 photos = bench_photos(4)  # 640x480 JPEGs with faces, as the benchmarks send
 def photo(i):
+    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
     image = decode_image(
         photos[i % len(photos)], max_bytes=1 << 30, max_pixels=1 << 30, max_side=spec.fit,
         upscale=spec.norm.upscale, resize=spec.resize,
     )
-    return model.prepare(image)
+    prepared = model.prepare(image)
+    return prepared, resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
 with ThreadPoolExecutor(2) as pool:
-    for _ in pool.map(photo, range(10)):
+    for _ in pool.map(photo, range(40)):
         pass
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in pool.map(photo, range(50)):
-        pass
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    faults = [n for _, n in pool.map(photo, range(300))]
+# Photos that took fresh pages (the model's input alone is ~900 of them), of 300
+print(sum(n >= 100 for n in faults))
 """
 
 
@@ -57,9 +58,13 @@ def faults(mode: str) -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_keeping_freed_memory_ends_most_page_faults_of_the_decode_path() -> None:
+    """Counted per photo in its own thread, over 300 photos: by default photo after photo takes
+    fresh pages (how many of them depends on how the two threads' frees interleave: 4 to 30 in
+    100, fewer on a loaded machine); with freed memory kept, only the one or two photos during
+    which an arena grows (0 to 5 in 300 here, against 12 to 80)."""
     default, kept = faults("default"), faults("keep")
-    assert default > 50 * 100, default  # hundreds of fresh pages a photo
-    assert kept < default / 3, (default, kept)
+    # Not photo after photo: only while an arena grows (a handful in 300).
+    assert default >= 8 and kept <= default / 4, (default, kept)
 
 
 def test_trim_runs_everywhere() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 from typing import Any
@@ -14,26 +13,17 @@ from redis.asyncio import Redis
 from facestream.common.cache import scripts as cache_scripts
 from facestream.common.cache.bloom import BloomFilter, BloomShape, server_has_native_bloom
 from facestream.common.contract.keys import Keys
-from facestream.common.settings import Settings
 from facestream.common.streams.ack_gated import Emit
-from facestream.common.streams.connection import async_client
 from facestream.common.streams.locks import ConsumerNameInUse, LockKeeper, claim_consumer_name
 from facestream.common.streams.scripts import Scripts
+from tests.support.helpers import with_client
 
 
 def sha(i: int) -> str:
     return hashlib.sha256(str(i).encode()).hexdigest()
 
 
-def run(settings: Settings, body: Any) -> Any:
-    async def main() -> Any:
-        client = async_client(settings)
-        try:
-            return await body(client)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(main())
+run = with_client  # body(client) on a fresh client of the settings
 
 
 def bloom(

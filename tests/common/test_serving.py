@@ -9,11 +9,9 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from typing import Any
 
 from facestream.common.contract.keys import Keys
 from facestream.common.settings import Settings
-from facestream.common.streams.connection import async_client
 from facestream.common.streams.serving import (
     Load,
     LoadMeter,
@@ -24,6 +22,7 @@ from facestream.common.streams.serving import (
     withdraw,
 )
 from facestream.common.streams.types import AsyncClient
+from tests.support.helpers import with_client
 
 
 def old_live_detectors(entries: dict[bytes, bytes], now_ms: int) -> dict[str, str]:
@@ -40,15 +39,7 @@ def old_live_detectors(entries: dict[bytes, bytes], now_ms: int) -> dict[str, st
     }
 
 
-def run(settings: Settings, body: Callable[[AsyncClient], Any]) -> Any:
-    async def main() -> Any:
-        client = async_client(settings)
-        try:
-            return await body(client)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(main())
+run = with_client  # body(client) on a fresh client of the settings
 
 
 def test_loads_are_read_beside_the_entries_and_invisible_to_older_readers(

@@ -98,3 +98,16 @@ def decoded(data: bytes) -> Any:
     from facestream.detector.imaging import decode_image
 
     return decode_image(data, max_bytes=1 << 30, max_pixels=1 << 30, max_side=640, upscale=False)
+
+
+def with_client(settings: Settings, body: Callable[[Any], Awaitable[T]]) -> T:
+    """`body(client)` on a fresh asyncio client of `settings`, closed after; run to the end."""
+
+    async def main() -> T:
+        client = async_client(settings)
+        try:
+            return await body(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())

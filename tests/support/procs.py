@@ -117,7 +117,11 @@ def base_env(redis_url: str, prefix: str, **extra: Any) -> dict[str, str]:
 
 @contextmanager
 def detector_and_gateway(
-    redis_url: str, tmp: Path, name: str, **gateway_env: str
+    redis_url: str,
+    tmp: Path,
+    name: str,
+    detector_env: dict[str, str] | None = None,
+    **gateway_env: str,
 ) -> Iterator[tuple[str, str, Procs]]:
     """A detector and a gateway as processes on their own key prefix, until the block ends:
     (the gateway's URL, the prefix, the processes), once the gateway is ready and sees the
@@ -126,7 +130,12 @@ def detector_and_gateway(
     prefix = f"{name}{random.randrange(1 << 30)}"
     port = free_port()
     procs = Procs(tmp, base_env(redis_url, prefix))
-    procs.start("detector", ["-m", "facestream.detector"], FACESTREAM_CONSUMER=f"{name}-det")
+    procs.start(
+        "detector",
+        ["-m", "facestream.detector"],
+        FACESTREAM_CONSUMER=f"{name}-det",
+        **(detector_env or {}),
+    )
     procs.start(
         "gateway", ["-m", "facestream.ingest"], FACESTREAM_HTTP_PORT=str(port), **gateway_env
     )

@@ -6,7 +6,6 @@ once; the same photo again is a cache hit at the door and observes each hit stag
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -14,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from facestream.control.embedded import free_port
-from tests.support.procs import Procs, base_env, gateway_ready
+from tests.support.procs import detector_and_gateway
 
 DETECTOR_STAGES = ("stream", "lookup", "parked", "decode", "model_queue", "model", "write")
 HIT_STAGES = ("compute_input", "queue", "compute_infer", "compute_output")
@@ -28,28 +27,11 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    prefix = f"stg{uuid.uuid4().hex[:8]}"
-    port, metrics_port = free_port(), free_port()
-    procs = Procs(tmp_path_factory.mktemp("stages"), base_env(redis_url, prefix))
-    procs.start(
-        "detector",
-        ["-m", "facestream.detector"],
-        FACESTREAM_CONSUMER="stg-det",
-        FACESTREAM_METRICS_PORT=str(metrics_port),
-        FACESTREAM_METRICS_HOST="127.0.0.1",
-    )
-    procs.start("gateway", ["-m", "facestream.ingest"], FACESTREAM_HTTP_PORT=str(port))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        procs.wait_for(gateway_ready(url), "gateway ready")
-        procs.wait_for(
-            lambda: httpx.get(f"{url}/v1/status", timeout=2).json()["detectors"] == 1,
-            "the detector advertised",
-        )
+    metrics_port = free_port()
+    metrics = {"FACESTREAM_METRICS_PORT": str(metrics_port), "FACESTREAM_METRICS_HOST": "127.0.0.1"}
+    tmp = tmp_path_factory.mktemp("stages")
+    with detector_and_gateway(redis_url, tmp, "stg", detector_env=metrics) as (url, _, _):
         yield Stack(url, f"http://127.0.0.1:{metrics_port}/metrics")
-    finally:
-        codes = procs.stop()
-        assert codes == [0, 0], f"exit codes {codes}\n{procs.logs()}"
 
 
 def scrape(url: str) -> tuple[Counts, Counts]:

@@ -33,6 +33,7 @@ from facestream.common.contract.schema import (
 )
 from facestream.common.settings import PublisherSettings
 from facestream.common.streams.errors import TRANSIENT
+from facestream.common.streams.groups import group_info
 from facestream.common.streams.server_features import idempotent_xadd_from_hello
 from facestream.common.streams.types import AsyncClient, AsyncPipeline, SyncClient, SyncPipeline
 from facestream.ingest.coalesce import PerCycle, SingleFlight
@@ -112,16 +113,15 @@ def make_event(
 
 
 def _lag_from(groups: list[dict[Any, Any]], group: str, xlen: int) -> int:
-    for g in groups:
-        name = g.get("name")
-        if (name.decode() if isinstance(name, bytes) else name) == group:
-            lag = g.get("lag")
-            # Redis reports no lag when it cannot compute it; every entry still in the stream
-            # is then the upper bound (answered entries are deleted on ack).
-            # Capped by the length: entries erased by an external XTRIM or DEL still count in
-            # Redis's lag, but no detector will ever be handed them.
-            return min(int(lag), xlen) if lag is not None else xlen
-    return xlen  # no detector group yet: everything published so far is waiting
+    info = group_info(groups, group)
+    if info is None:
+        return xlen  # no detector group yet: everything published so far is waiting
+    lag = info.get("lag")
+    # Redis reports no lag when it cannot compute it; every entry still in the stream is then
+    # the upper bound (answered entries are deleted on ack).
+    # Capped by the length: entries erased by an external XTRIM or DEL still count in Redis's
+    # lag, but no detector will ever be handed them.
+    return min(int(lag), xlen) if lag is not None else xlen
 
 
 class Backpressure:

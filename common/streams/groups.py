@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis.exceptions
 
 from facestream.common.streams.types import AsyncClient, SyncClient
@@ -29,3 +31,15 @@ def ensure_group_sync(client: SyncClient, stream: str, group: str, start: str = 
     except redis.exceptions.ResponseError as exc:
         return _unless_exists(exc)
     return True
+
+
+def group_info(groups: Any, name: str) -> dict[Any, Any] | None:
+    """`name`'s map in an XINFO GROUPS answer (its lag, pending, entries-read); None when the
+    group is not there (not created yet) or the answer is not a list (an error as a value)."""
+    if not isinstance(groups, list):
+        return None
+    for g in groups:
+        found = g.get("name")
+        if (found.decode() if isinstance(found, bytes) else found) == name:
+            return dict(g)
+    return None

@@ -52,6 +52,7 @@ from facestream.common.contract.schema import ImageEvent
 from facestream.common.log import get_logger
 from facestream.common.settings import GatewaySettings
 from facestream.common.streams.errors import REDIS_ERRORS
+from facestream.common.streams.groups import group_info
 from facestream.common.streams.types import AsyncClient
 from facestream.ingest.coalesce import SingleFlight
 from facestream.ingest.http import metrics
@@ -287,29 +288,27 @@ def _partition(
     group yet, or no right to ask). What a detector that died holds is not ahead of a new
     photo: the live ones read past it, and claim it only once it has been idle for a minute."""
     size = length if isinstance(length, int) else 0
-    if not isinstance(groups, list):
+    g = group_info(groups, group)
+    if g is None and not isinstance(groups, list):  # an error: no stream yet, or no right
         return size, None if size else 0
-    for g in groups:
-        name = g.get("name")
-        if (name.decode() if isinstance(name, bytes) else name) != group:
-            continue
-        pending = int(g.get("pending") or 0)
-        orphans = 0
-        if isinstance(held, dict):
-            orphans = sum(
-                int(c.get("pending") or 0)
-                for c in held.get("consumers") or []
-                if _name(c.get("name")) not in live
-            )
-        lag, read = g.get("lag"), g.get("entries-read")
-        # No lag when Redis cannot compute it (an entry deleted ahead of the group): every
-        # entry the stream holds is the bound (answered ones are deleted on ack).
-        total = min(int(lag) + pending, size) if lag is not None else size
-        waiting = max(0, total - orphans)
-        if read is None:
-            return waiting, 0 if not pending else None
-        return waiting, int(read) - pending
-    return size, None  # no detector group yet: everything published waits
+    if g is None:
+        return size, None  # no detector group yet: everything published waits
+    pending = int(g.get("pending") or 0)
+    orphans = 0
+    if isinstance(held, dict):
+        orphans = sum(
+            int(c.get("pending") or 0)
+            for c in held.get("consumers") or []
+            if _name(c.get("name")) not in live
+        )
+    lag, read = g.get("lag"), g.get("entries-read")
+    # No lag when Redis cannot compute it (an entry deleted ahead of the group): every entry
+    # the stream holds is the bound (answered ones are deleted on ack).
+    total = min(int(lag) + pending, size) if lag is not None else size
+    waiting = max(0, total - orphans)
+    if read is None:
+        return waiting, 0 if not pending else None
+    return waiting, int(read) - pending
 
 
 def _name(value: Any) -> str:

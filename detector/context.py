@@ -3,7 +3,7 @@ the resolver, the batch processor and the writer instead of the same nine argume
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from facestream.common.cache.bloom import BloomFilter
 from facestream.common.cache.lookup import CacheView
@@ -21,11 +21,16 @@ class Context:
     client: AsyncClient
     keys: Keys
     scripts: Scripts
-    cache: CacheView  # the served model's cache entries and locks (common/cache/)
     bloom: BloomFilter
     locks: LockKeeper
     model_tag: str  # the served model's tag: every cache, lock and Bloom key carries it
     counters: Counters
+    # The served model's cache entries and locks (common/cache/), from the fields above.
+    cache: CacheView = field(init=False)
+
+    def __post_init__(self) -> None:
+        view = CacheView(self.client, self.scripts, self.keys, self.model_tag)
+        object.__setattr__(self, "cache", view)
 
 
 class WithContext:

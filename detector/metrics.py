@@ -53,7 +53,8 @@ END_TO_END = Histogram(
 # (docs/performance.md, "Where a request's time goes"); the gateway adds `reply` under the same
 # name (ingest/http/metrics.py). In order:
 #   stream       XADD to the images stream -> read by a detector (the entry id's time)
-#   lookup       the Bloom check and the cache / single-flight lock look-up (two round trips)
+#   lookup       the Bloom check and the cache / single-flight lock look-up (one round trip;
+#                two on a cluster)
 #   parked       its lock taken -> dispatched: waiting for one of the model-call slots
 #   decode       dispatched -> decoded and pre-processed (the decode threads, their queue)
 #   model_queue  decoded -> its model call starts (the call before it, the batching window)

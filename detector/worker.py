@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable, Mapping
 import redis.exceptions
 
 from facestream.common.cache.bloom import open_bloom
-from facestream.common.cache.lookup import CacheView
 from facestream.common.contract.keys import Keys
 from facestream.common.log import get_logger
 from facestream.common.settings import DetectorSettings
@@ -106,7 +105,6 @@ class Detector(Handler):
             self.client,
             self.keys,
             self.scripts,
-            CacheView(self.client, self.scripts, self.keys, self.model.tag),
             bloom,
             self.locks,
             self.model.tag,

@@ -60,6 +60,7 @@ class CacheAnswers:
         self.scripts = Scripts(client)
         self.tag: str | None = None
         self._bloom: BloomFilter | None = None
+        self._view: CacheView | None = None  # the served model's entries, with the filter
         self._tag_read = 0.0
         self._shared = SingleFlight()  # one read of the served model for a burst of requests
         # Redis away during the look-up: the batch's error reaches each request (503) and
@@ -93,12 +94,13 @@ class CacheAnswers:
         self._tag_read = time.monotonic()
         if tag == self.tag:
             return
-        self.tag, self._bloom = tag, None
+        self.tag, self._bloom, self._view = tag, None, None
         if tag is not None:
             try:
                 self._bloom = await open_bloom(
                     self.client, self.scripts, self.keys, tag, self.settings
                 )
+                self._view = CacheView(self.client, self.scripts, self.keys, tag)
             except RuntimeError as exc:  # FACESTREAM_BLOOM=native on a server without BF.*
                 log.warning("gateway_hits_off", reason=str(exc))
                 self.tag = None
@@ -108,8 +110,8 @@ class CacheAnswers:
     async def _answers(self, events: list[ImageEvent]) -> list[SharedAnswer | Exception]:
         """Per request its answer, None (ask the detectors) or its own error: the script may
         have published the cycle's other hits already, so one request's failure is not theirs."""
-        tag, bloom = self.tag, self._bloom
-        if tag is None or bloom is None:
+        tag, bloom, view = self.tag, self._bloom, self._view
+        if tag is None or bloom is None or view is None:
             return [None] * len(events)
         # make_event hashed every image at the door: its sha256 is the content's.
         of = [event.sha256 or event.content_sha256() for event in events]
@@ -120,7 +122,6 @@ class CacheAnswers:
             self._result(event, sha, tag, done_ms).to_dict()
             for event, sha in zip(events, of, strict=True)
         ]
-        view = CacheView(self.client, self.scripts, self.keys, tag)
         sent = time.perf_counter()  # the waiting requests' `queue` ends, `compute_infer` starts
         if self.settings.cluster:
             found = await lookup_apart(view, bloom, of)
@@ -269,17 +270,17 @@ async def answer_or_wait(
     adds no work: it is never refused, but for a follower of a leader refused at the door
     (refused with it, as promptly)."""
 
-    async def own(left_s: float) -> dict[str, Any] | None:
+    async def own(left_s: float, accepted: bool = False) -> dict[str, Any] | None:
+        """Publish and wait. `accepted`: a follower's own event, its leader's answer unusable:
+        it was accepted when it joined, so published whatever the wait (504 if too late)."""
         if admission is None:
             return await replies.publish_and_wait(publisher, event, left_s)
-        return await admission.publish_and_wait(replies, publisher, event, left_s)
+        return await admission.publish_and_wait(
+            replies, publisher, event, left_s, accepted=accepted
+        )
 
     async def owed(left_s: float) -> dict[str, Any] | None:
-        """A follower's own event, its leader's answer unusable: accepted already (it joined),
-        so published whatever the wait, and answered 504 if it comes too late."""
-        if admission is None:
-            return await replies.publish_and_wait(publisher, event, left_s)
-        return await admission.publish_and_wait(replies, publisher, event, left_s, accepted=True)
+        return await own(left_s, accepted=True)
 
     if not hits.settings.gateway_hits:
         return await own(timeout_s)

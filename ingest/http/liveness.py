@@ -49,7 +49,6 @@ class Liveness:
         self.client = client
         self.key = Keys(settings.prefix, settings.partitions).serving(settings.detector_group)
         self.retry_after_s = settings.retry_after_s
-        self._count = 0
         self.live: frozenset[str] = frozenset()  # the live detectors' consumer names
         self.loads: dict[str, Load] = {}  # consumer -> its advertised load, as of the count
         self._read_at = float("-inf")
@@ -59,12 +58,12 @@ class Liveness:
         """Detectors alive, as of at most FRESH_S ago (Redis errors propagate)."""
         if time.monotonic() - self._read_at >= FRESH_S:
             await self._shared.run("read", self._read)
-        return self._count
+        return len(self.live)
 
     @property
     def count(self) -> int:
         """Detectors alive as of the last read (no read: for code that must not wait)."""
-        return self._count
+        return len(self.live)
 
     async def require(self) -> None:
         """Raises NoDetector when none is alive."""
@@ -87,6 +86,5 @@ class Liveness:
     async def _read(self) -> None:
         entries = await self.client.hgetall(self.key)
         self.live = frozenset(live_detectors(entries))
-        self._count = len(self.live)
         self.loads = live_loads(entries)
         self._read_at = time.monotonic()

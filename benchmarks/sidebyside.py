@@ -55,6 +55,7 @@ class Options:
     users: tuple[int, ...] = tuple(PUBLISHED)
     gateway_workers: int = 2
     detector_processes: int = os.cpu_count() or 1  # what `facestream up` starts
+    intra_op_threads: int = 1  # onnxruntime threads per detector's model call
     endpoint: str = "v1"  # or "compat": facestream's drop-in POST /face-detection
     old_workers: int = 5
     old_threads: int = 4
@@ -148,7 +149,7 @@ def facestream_stack(url: str, opts: Options) -> Iterator[System]:
             url,
             opts.detector_processes,
             metrics_ports=ports,
-            FACESTREAM_INTRA_OP_THREADS=1,
+            FACESTREAM_INTRA_OP_THREADS=opts.intra_op_threads,
             FACESTREAM_MODEL=opts.model,
             **({"FACESTREAM_MODEL_DIR": opts.model_dir} if opts.model_dir else {}),
         ) as dets,

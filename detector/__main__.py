@@ -61,6 +61,7 @@ async def serve(settings: DetectorSettings) -> int:
     try:
         counters = await detector.run()
     finally:
+        detector.scripts.close()
         await client.aclose()
     print(
         f"detector {settings.consumer}: {counters.read} read, {counters.results} results "

@@ -24,6 +24,7 @@ from facestream.common.cache.bloom import open_bloom
 from facestream.common.contract.keys import Keys
 from facestream.common.log import get_logger
 from facestream.common.settings import DetectorSettings
+from facestream.common.streams.connection import lane
 from facestream.common.streams.errors import REDIS_ERRORS, connection_race
 from facestream.common.streams.locks import LockKeeper
 from facestream.common.streams.member import Batch, Handler, Member, Subscription
@@ -67,7 +68,7 @@ class Detector(Handler):
         self.client = client
         self.model = model
         self.keys = Keys(settings.prefix, settings.partitions)
-        self.scripts = Scripts(client)
+        self.scripts = Scripts(client, lane(settings, client))
         self.counters = Counters()
         self.locks = LockKeeper(self.scripts, settings.lock_ttl_ms)
         self.member = Member(

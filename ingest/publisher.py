@@ -35,7 +35,13 @@ from facestream.common.settings import PublisherSettings
 from facestream.common.streams.errors import TRANSIENT
 from facestream.common.streams.groups import group_info
 from facestream.common.streams.server_features import idempotent_xadd_from_hello
-from facestream.common.streams.types import AsyncClient, AsyncPipeline, SyncClient, SyncPipeline
+from facestream.common.streams.types import (
+    AsyncClient,
+    AsyncPipeline,
+    AsyncRedisPipeline,
+    SyncClient,
+    SyncPipeline,
+)
 from facestream.ingest.coalesce import PerCycle, SingleFlight
 
 
@@ -222,7 +228,7 @@ class _Producer:
         else:
             pipe.xadd(stream, {EVENT_FIELD: payload})
 
-    def queue_lag(self, pipe: SyncPipeline | AsyncPipeline) -> None:
+    def queue_lag(self, pipe: SyncPipeline | AsyncRedisPipeline) -> None:
         for part in self.keys.parts:
             pipe.xinfo_groups(part.images)
             pipe.xlen(part.images)

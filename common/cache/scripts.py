@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from facestream.common.streams.scripts import Scripts, ScriptTarget
+from facestream.common.streams.types import AsyncClient
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +78,10 @@ def bloom_add(
     return scripts.call("bloom_add", pipe, [key], [k, ttl_ms, *offsets])
 
 
-def cached_answers(scripts: Scripts, pipe: ScriptTarget, keys: list[str], args: list[Any]) -> Any:
+async def cached_answers(
+    scripts: Scripts, client: AsyncClient, keys: list[str], args: list[Any]
+) -> Any:
     """KEYS and ARGV as cached_answers.lua's header lays them out; built by
-    common/cache/lookup.py `lookup_and_publish`, the one caller."""
-    return scripts.call("cached_answers", pipe, keys, args)
+    common/cache/lookup.py `lookup_and_publish`, the one caller. Through the scripts' lane
+    where they have one: this runs once per event-loop cycle of requests at the gateway."""
+    return await scripts.run_one(client, "cached_answers", keys, args)

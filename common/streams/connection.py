@@ -15,6 +15,7 @@ import redis.asyncio.cluster as aiocluster
 import redis.cluster
 
 from facestream.common.settings import ConnectionSettings, MemberSettings
+from facestream.common.streams.lane import Lane
 from facestream.common.streams.types import AsyncClient, SyncClient
 
 
@@ -106,6 +107,12 @@ def sync_client(settings: ConnectionSettings) -> SyncClient:
         nodes = [node(host, port) for host, port in seeds]
         return redis.cluster.RedisCluster(startup_nodes=nodes, **options)
     return redis.Redis.from_url(settings.redis_url, **_options(settings))
+
+
+def lane(settings: ConnectionSettings, client: AsyncClient) -> Lane | None:
+    """The hot calls' own connection to `client`'s server, where settings and server allow
+    (common/streams/lane.py)."""
+    return Lane.of(client) if settings.redis_lane and not settings.cluster else None
 
 
 def redact(url: str) -> str:

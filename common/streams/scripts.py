@@ -24,6 +24,7 @@ import redis.cluster
 from redis.commands.core import AsyncScript, Script
 from redis.exceptions import NoScriptError
 
+from facestream.common.streams.lane import Lane, LanePipeline
 from facestream.common.streams.types import (
     AsyncClient,
     AsyncPipeline,
@@ -35,6 +36,7 @@ from facestream.common.streams.types import (
 ScriptTarget: TypeAlias = CommandQueue | AsyncClient | SyncClient
 
 _PIPELINES = (
+    LanePipeline,
     redis.asyncio.client.Pipeline,
     redis.asyncio.cluster.ClusterPipeline,
     redis.client.Pipeline,
@@ -71,10 +73,13 @@ def script_source(name: str) -> str:
 
 
 class Scripts:
-    """The registered scripts of one client (sync or asyncio redis-py client)."""
+    """The registered scripts of one client (sync or asyncio redis-py client). With a `lane`
+    to the same server (common/streams/lane.py), `run`, `run_steps` and `run_one` send their
+    commands through it instead of through the client's pool."""
 
-    def __init__(self, client: AsyncClient | SyncClient) -> None:
+    def __init__(self, client: AsyncClient | SyncClient, lane: Lane | None = None) -> None:
         self._s = {name: client.register_script(script_source(name)) for name in _NAMES}
+        self.lane = lane
 
     def call(self, name: str, pipe: ScriptTarget, keys: list[str], args: list[Any]) -> Any:
         """Run (or queue, on a pipeline) script `name` with its KEYS and ARGV; the wrappers below,
@@ -95,6 +100,11 @@ class Scripts:
             return script(keys=keys, args=args, client=pipe)
         raise TypeError(f"{type(pipe).__name__} is neither a pipeline nor this script's client")
 
+    def close(self) -> None:
+        """Close the lane, if any (the client is its owner's to close)."""
+        if self.lane is not None:
+            self.lane.close()
+
     def load_blocking(self, client: SyncClient) -> None:
         """`load` for a synchronous client (benchmarks and tools that pipeline scripts)."""
         for name in _NAMES:
@@ -112,6 +122,8 @@ class Scripts:
         scripts are loaded and the pipeline is built and run again, so every pipeline given
         here must be safe to repeat (all of facestream's are: token-checked locks, idempotent
         cache and Bloom writes, ack-gated emits, replies deduped by id)."""
+        if self.lane is not None:
+            return await self._run_on_lane(self.lane, client, build, raise_on_error)
         for attempt in (0, 1):
             pipe = client.pipeline(transaction=False)
             build(pipe)
@@ -127,6 +139,33 @@ class Scripts:
                 continue
             return answers
         raise AssertionError("unreachable")
+
+    async def _run_on_lane(
+        self, lane: Lane, client: AsyncClient, build: Step, raise_on_error: bool
+    ) -> list[Any]:
+        for attempt in (0, 1):
+            pipe = LanePipeline()
+            build(pipe)
+            answers = await lane.execute(pipe.commands)
+            if attempt == 0 and any(isinstance(a, NoScriptError) for a in answers):
+                await self.load(client)
+                continue
+            if raise_on_error:
+                for answer in answers:
+                    if isinstance(answer, Exception):
+                        raise answer
+            return answers
+        raise AssertionError("unreachable")
+
+    async def run_one(
+        self, client: AsyncClient, name: str, keys: list[str], args: list[Any]
+    ) -> Any:
+        """Run script `name` at once: through the lane where there is one (loading the
+        scripts on NOSCRIPT), else as redis-py's script object on `client`."""
+        if self.lane is None:
+            return await self.call(name, client, keys, args)
+        (answer,) = await self.run(client, lambda pipe: self.call(name, pipe, keys, args))
+        return answer
 
     async def run_steps(
         self, client: AsyncClient, steps: list[Step], *, together: bool

@@ -97,6 +97,7 @@ def gateway_lifespan(
         finally:
             await gateway.admission.close()
             await replies.stop()
+            gateway.answers.scripts.close()
             await client.aclose()
 
     return lifespan

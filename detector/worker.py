@@ -77,6 +77,7 @@ class Detector(Handler):
             self,
             "detector",
             RestartPolicy.of(settings),
+            lanes=lambda: lane(settings, client),
         )
         self.stop = self.member.stop
         self._processor: BatchProcessor | None = None

@@ -34,6 +34,7 @@ from facestream.common.contract.schema import (
 from facestream.common.settings import PublisherSettings
 from facestream.common.streams.errors import TRANSIENT
 from facestream.common.streams.groups import group_info
+from facestream.common.streams.lane import Lane, LanePipeline
 from facestream.common.streams.server_features import idempotent_xadd_from_hello
 from facestream.common.streams.types import (
     AsyncClient,
@@ -286,12 +287,19 @@ class AsyncPublisher(_Producer):
     (a gateway serving many requests) share one pipelined round trip."""
 
     def __init__(
-        self, settings: PublisherSettings, client: AsyncClient, reply_stream: str | None = None
+        self,
+        settings: PublisherSettings,
+        client: AsyncClient,
+        reply_stream: str | None = None,
+        lane: Lane | None = None,
     ) -> None:
         """`reply_stream`: the stream this publisher's waiting callers are answered on (a
-        gateway's), whose unread answers count towards the byte budget."""
+        gateway's), whose unread answers count towards the byte budget. `lane`: a connection
+        of its own for the XADDs (common/streams/lane.py; the caller closes it), else the
+        client's."""
         super().__init__(settings, reply_stream)
         self.client = client
+        self.lane = lane
         self._cycle: PerCycle[ImageEvent, str] = PerCycle(self._xadd)
         self._shared = SingleFlight()  # the INFO and lag reads of a burst of publishes
 
@@ -324,16 +332,28 @@ class AsyncPublisher(_Producer):
     async def _xadd(self, events: list[ImageEvent]) -> list[str]:
         streams = self.route(events)
         for attempt in range(RETRIES + 1):
-            pipe = self.client.pipeline(transaction=False)
-            for event, stream in zip(events, streams, strict=True):
-                self.queue(pipe, event, stream)
             try:
-                return [_entry_id(e) for e in await pipe.execute()]
+                return [_entry_id(e) for e in await self._send(events, streams)]
             except TRANSIENT:
                 if attempt == RETRIES:
                     raise
                 await asyncio.sleep(0.05 * 2**attempt)
         raise AssertionError("unreachable")
+
+    async def _send(self, events: list[ImageEvent], streams: list[str]) -> list[Any]:
+        pipe: AsyncPipeline = (
+            self.client.pipeline(transaction=False) if self.lane is None else LanePipeline()
+        )
+        for event, stream in zip(events, streams, strict=True):
+            self.queue(pipe, event, stream)
+        if isinstance(pipe, LanePipeline):
+            assert self.lane is not None
+            answers = await self.lane.execute(pipe.commands)
+            for answer in answers:  # as a redis-py pipeline raises the first error
+                if isinstance(answer, Exception):
+                    raise answer
+            return answers
+        return list(await pipe.execute())
 
 
 def _hello(client: SyncClient | AsyncClient) -> Any:

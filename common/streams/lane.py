@@ -247,6 +247,15 @@ class Lane:
             self._conn = None
 
 
+def stream_entries(raw: list[Any]) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """Stream entries as redis-py gives them, from a raw XREAD / XREADGROUP / XRANGE reply:
+    (id, field -> value); an entry deleted while pending has no fields."""
+    out: list[tuple[bytes, dict[bytes, bytes]]] = []
+    for entry_id, flat in raw:
+        out.append((entry_id, dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}))
+    return out
+
+
 class LanePipeline:
     """Commands queued the way redis-py's pipeline queues them, for one `Lane.execute`: the
     pipeline methods facestream's look-up and write steps use (common/streams/scripts.py

@@ -42,7 +42,9 @@ from facestream.common.contract.schema import RESULT_FIELD, ImageEvent
 from facestream.common.log import get_logger
 from facestream.common.metrics import entry_age_s
 from facestream.common.settings import GatewaySettings
+from facestream.common.streams.connection import lane
 from facestream.common.streams.errors import REDIS_ERRORS, connection_race
+from facestream.common.streams.lane import Lane, stream_entries
 from facestream.common.streams.outage import Outage
 from facestream.common.streams.types import AsyncClient
 from facestream.common.supervise import RestartPolicy, Supervisor
@@ -87,8 +89,11 @@ class ReplyRouter:
         block_ms: int = 1000,
         policy: RestartPolicy | None = None,
         on_give_up: Callable[[str], None] | None = None,
+        lane: Lane | None = None,
     ) -> None:
+        """`lane`: the reader's own connection (common/streams/lane.py); None: redis-py's."""
         self.client = client
+        self.lane = lane
         self.stream = keys.reply_stream(f"gw-{uuid.uuid4().hex}")
         self.ttl_ms = ttl_s * 1000
         self.block_ms = block_ms
@@ -106,7 +111,13 @@ class ReplyRouter:
     @classmethod
     def of(cls, client: AsyncClient, keys: Keys, settings: GatewaySettings) -> ReplyRouter:
         """The gateway's router: its restarts as FACESTREAM_TASK_* say."""
-        return cls(client, keys, settings.reply_ttl_s, policy=RestartPolicy.of(settings))
+        return cls(
+            client,
+            keys,
+            settings.reply_ttl_s,
+            policy=RestartPolicy.of(settings),
+            lane=lane(settings, client),
+        )
 
     @property
     def healthy(self) -> bool:
@@ -199,6 +210,8 @@ class ReplyRouter:
     async def stop(self) -> None:
         if self._supervisor is not None:
             await self._supervisor.close()
+        if self.lane is not None:
+            self.lane.close()
         if self.gave_up and self._exit_on_stop:
             # After uvicorn's graceful shutdown: exit 1, not the 0 of a requested stop.
             log.error("gateway_exiting", reason="the reply reader kept failing", code=1)
@@ -206,15 +219,24 @@ class ReplyRouter:
             sys.stderr.flush()
             os._exit(1)
 
+    async def _read(self) -> Any:
+        """The next replies, as redis-py's XREAD gives them: [[stream, [(id, fields)]]]."""
+        if self.lane is None:
+            return await self.client.xread(
+                {self.stream: self._last}, count=500, block=self.block_ms
+            )
+        raw = await self.lane.call(
+            "XREAD", "COUNT", 500, "BLOCK", self.block_ms, "STREAMS", self.stream, self._last
+        )
+        return [[name, stream_entries(entries)] for name, entries in raw or []]
+
     async def _run(self) -> None:
         outage = Outage(log, "reply_reader")
         assert self._supervisor is not None, "started"
         stopped = self._supervisor.stopped
         while not stopped.is_set():
             try:
-                reply: Any = await self.client.xread(
-                    {self.stream: self._last}, count=500, block=self.block_ms
-                )
+                reply = await self._read()
                 self._reading = True
                 outage.ok()
             except Exception as exc:

@@ -2,8 +2,8 @@
 restarted and `/readyz` says not ready while it is down; one that keeps failing is given up
 and the gateway process exits 1 after its graceful stop (issue 25, item 1).
 
-The failure is injected by a client whose XREAD raises a non-Redis error (or, in the
-process, a reader replaced before the gateway starts): a bug of the reader's own cannot be
+The failure is injected by a read that raises a non-Redis error (a client whose XREAD does,
+or, in the process, a reader replaced before the gateway starts): a bug of the reader's own cannot be
 produced on demand, and Redis errors are an outage the reader rides out without failing."""
 
 from __future__ import annotations
@@ -70,11 +70,18 @@ def test_readyz_says_not_ready_while_the_reply_reader_is_down(
     with TestClient(create_app(settings)) as http:
         router: ReplyRouter = gateway_of(http.app).replies
         assert wait_until(lambda: http.get("/readyz").status_code == 200)
-        failing = Failing(router.client)
-        router.client = failing
+        # The gateway's reader reads through its own connection (a lane): fail the read itself.
+        read, failing = router._read, [True]
+
+        async def broken() -> Any:
+            if failing[0]:
+                raise KeyError("a bug in the reply reader")
+            return await read()
+
+        router._read = broken  # type: ignore[method-assign]
         assert wait_until(lambda: http.get("/readyz").status_code == 503)
         down = http.get("/readyz")
-        failing.failing = False
+        failing[0] = False
         assert wait_until(lambda: http.get("/readyz").status_code == 200)
         # The restarted reader reads on: a reply added now is read.
         reply = r.xadd(

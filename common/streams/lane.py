@@ -1,9 +1,10 @@
 """One pipelined connection for the hot calls on one server.
 
-redis-py's asyncio client spends about 85 µs of CPU on one EVALSHA on this project's 2-core
-machines; the same command written to a socket and its reply parsed by hiredis cost about
-32 µs (benchmarks/lane_cost.py). The difference is per call, not per byte: the connection
-pool, the retry wrapper, the stream reader and writer, the response callbacks. The gateway's
+redis-py's asyncio client spends 92-113 µs of CPU on one EVALSHA on this project's 2-core
+machines; the same command written to a socket and its reply parsed by hiredis costs 38-43 µs,
+a write step's pipeline 134-151 against 41-53 µs (benchmarks/lane_cost.py; uvloop, asyncio).
+The difference is per call, not per byte: the connection pool, the retry wrapper, the stream
+reader and writer, the response callbacks. The gateway's
 cache look-up (once per event-loop cycle of requests) and the detector's look-ups and writes
 (per new photo) are such calls, so they go through a `Lane` (common/streams/scripts.py
 `Scripts.run`); everything else keeps redis-py.

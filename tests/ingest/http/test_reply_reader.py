@@ -3,8 +3,8 @@ restarted and `/readyz` says not ready while it is down; one that keeps failing 
 and the gateway process exits 1 after its graceful stop (issue 25, item 1).
 
 The failure is injected by a read that raises a non-Redis error (a client whose XREAD does,
-or, in the process, a reader replaced before the gateway starts): a bug of the reader's own cannot be
-produced on demand, and Redis errors are an outage the reader rides out without failing."""
+or, in the process, a reader replaced before the gateway starts): a bug of the reader's own
+cannot be produced on demand, and Redis errors are an outage the reader rides out."""
 
 from __future__ import annotations
 

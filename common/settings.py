@@ -47,9 +47,9 @@ class ConnectionSettings(_Env):
     redis_max_connections: int = Field(default=64, ge=4)
     # The hot calls (the gateway's cache look-up, the detector's look-ups and writes) on one
     # pipelined connection of their own instead of redis-py's pool: a third of the CPU per
-    # call (common/streams/lane.py). Off: everything through redis-py. Never on a cluster,
+    # call (common/streams/hotline.py). Off: everything through redis-py. Never on a cluster,
     # TLS or a unix socket.
-    redis_lane: bool = True
+    redis_hotline: bool = True
     # Credentials and TLS. The password comes from the environment or, better, a file (a
     # Docker / Kubernetes secret); it is never logged (SecretStr, redacted URLs).
     redis_username: str | None = None

@@ -24,7 +24,7 @@ from facestream.common.cache.bloom import open_bloom
 from facestream.common.contract.keys import Keys
 from facestream.common.log import get_logger
 from facestream.common.settings import DetectorSettings
-from facestream.common.streams.connection import lane
+from facestream.common.streams.connection import hotline
 from facestream.common.streams.errors import REDIS_ERRORS, connection_race
 from facestream.common.streams.locks import LockKeeper
 from facestream.common.streams.member import Batch, Handler, Member, Subscription
@@ -68,7 +68,7 @@ class Detector(Handler):
         self.client = client
         self.model = model
         self.keys = Keys(settings.prefix, settings.partitions)
-        self.scripts = Scripts(client, lane(settings, client))
+        self.scripts = Scripts(client, hotline(settings, client))
         self.counters = Counters()
         self.locks = LockKeeper(self.scripts, settings.lock_ttl_ms)
         self.member = Member(
@@ -77,7 +77,7 @@ class Detector(Handler):
             self,
             "detector",
             RestartPolicy.of(settings),
-            lanes=lambda: lane(settings, client),
+            hotlines=lambda: hotline(settings, client),
         )
         self.stop = self.member.stop
         self._processor: BatchProcessor | None = None

@@ -34,7 +34,7 @@ from facestream.common.contract.schema import (
 from facestream.common.settings import PublisherSettings
 from facestream.common.streams.errors import TRANSIENT
 from facestream.common.streams.groups import group_info
-from facestream.common.streams.lane import Lane, LanePipeline
+from facestream.common.streams.hotline import Hotline, HotlinePipeline
 from facestream.common.streams.server_features import idempotent_xadd_from_hello
 from facestream.common.streams.types import (
     AsyncClient,
@@ -291,15 +291,15 @@ class AsyncPublisher(_Producer):
         settings: PublisherSettings,
         client: AsyncClient,
         reply_stream: str | None = None,
-        lane: Lane | None = None,
+        hotline: Hotline | None = None,
     ) -> None:
         """`reply_stream`: the stream this publisher's waiting callers are answered on (a
-        gateway's), whose unread answers count towards the byte budget. `lane`: a connection
-        of its own for the XADDs (common/streams/lane.py; the caller closes it), else the
+        gateway's), whose unread answers count towards the byte budget. `hotline`: a connection
+        of its own for the XADDs (common/streams/hotline.py; the caller closes it), else the
         client's."""
         super().__init__(settings, reply_stream)
         self.client = client
-        self.lane = lane
+        self.hotline = hotline
         self._cycle: PerCycle[ImageEvent, str] = PerCycle(self._xadd)
         self._shared = SingleFlight()  # the INFO and lag reads of a burst of publishes
 
@@ -342,13 +342,13 @@ class AsyncPublisher(_Producer):
 
     async def _send(self, events: list[ImageEvent], streams: list[str]) -> list[Any]:
         pipe: AsyncPipeline = (
-            self.client.pipeline(transaction=False) if self.lane is None else LanePipeline()
+            self.client.pipeline(transaction=False) if self.hotline is None else HotlinePipeline()
         )
         for event, stream in zip(events, streams, strict=True):
             self.queue(pipe, event, stream)
-        if isinstance(pipe, LanePipeline):
-            assert self.lane is not None
-            answers = await self.lane.execute(pipe.commands)
+        if isinstance(pipe, HotlinePipeline):
+            assert self.hotline is not None
+            answers = await self.hotline.execute(pipe.commands)
             for answer in answers:  # as a redis-py pipeline raises the first error
                 if isinstance(answer, Exception):
                     raise answer

@@ -82,6 +82,6 @@ async def cached_answers(
     scripts: Scripts, client: AsyncClient, keys: list[str], args: list[Any]
 ) -> Any:
     """KEYS and ARGV as cached_answers.lua's header lays them out; built by
-    common/cache/lookup.py `lookup_and_publish`, the one caller. Through the scripts' lane
+    common/cache/lookup.py `lookup_and_publish`, the one caller. Through the scripts' hotline
     where they have one: this runs once per event-loop cycle of requests at the gateway."""
     return await scripts.run_one(client, "cached_answers", keys, args)

@@ -15,7 +15,7 @@ import redis.asyncio.cluster as aiocluster
 import redis.cluster
 
 from facestream.common.settings import ConnectionSettings, MemberSettings
-from facestream.common.streams.lane import Lane
+from facestream.common.streams.hotline import Hotline
 from facestream.common.streams.types import AsyncClient, SyncClient
 
 
@@ -68,7 +68,7 @@ def cluster_seeds(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
 
 
 def pool_size(settings: ConnectionSettings) -> int:
-    # Detectors block one connection per reader (partitions x read lanes) in XREADGROUP, sinks
+    # Detectors block one connection per reader (partitions x read hotlines) in XREADGROUP, sinks
     # one per partition: room for those and for the writes, lock extensions and housekeeping.
     readers = settings.read_lanes if isinstance(settings, MemberSettings) else 1
     return max(settings.redis_max_connections, settings.partitions * readers + 16)
@@ -109,10 +109,10 @@ def sync_client(settings: ConnectionSettings) -> SyncClient:
     return redis.Redis.from_url(settings.redis_url, **_options(settings))
 
 
-def lane(settings: ConnectionSettings, client: AsyncClient) -> Lane | None:
+def hotline(settings: ConnectionSettings, client: AsyncClient) -> Hotline | None:
     """The hot calls' own connection to `client`'s server, where settings and server allow
-    (common/streams/lane.py)."""
-    return Lane.of(client) if settings.redis_lane and not settings.cluster else None
+    (common/streams/hotline.py)."""
+    return Hotline.of(client) if settings.redis_hotline and not settings.cluster else None
 
 
 def redact(url: str) -> str:

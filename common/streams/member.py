@@ -34,7 +34,7 @@ import structlog
 from facestream.common.log import get_logger
 from facestream.common.streams.errors import REDIS_ERRORS, connection_race
 from facestream.common.streams.groups import ensure_group
-from facestream.common.streams.lane import Arg, Lane, stream_entries
+from facestream.common.streams.hotline import Arg, Hotline, stream_entries
 from facestream.common.streams.locks import LockKeeper, claim_consumer_name
 from facestream.common.streams.outage import Outage, until_available
 from facestream.common.streams.recovery import Reclaimer
@@ -141,8 +141,8 @@ class _Reader:
     first: bool
     reclaimer: Reclaimer
     cursor: str | None = field(default=None)
-    # Its own connection for its reads (a blocking read holds one): common/streams/lane.py.
-    lane: Lane | None = None
+    # Its own connection for its reads (a blocking read holds one): common/streams/hotline.py.
+    hotline: Hotline | None = None
 
     def rewind(self) -> None:
         if self.first:
@@ -180,8 +180,8 @@ class _Reader:
 
     async def _read(self, start: str, block_ms: int | None) -> list[Entry]:
         m = self.member
-        if self.lane is not None:
-            return await self._read_on_lane(self.lane, start, block_ms)
+        if self.hotline is not None:
+            return await self._read_on_hotline(self.hotline, start, block_ms)
         # redis-py types RESP2 and RESP3 replies alike; ours (RESP2) is [[stream, entries]].
         reply: Any = await m.client.xreadgroup(
             m.sub.group,
@@ -195,12 +195,14 @@ class _Reader:
         entries: list[Entry] = reply[0][1]
         return entries
 
-    async def _read_on_lane(self, lane: Lane, start: str, block_ms: int | None) -> list[Entry]:
+    async def _read_on_hotline(
+        self, hotline: Hotline, start: str, block_ms: int | None
+    ) -> list[Entry]:
         sub = self.member.sub
         command: list[Arg] = ["XREADGROUP", "GROUP", sub.group, sub.consumer, "COUNT", sub.count]
         if block_ms is not None:
             command += ["BLOCK", block_ms]
-        reply = await lane.call(*command, "STREAMS", sub.streams[self.index], start)
+        reply = await hotline.call(*command, "STREAMS", sub.streams[self.index], start)
         return stream_entries(reply[0][1]) if reply else []
 
     async def step(self) -> None:
@@ -252,9 +254,9 @@ class Member:
         handler: Handler,
         what: str,
         policy: RestartPolicy | None = None,
-        lanes: Callable[[], Lane | None] | None = None,
+        hotlines: Callable[[], Hotline | None] | None = None,
     ) -> None:
-        """`lanes`: makes each reader's own connection for its reads (None: redis-py's)."""
+        """`hotlines`: makes each reader's own connection for its reads (None: redis-py's)."""
         self.client = client
         self.sub = sub
         self.handler = handler
@@ -279,7 +281,7 @@ class Member:
                     sub.count,
                 ),
                 cursor="0" if reader == 0 else None,  # own pending first
-                lane=lanes() if lanes is not None else None,
+                hotline=hotlines() if hotlines is not None else None,
             )
             for index, stream in enumerate(sub.streams)
             for reader in range(sub.readers)
@@ -349,8 +351,8 @@ class Member:
             await self.supervisor.close()
             await self.handler.close()
             for reader in self.readers:
-                if reader.lane is not None:
-                    reader.lane.close()
+                if reader.hotline is not None:
+                    reader.hotline.close()
             with contextlib.suppress(*REDIS_ERRORS):  # else it expires
                 await self.scripts.lock_release(self.client, sub.claim_key, token)
             log.info(

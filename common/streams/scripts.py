@@ -24,7 +24,7 @@ import redis.cluster
 from redis.commands.core import AsyncScript, Script
 from redis.exceptions import NoScriptError
 
-from facestream.common.streams.lane import Lane, LanePipeline
+from facestream.common.streams.hotline import Hotline, HotlinePipeline
 from facestream.common.streams.types import (
     AsyncClient,
     AsyncPipeline,
@@ -36,7 +36,7 @@ from facestream.common.streams.types import (
 ScriptTarget: TypeAlias = CommandQueue | AsyncClient | SyncClient
 
 _PIPELINES = (
-    LanePipeline,
+    HotlinePipeline,
     redis.asyncio.client.Pipeline,
     redis.asyncio.cluster.ClusterPipeline,
     redis.client.Pipeline,
@@ -73,13 +73,13 @@ def script_source(name: str) -> str:
 
 
 class Scripts:
-    """The registered scripts of one client (sync or asyncio redis-py client). With a `lane`
-    to the same server (common/streams/lane.py), `run`, `run_steps` and `run_one` send their
+    """The registered scripts of one client (sync or asyncio redis-py client). With a `hotline`
+    to the same server (common/streams/hotline.py), `run`, `run_steps` and `run_one` send their
     commands through it instead of through the client's pool."""
 
-    def __init__(self, client: AsyncClient | SyncClient, lane: Lane | None = None) -> None:
+    def __init__(self, client: AsyncClient | SyncClient, hotline: Hotline | None = None) -> None:
         self._s = {name: client.register_script(script_source(name)) for name in _NAMES}
-        self.lane = lane
+        self.hotline = hotline
 
     def call(self, name: str, pipe: ScriptTarget, keys: list[str], args: list[Any]) -> Any:
         """Run (or queue, on a pipeline) script `name` with its KEYS and ARGV; the wrappers below,
@@ -101,9 +101,9 @@ class Scripts:
         raise TypeError(f"{type(pipe).__name__} is neither a pipeline nor this script's client")
 
     def close(self) -> None:
-        """Close the lane, if any (the client is its owner's to close)."""
-        if self.lane is not None:
-            self.lane.close()
+        """Close the hotline, if any (the client is its owner's to close)."""
+        if self.hotline is not None:
+            self.hotline.close()
 
     def load_blocking(self, client: SyncClient) -> None:
         """`load` for a synchronous client (benchmarks and tools that pipeline scripts)."""
@@ -122,8 +122,8 @@ class Scripts:
         scripts are loaded and the pipeline is built and run again, so every pipeline given
         here must be safe to repeat (all of facestream's are: token-checked locks, idempotent
         cache and Bloom writes, ack-gated emits, replies deduped by id)."""
-        if self.lane is not None:
-            return await self._run_on_lane(self.lane, client, build, raise_on_error)
+        if self.hotline is not None:
+            return await self._run_on_hotline(self.hotline, client, build, raise_on_error)
         for attempt in (0, 1):
             pipe = client.pipeline(transaction=False)
             build(pipe)
@@ -140,13 +140,13 @@ class Scripts:
             return answers
         raise AssertionError("unreachable")
 
-    async def _run_on_lane(
-        self, lane: Lane, client: AsyncClient, build: Step, raise_on_error: bool
+    async def _run_on_hotline(
+        self, hotline: Hotline, client: AsyncClient, build: Step, raise_on_error: bool
     ) -> list[Any]:
         for attempt in (0, 1):
-            pipe = LanePipeline()
+            pipe = HotlinePipeline()
             build(pipe)
-            answers = await lane.execute(pipe.commands)
+            answers = await hotline.execute(pipe.commands)
             if attempt == 0 and any(isinstance(a, NoScriptError) for a in answers):
                 await self.load(client)
                 continue
@@ -160,9 +160,9 @@ class Scripts:
     async def run_one(
         self, client: AsyncClient, name: str, keys: list[str], args: list[Any]
     ) -> Any:
-        """Run script `name` at once: through the lane where there is one (loading the
+        """Run script `name` at once: through the hotline where there is one (loading the
         scripts on NOSCRIPT), else as redis-py's script object on `client`."""
-        if self.lane is None:
+        if self.hotline is None:
             return await self.call(name, client, keys, args)
         (answer,) = await self.run(client, lambda pipe: self.call(name, pipe, keys, args))
         return answer

@@ -16,16 +16,16 @@ import redis.asyncio.cluster
 import redis.client
 import redis.cluster
 
-from facestream.common.streams.lane import LanePipeline
+from facestream.common.streams.hotline import HotlinePipeline
 
 AsyncClient: TypeAlias = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 SyncClient: TypeAlias = redis.Redis | redis.cluster.RedisCluster
 AsyncRedisPipeline: TypeAlias = (
     redis.asyncio.client.Pipeline | redis.asyncio.cluster.ClusterPipeline
 )
-# Where a look-up or write step queues its commands: a redis-py pipeline, or a lane's
-# (common/streams/lane.py: the hot calls on one server).
-AsyncPipeline: TypeAlias = AsyncRedisPipeline | LanePipeline
+# Where a look-up or write step queues its commands: a redis-py pipeline, or a hotline's
+# (common/streams/hotline.py: the hot calls on one server).
+AsyncPipeline: TypeAlias = AsyncRedisPipeline | HotlinePipeline
 SyncPipeline: TypeAlias = redis.client.Pipeline | redis.cluster.ClusterPipeline
 
 # A stream entry as redis-py returns it: (entry id, field -> value), both as bytes.

@@ -33,7 +33,7 @@ from facestream.common.contract.schema import (
 from facestream.common.imaging.align import CropCaps, crops_or_faces
 from facestream.common.log import get_logger
 from facestream.common.settings import GatewaySettings
-from facestream.common.streams.connection import lane
+from facestream.common.streams.connection import hotline
 from facestream.common.streams.errors import REDIS_ERRORS
 from facestream.common.streams.scripts import Scripts
 from facestream.common.streams.serving import served_tag
@@ -58,7 +58,7 @@ class CacheAnswers:
         self.client = client
         self.consumer = consumer
         self.keys = Keys(settings.prefix, settings.partitions)
-        self.scripts = Scripts(client, lane(settings, client))
+        self.scripts = Scripts(client, hotline(settings, client))
         self.tag: str | None = None
         self._bloom: BloomFilter | None = None
         self._view: CacheView | None = None  # the served model's entries, with the filter

@@ -42,9 +42,9 @@ from facestream.common.contract.schema import RESULT_FIELD, ImageEvent
 from facestream.common.log import get_logger
 from facestream.common.metrics import entry_age_s
 from facestream.common.settings import GatewaySettings
-from facestream.common.streams.connection import lane
+from facestream.common.streams.connection import hotline
 from facestream.common.streams.errors import REDIS_ERRORS, connection_race
-from facestream.common.streams.lane import Lane, stream_entries
+from facestream.common.streams.hotline import Hotline, stream_entries
 from facestream.common.streams.outage import Outage
 from facestream.common.streams.types import AsyncClient
 from facestream.common.supervise import RestartPolicy, Supervisor
@@ -89,11 +89,11 @@ class ReplyRouter:
         block_ms: int = 1000,
         policy: RestartPolicy | None = None,
         on_give_up: Callable[[str], None] | None = None,
-        lane: Lane | None = None,
+        hotline: Hotline | None = None,
     ) -> None:
-        """`lane`: the reader's own connection (common/streams/lane.py); None: redis-py's."""
+        """`hotline`: the reader's own connection (common/streams/hotline.py); None: redis-py's."""
         self.client = client
-        self.lane = lane
+        self.hotline = hotline
         self.stream = keys.reply_stream(f"gw-{uuid.uuid4().hex}")
         self.ttl_ms = ttl_s * 1000
         self.block_ms = block_ms
@@ -116,7 +116,7 @@ class ReplyRouter:
             keys,
             settings.reply_ttl_s,
             policy=RestartPolicy.of(settings),
-            lane=lane(settings, client),
+            hotline=hotline(settings, client),
         )
 
     @property
@@ -210,8 +210,8 @@ class ReplyRouter:
     async def stop(self) -> None:
         if self._supervisor is not None:
             await self._supervisor.close()
-        if self.lane is not None:
-            self.lane.close()
+        if self.hotline is not None:
+            self.hotline.close()
         if self.gave_up and self._exit_on_stop:
             # After uvicorn's graceful shutdown: exit 1, not the 0 of a requested stop.
             log.error("gateway_exiting", reason="the reply reader kept failing", code=1)
@@ -221,11 +221,11 @@ class ReplyRouter:
 
     async def _read(self) -> Any:
         """The next replies, as redis-py's XREAD gives them: [[stream, [(id, fields)]]]."""
-        if self.lane is None:
+        if self.hotline is None:
             return await self.client.xread(
                 {self.stream: self._last}, count=500, block=self.block_ms
             )
-        raw = await self.lane.call(
+        raw = await self.hotline.call(
             "XREAD", "COUNT", 500, "BLOCK", self.block_ms, "STREAMS", self.stream, self._last
         )
         return [[name, stream_entries(entries)] for name, entries in raw or []]

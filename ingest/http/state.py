@@ -21,7 +21,7 @@ from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import ImageEvent
 from facestream.common.log import get_logger
 from facestream.common.settings import GatewaySettings
-from facestream.common.streams.connection import async_client, lane
+from facestream.common.streams.connection import async_client, hotline
 from facestream.common.streams.types import AsyncClient
 from facestream.ingest.http.admission import Admission
 from facestream.ingest.http.cache_answers import CacheAnswers, answer_or_wait
@@ -80,11 +80,11 @@ def gateway_lifespan(
         client = async_client(settings)
         replies = ReplyRouter.of(client, keys, settings)
         liveness = Liveness(settings, client)
-        publish_lane = lane(settings, client)  # the XADDs of new photos: one per request
+        publish_hotline = hotline(settings, client)  # the XADDs of new photos: one per request
         gateway = Gateway(
             client=client,
             replies=replies,
-            publisher=AsyncPublisher(settings, client, replies.stream, publish_lane),
+            publisher=AsyncPublisher(settings, client, replies.stream, publish_hotline),
             liveness=liveness,
             # Results the gateway answers from the cache name it as their producer.
             answers=CacheAnswers(settings, client, "gateway:" + replies.stream.rsplit(":", 1)[-1]),
@@ -99,8 +99,8 @@ def gateway_lifespan(
             await gateway.admission.close()
             await replies.stop()
             gateway.answers.scripts.close()
-            if publish_lane is not None:
-                publish_lane.close()
+            if publish_hotline is not None:
+                publish_hotline.close()
             await client.aclose()
 
     return lifespan

@@ -70,7 +70,7 @@ def test_readyz_says_not_ready_while_the_reply_reader_is_down(
     with TestClient(create_app(settings)) as http:
         router: ReplyRouter = gateway_of(http.app).replies
         assert wait_until(lambda: http.get("/readyz").status_code == 200)
-        # The gateway's reader reads through its own connection (a lane): fail the read itself.
+        # The gateway's reader reads through its own connection (a hotline): fail the read itself.
         read, failing = router._read, [True]
 
         async def broken() -> Any:

@@ -2,21 +2,21 @@
 
 redis-py's asyncio client spends 92-113 µs of CPU on one EVALSHA on this project's 2-core
 machines; the same command written to a socket and its reply parsed by hiredis costs 38-43 µs,
-a write step's pipeline 134-151 against 41-53 µs (benchmarks/lane_cost.py; uvloop, asyncio).
+a write step's pipeline 134-151 against 41-53 µs (benchmarks/hotline_cost.py; uvloop, asyncio).
 The difference is per call, not per byte: the connection pool, the retry wrapper, the stream
 reader and writer, the response callbacks. The gateway's
 cache look-up (once per event-loop cycle of requests) and the detector's look-ups and writes
-(per new photo) are such calls, so they go through a `Lane` (common/streams/scripts.py
+(per new photo) are such calls, so they go through a `Hotline` (common/streams/scripts.py
 `Scripts.run`); everything else keeps redis-py.
 
-A lane writes each batch of commands at once and matches replies to batches in order, as a
+A hotline writes each batch of commands at once and matches replies to batches in order, as a
 server answers one connection's commands in order (RESP pipelining), so any number of callers
 share it. Replies are raw (no redis-py response callbacks); error replies come back as values,
 as redis-py's exception classes. It connects on first use and again after a loss, with the
 client's own address, credentials and database; a call that finds the connection gone gets
 `ConnectionError`, one whose reply takes longer than the client's socket timeout `TimeoutError`
 (the connection is dropped: what else was in flight on it fails the same way). TLS and
-unix-socket clients get no lane (`Lane.of` says None) and keep redis-py for everything.
+unix-socket clients get no hotline (`Hotline.of` says None) and keep redis-py for everything.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ class _Connection(asyncio.Protocol):
                 batch.future.set_exception(error)
 
 
-class Lane:
+class Hotline:
     def __init__(self, address: Address) -> None:
         self.address = address
         self._conn: _Connection | None = None
@@ -149,8 +149,8 @@ class Lane:
         self._watch: asyncio.TimerHandle | None = None
 
     @classmethod
-    def of(cls, client: Any) -> Lane | None:
-        """A lane to the server `client` (redis-py, asyncio) talks to, or None where it cannot
+    def of(cls, client: Any) -> Hotline | None:
+        """A hotline to the server `client` (redis-py, asyncio) talks to, or None where it cannot
         have one: a cluster, TLS, a unix socket."""
         if not isinstance(client, redis.asyncio.Redis):
             return None
@@ -198,7 +198,7 @@ class Lane:
         return answer
 
     def _check(self) -> None:
-        """The timeout watch: one timer per lane, re-armed for the oldest batch in flight."""
+        """The timeout watch: one timer per hotline, re-armed for the oldest batch in flight."""
         self._watch = None
         conn, timeout = self._conn, self.address.timeout_s
         if conn is None or conn.lost or not conn.waiting or not timeout:
@@ -210,7 +210,7 @@ class Lane:
         self._watch = asyncio.get_running_loop().call_later(left, self._check)
 
     async def _connect(self) -> _Connection:
-        # One connection attempt for every caller that finds the lane down at once.
+        # One connection attempt for every caller that finds the hotline down at once.
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.ensure_future(self._open())
         return await asyncio.shield(self._connecting)
@@ -244,7 +244,7 @@ class Lane:
             self._watch.cancel()
             self._watch = None
         if self._conn is not None:
-            self._conn.fail(RedisConnectionError("the lane was closed"))
+            self._conn.fail(RedisConnectionError("the hotline was closed"))
             self._conn = None
 
 
@@ -257,8 +257,8 @@ def stream_entries(raw: list[Any]) -> list[tuple[bytes, dict[bytes, bytes]]]:
     return out
 
 
-class LanePipeline:
-    """Commands queued the way redis-py's pipeline queues them, for one `Lane.execute`: the
+class HotlinePipeline:
+    """Commands queued the way redis-py's pipeline queues them, for one `Hotline.execute`: the
     pipeline methods facestream's look-up and write steps use (common/streams/scripts.py
     `Step`), with redis-py's argument order; replies stay raw."""
 
@@ -268,7 +268,7 @@ class LanePipeline:
     def __len__(self) -> int:
         return len(self.commands)
 
-    def execute_command(self, *args: Arg, **_options: Any) -> LanePipeline:
+    def execute_command(self, *args: Arg, **_options: Any) -> HotlinePipeline:
         self.commands.append(args)
         return self
 
@@ -279,7 +279,7 @@ class LanePipeline:
         id: str = "*",
         maxlen: int | None = None,
         approximate: bool = True,
-    ) -> LanePipeline:
+    ) -> HotlinePipeline:
         args: list[Arg] = ["XADD", name]
         if maxlen is not None:
             args += ["MAXLEN", "~", maxlen] if approximate else ["MAXLEN", maxlen]
@@ -289,14 +289,14 @@ class LanePipeline:
         self.commands.append(tuple(args))
         return self
 
-    def xack(self, name: str, groupname: str, *ids: Arg) -> LanePipeline:
+    def xack(self, name: str, groupname: str, *ids: Arg) -> HotlinePipeline:
         return self.execute_command("XACK", name, groupname, *ids)
 
-    def xdel(self, name: str, *ids: Arg) -> LanePipeline:
+    def xdel(self, name: str, *ids: Arg) -> HotlinePipeline:
         return self.execute_command("XDEL", name, *ids)
 
-    def pexpire(self, name: str, time_ms: int) -> LanePipeline:
+    def pexpire(self, name: str, time_ms: int) -> HotlinePipeline:
         return self.execute_command("PEXPIRE", name, time_ms)
 
-    def hset(self, name: str, *, items: list[Arg]) -> LanePipeline:
+    def hset(self, name: str, *, items: list[Arg]) -> HotlinePipeline:
         return self.execute_command("HSET", name, *items)

@@ -1,11 +1,11 @@
-"""CPU per Redis call: redis-py's asyncio client against a lane (common/streams/lane.py).
+"""CPU per Redis call: redis-py's asyncio client against a hotline (common/streams/hotline.py).
 
 The calls the gateway and the detectors make per request or per new photo, each run N times
 in a row on one connection to a fresh redis-server, on asyncio and on uvloop (the gateway's
 loop), both ways; the process's CPU time per call is printed (it includes the socket's system
 calls, which both pay alike). A benchmark, not a test: run it on an otherwise idle machine.
 
-    python -m benchmarks.lane_cost [--calls 5000]
+    python -m benchmarks.hotline_cost [--calls 5000]
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import uvloop
 
 from benchmarks.common import machine, redis_server, table
 from facestream.common.settings import Settings
-from facestream.common.streams.connection import async_client, lane
-from facestream.common.streams.lane import LanePipeline
+from facestream.common.streams.connection import async_client, hotline
+from facestream.common.streams.hotline import HotlinePipeline
 from facestream.common.streams.scripts import Scripts
 from facestream.common.streams.types import AsyncPipeline
 
@@ -45,10 +45,10 @@ async def _write(scripts: Scripts, client: Any) -> Any:
 
 async def _xadd(scripts: Scripts, client: Any) -> Any:
     # A new photo's event: about the size of a 640x480 JPEG.
-    if scripts.lane is None:
+    if scripts.hotline is None:
         return await client.xadd("bench:images", {"event": b"x" * 56_000}, maxlen=100)
-    pipe = LanePipeline().xadd("bench:images", {"event": b"x" * 56_000}, maxlen=100)
-    return await scripts.lane.execute(pipe.commands)
+    pipe = HotlinePipeline().xadd("bench:images", {"event": b"x" * 56_000}, maxlen=100)
+    return await scripts.hotline.execute(pipe.commands)
 
 
 CALLS: dict[str, Call] = {
@@ -59,9 +59,9 @@ CALLS: dict[str, Call] = {
 
 
 async def per_call_us(url: str, with_lane: bool, call: Call, n: int) -> float:
-    settings = Settings(redis_url=url, redis_lane=with_lane)
+    settings = Settings(redis_url=url, redis_hotline=with_lane)
     client = async_client(settings)
-    scripts = Scripts(client, lane(settings, client))
+    scripts = Scripts(client, hotline(settings, client))
     try:
         for _ in range(50):  # connect, load the scripts, warm up
             await call(scripts, client)
@@ -94,7 +94,7 @@ def main() -> None:
                 rows.append([name, loop_name, f"{b:.0f}", f"{f:.0f}", f"{b / f:.2f}x"])
     table(
         f"CPU per call, us (the lower of two runs of {args.calls:,} calls each)",
-        ["call", "loop", "redis-py", "lane", "redis-py / lane"],
+        ["call", "loop", "redis-py", "hotline", "redis-py / hotline"],
         rows,
     )
 

@@ -1,4 +1,4 @@
-"""The hot calls' pipelined connection (common/streams/lane.py) on a real redis-server: replies
+"""The hot calls' pipelined connection (common/streams/hotline.py) on a real redis-server: replies
 matched to their callers in order, error replies as redis-py's exceptions, loss, timeout and
 reconnection, credentials and database from the client, and the scripts run through it."""
 
@@ -27,8 +27,8 @@ from redis.exceptions import (
 )
 
 from facestream.common.settings import Settings
-from facestream.common.streams.connection import async_client, lane
-from facestream.common.streams.lane import Address, Lane, LanePipeline, pack
+from facestream.common.streams.connection import async_client, hotline
+from facestream.common.streams.hotline import Address, Hotline, HotlinePipeline, pack
 from facestream.common.streams.scripts import Scripts
 
 Runner = Callable[[Coroutine[Any, Any, Any]], Any]
@@ -37,7 +37,7 @@ Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 @pytest.fixture
 def one_server(redis_url: str) -> str:
     if Settings(redis_url=redis_url).cluster:
-        pytest.skip("a lane is for one server; a cluster keeps redis-py")
+        pytest.skip("a hotline is for one server; a cluster keeps redis-py")
     return redis_url
 
 
@@ -47,8 +47,8 @@ def run(request: pytest.FixtureRequest) -> Runner:
     return asyncio.run if request.param == "asyncio" else uvloop.run
 
 
-def lane_of(url: str, **settings: Any) -> Lane:
-    made = lane(Settings(redis_url=url, **settings), async_client(Settings(redis_url=url)))
+def hotline_of(url: str, **settings: Any) -> Hotline:
+    made = hotline(Settings(redis_url=url, **settings), async_client(Settings(redis_url=url)))
     assert made is not None
     return made
 
@@ -57,18 +57,18 @@ def test_concurrent_callers_each_get_their_own_replies(
     run: Runner, one_server: str, prefix: str
 ) -> None:
     async def main() -> list[list[Any]]:
-        lanes = lane_of(one_server)
+        hotlines = hotline_of(one_server)
         try:
             # Batches of different lengths written back to back: each caller's answers are
             # its own, in its own order.
             return await asyncio.gather(
                 *(
-                    lanes.execute([("INCRBY", f"{prefix}:n", i), ("ECHO", f"{i}")] * (i % 3 + 1))
+                    hotlines.execute([("INCRBY", f"{prefix}:n", i), ("ECHO", f"{i}")] * (i % 3 + 1))
                     for i in range(200)
                 )
             )
         finally:
-            lanes.close()
+            hotlines.close()
 
     answers = run(main())
     for i, got in enumerate(answers):
@@ -85,9 +85,9 @@ def test_error_replies_are_values_of_redis_py_classes(
     r.set(f"{prefix}:text", "x")
 
     async def main() -> None:
-        lanes = lane_of(one_server)
+        hotlines = hotline_of(one_server)
         try:
-            missing, wrong, fine = await lanes.execute(
+            missing, wrong, fine = await hotlines.execute(
                 [
                     ("EVALSHA", "0" * 40, 0),
                     ("LPUSH", f"{prefix}:text", "a"),
@@ -98,10 +98,10 @@ def test_error_replies_are_values_of_redis_py_classes(
             assert isinstance(wrong, ResponseError) and "WRONGTYPE" in str(wrong.status_code)
             assert fine == b"x"
             with pytest.raises(ResponseError):
-                await lanes.call("LPUSH", f"{prefix}:text", "a")
-            assert await lanes.call("ECHO", "still in step") == b"still in step"
+                await hotlines.call("LPUSH", f"{prefix}:text", "a")
+            assert await hotlines.call("ECHO", "still in step") == b"still in step"
         finally:
-            lanes.close()
+            hotlines.close()
 
     run(main())
 
@@ -111,7 +111,7 @@ def test_scripts_on_a_lane_load_themselves_after_a_flush(
 ) -> None:
     async def main() -> None:
         client = async_client(Settings(redis_url=one_server))
-        scripts = Scripts(client, lane_of(one_server))
+        scripts = Scripts(client, hotline_of(one_server))
         try:
             r.script_flush()
             # lock_release.lua on a key nobody holds: 0, once the script is there again.
@@ -121,7 +121,7 @@ def test_scripts_on_a_lane_load_themselves_after_a_flush(
                 client, lambda pipe: scripts.lock_release(pipe, "no-such-lock", "t")
             )
             assert answers == [0]
-            assert scripts.lane is not None and scripts.lane.connected
+            assert scripts.hotline is not None and scripts.hotline.connected
         finally:
             scripts.close()
             await client.aclose()
@@ -133,21 +133,21 @@ def test_a_lost_connection_fails_its_calls_and_the_next_call_reconnects(
     run: Runner, one_server: str, prefix: str, r: redis.Redis
 ) -> None:
     async def main() -> None:
-        lanes = lane_of(one_server)
+        hotlines = hotline_of(one_server)
         try:
-            name = f"lane-{uuid.uuid4().hex[:8]}"
-            await lanes.call("CLIENT", "SETNAME", name)
+            name = f"hotline-{uuid.uuid4().hex[:8]}"
+            await hotlines.call("CLIENT", "SETNAME", name)
             # In flight when the server drops the connection: BLPOP waits for 5 s.
-            waiting = asyncio.ensure_future(lanes.call("BLPOP", f"{prefix}:never", 5))
+            waiting = asyncio.ensure_future(hotlines.call("BLPOP", f"{prefix}:never", 5))
             await asyncio.sleep(0.2)
             for client in r.client_list():
                 if client["name"] == name:
                     r.client_kill_filter(_id=client["id"])
             with pytest.raises(RedisConnectionError):
                 await asyncio.wait_for(waiting, 3)
-            assert await lanes.call("ECHO", "back") == b"back"
+            assert await hotlines.call("ECHO", "back") == b"back"
         finally:
-            lanes.close()
+            hotlines.close()
 
     run(main())
 
@@ -156,23 +156,23 @@ def test_a_reply_later_than_the_timeout_drops_the_connection(
     run: Runner, one_server: str, prefix: str
 ) -> None:
     async def main() -> None:
-        lanes = lane_of(one_server)
-        lanes.address = dataclasses.replace(lanes.address, timeout_s=0.3)
+        hotlines = hotline_of(one_server)
+        hotlines.address = dataclasses.replace(hotlines.address, timeout_s=0.3)
         try:
             started = asyncio.get_running_loop().time()
             with pytest.raises(RedisTimeoutError):
-                await lanes.call("BLPOP", f"{prefix}:never", 3)
+                await hotlines.call("BLPOP", f"{prefix}:never", 3)
             assert asyncio.get_running_loop().time() - started < 1.5
-            assert await lanes.call("ECHO", "back") == b"back"
+            assert await hotlines.call("ECHO", "back") == b"back"
         finally:
-            lanes.close()
+            hotlines.close()
 
     run(main())
 
 
 @pytest.fixture
 def acl_user(one_server: str, r: redis.Redis) -> Iterator[tuple[str, str]]:
-    name, password = f"lane-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    name, password = f"hotline-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     r.execute_command("ACL", "SETUSER", name, "on", f">{password}", "~*", "+@all")
     yield name, password
     r.execute_command("ACL", "DELUSER", name)
@@ -187,7 +187,7 @@ def test_credentials_and_database_come_from_the_client(
     async def main(secret: str) -> Any:
         settings = Settings(redis_url=f"{base}/3", redis_username=name, redis_password=secret)
         client = async_client(settings)
-        made = lane(settings, client)
+        made = hotline(settings, client)
         assert made is not None
         try:
             await made.call("SET", f"{prefix}:in-db-3", "yes")
@@ -203,20 +203,23 @@ def test_credentials_and_database_come_from_the_client(
         run(main("not-" + password))
 
 
-def test_no_lane_where_redis_py_must_keep_the_connection(one_server: str) -> None:
+def test_no_hotline_where_redis_py_must_keep_the_connection(one_server: str) -> None:
     host_port = one_server.split("//", 1)[1].split("/", 1)[0]
-    assert lane(Settings(redis_url=one_server, redis_lane=False), async_client(Settings())) is None
+    assert (
+        hotline(Settings(redis_url=one_server, redis_hotline=False), async_client(Settings()))
+        is None
+    )
     tls = Settings(redis_url=f"rediss://{host_port}/0")
-    assert lane(tls, async_client(tls)) is None
-    assert Lane.of(redis.asyncio.Redis(unix_socket_path="/tmp/no-such.sock")) is None
-    assert Lane.of(redis.Redis()) is None  # not an asyncio client
+    assert hotline(tls, async_client(tls)) is None
+    assert Hotline.of(redis.asyncio.Redis(unix_socket_path="/tmp/no-such.sock")) is None
+    assert Hotline.of(redis.Redis()) is None  # not an asyncio client
 
 
 def test_a_lane_pipeline_sends_what_redis_py_sends(
     run: Runner, one_server: str, prefix: str
 ) -> None:
     stream, key = f"{prefix}:s", f"{prefix}:h"
-    pipe = LanePipeline()
+    pipe = HotlinePipeline()
     pipe.xadd(stream, {"result": b"\x00\x01"}, maxlen=5, approximate=True)
     pipe.pexpire(stream, 60_000)
     pipe.hset(key, items=["a", 1, "b", 2.5])
@@ -226,20 +229,20 @@ def test_a_lane_pipeline_sends_what_redis_py_sends(
     assert pack([("XACK", stream, "g", "0-1")]).startswith(b"*4\r\n$4\r\nXACK\r\n")
 
     async def main() -> list[Any]:
-        lanes = lane_of(one_server)
+        hotlines = hotline_of(one_server)
         try:
-            answers = await lanes.execute(pipe.commands)
+            answers = await hotlines.execute(pipe.commands)
             entry = answers[4][0][1][0][0]
             return [
                 *answers,
                 *(
-                    await lanes.execute(
-                        LanePipeline().xack(stream, "g", entry).xdel(stream, entry).commands
+                    await hotlines.execute(
+                        HotlinePipeline().xack(stream, "g", entry).xdel(stream, entry).commands
                     )
                 ),
             ]
         finally:
-            lanes.close()
+            hotlines.close()
 
     answers = run(main())
     assert answers[1:4] == [1, 2, b"OK"]
@@ -252,7 +255,7 @@ def test_a_lane_pipeline_sends_what_redis_py_sends(
 
 def test_addresses_are_read_off_the_client() -> None:
     client = async_client(Settings(redis_url="redis://example.invalid:6390/2", socket_timeout_s=7))
-    made = Lane.of(client)
+    made = Hotline.of(client)
     assert made is not None
     assert made.address == Address(
         "example.invalid", 6390, 2, None, None, connect_timeout_s=5.0, timeout_s=7.0

@@ -22,13 +22,16 @@ from tests.support.procs import Procs, detector_and_gateway
 Stack = tuple[str, str, Procs]
 
 
-def stack(redis_url: str, tmp: Any, hits: bool) -> Iterator[Stack]:
+def stack(redis_url: str, tmp: Any, hits: bool, hotlines: bool = True) -> Iterator[Stack]:
+    hotline = {"FACESTREAM_REDIS_HOTLINE": "true" if hotlines else "false"}
     with detector_and_gateway(
         redis_url,
         tmp,
         "gh",
+        hotline,
         FACESTREAM_CONSUMER="gh-gw",
         FACESTREAM_GATEWAY_HITS="true" if hits else "false",
+        **hotline,
     ) as running:
         yield running
 
@@ -41,6 +44,12 @@ def with_hits(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture(scope="module")
 def without_hits(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     yield from stack(redis_url, tmp_path_factory.mktemp("gh-off"), hits=False)
+
+
+@pytest.fixture(scope="module")
+def on_redis_py(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Every call through redis-py's client (FACESTREAM_REDIS_HOTLINE=false), as on a cluster."""
+    yield from stack(redis_url, tmp_path_factory.mktemp("gh-rp"), hits=True, hotlines=False)
 
 
 def detect(url: str, image: bytes, event_id: str, crops: bool = False) -> dict[str, Any]:
@@ -107,6 +116,19 @@ def test_a_cached_image_is_answered_by_the_gateway_once_per_request(
     (group,) = r.xinfo_groups(Keys(prefix).images)
     assert group["entries-read"] == 1
     assert lookups(url) == {"hit": 3.0, "miss": 1.0}
+
+
+def test_without_hotlines_the_same_answers_go_out_once_each(
+    on_redis_py: Stack, photo_png: dict[str, bytes], r: redis.Redis
+) -> None:
+    url, prefix, procs = on_redis_py
+    wait_served(r, prefix, procs)
+    image = photo_png["coffee"]
+    bodies = [detect(url, image, f"rp-{i}") for i in range(3)]
+    assert [b["cached"] for b in bodies] == [False, True, True]
+    assert bodies[1]["faces"] == bodies[0]["faces"] == bodies[2]["faces"]
+    assert sorted(p["id"] for p in results(r, prefix)) == ["rp-0", "rp-1", "rp-2"]
+    assert lookups(url) == {"hit": 2.0, "miss": 1.0}
 
 
 def test_a_sink_group_sees_gateway_hits_and_detector_results_once_each(

@@ -101,6 +101,7 @@ class _Connection(asyncio.Protocol):
         self.waiting: collections.deque[_Batch] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        self.loop = asyncio.get_running_loop()  # a socket serves the loop that opened it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports (the gateway runs on uvloop) are not asyncio.Transport's subclasses.
@@ -133,6 +134,9 @@ class _Connection(asyncio.Protocol):
     def fail(self, error: Exception) -> None:
         """Every batch in flight gets `error`; the connection is not used again."""
         self.lost = True
+        if self.loop.is_closed():  # its loop is gone, and what waited on it with it
+            self.waiting.clear()
+            return
         if self.transport is not None:
             self.transport.abort()
         while self.waiting:
@@ -179,9 +183,9 @@ class Hotline:
         if not commands:
             return []
         conn = self._conn
-        if conn is None or conn.lost:
-            conn = await self._connect()
         loop = asyncio.get_running_loop()
+        if conn is None or conn.lost or conn.loop is not loop:
+            conn = await self._connect()
         batch = _Batch(loop.create_future(), len(commands), time.monotonic())
         conn.waiting.append(batch)
         assert conn.transport is not None
@@ -230,6 +234,9 @@ class Hotline:
             hello.append(auth)
         if a.db:
             hello.append(("SELECT", a.db))
+        if self._watch is not None:  # armed on an earlier connection (maybe another loop's)
+            self._watch.cancel()
+            self._watch = None
         self._conn = conn  # `execute` below goes out on it
         for answer in await self.execute(hello):
             if isinstance(answer, Exception):  # WRONGPASS is redis-py's AuthenticationError

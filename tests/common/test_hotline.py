@@ -152,6 +152,18 @@ def test_a_lost_connection_fails_its_calls_and_the_next_call_reconnects(
     run(main())
 
 
+def test_one_hotline_serves_one_event_loop_after_another(one_server: str, run: Runner) -> None:
+    made = hotline_of(one_server)
+
+    async def main(n: int) -> Any:
+        return await made.call("ECHO", f"loop {n}")
+
+    # A process that runs its service twice (tests, an embedding application): the socket of
+    # the first loop is left behind, not written from the second.
+    assert [run(main(n)) for n in range(3)] == [b"loop 0", b"loop 1", b"loop 2"]
+    made.close()
+
+
 def test_a_reply_later_than_the_timeout_drops_the_connection(
     run: Runner, one_server: str, prefix: str
 ) -> None:

@@ -240,10 +240,16 @@ class _Reader:
         return block
 
     async def _redelivered(self, entries: list[Entry]) -> None:
-        in_hand = self.member.handler.in_hand(self.index)
+        handler = self.member.handler
+        in_hand = handler.in_hand(self.index)
         fresh = [e for e in entries if e[0].decode() not in in_hand]
         counts = await self.reclaimer.deliveries([e[0].decode() for e in fresh])
-        await self.member.handler.handle(Batch(self.index, fresh, counts))
+        # Asked again after the round trip: an entry whose answer was written meanwhile (its
+        # write in flight when the pending list or the claim was read) is no longer pending,
+        # and one another reader took meanwhile is in hand. Either would be answered twice.
+        in_hand = handler.in_hand(self.index)
+        fresh = [e for e in fresh if e[0].decode() in counts and e[0].decode() not in in_hand]
+        await handler.handle(Batch(self.index, fresh, counts))
 
 
 class Member:

@@ -62,17 +62,20 @@ class Reclaimer:
         return list(entries), deleted
 
     async def deliveries(self, ids: list[str]) -> dict[str, int]:
-        """How many times each of our pending entries has been delivered."""
+        """How many times each of `ids` still pending on us has been delivered; an entry not
+        pending any more (answered since it was read) is left out. Every pending entry of ours
+        between the lowest and highest id is listed, so none is left out by the count."""
         if not ids:
             return {}
-        rows = await self.client.xpending_range(
-            self.stream,
-            self.group,
-            min=min(ids, key=_key),
-            max=max(ids, key=_key),
-            count=max(len(ids), 1) * 4 + 100,
-            consumername=self.consumer,
-        )
+        low, high = min(ids, key=_key), max(ids, key=_key)
+        limit = max(len(ids), 1) * 4 + 100
+        while True:
+            rows = await self.client.xpending_range(
+                self.stream, self.group, min=low, max=high, count=limit, consumername=self.consumer
+            )
+            if len(rows) < limit:
+                break
+            limit *= 4  # more of ours pending in the range than asked for: ask for all
         return {
             (
                 r["message_id"].decode()

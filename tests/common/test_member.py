@@ -268,3 +268,39 @@ def test_a_background_task_that_keeps_failing_stops_the_member_gracefully(
     assert events.count("task_failed") == 1 and "task_gave_up" in events
     [stopped] = [e for e in logs if e["event"] == "sink_stopped"]
     assert stopped["failed_task"] == "broken"
+
+
+def test_a_reread_entry_answered_meanwhile_is_not_handed_over_again(
+    make_settings: MakeSettings,
+) -> None:
+    """The pending list (or a claim) read while an answer's write is in flight: by the time the
+    delivery counts come back the entry is acknowledged, and it is not answered a second time;
+    an entry still pending is handed over with its count."""
+    settings = make_settings()
+    keys = Keys(settings.prefix)
+
+    async def main() -> tuple[Recording, str]:
+        client = async_client(settings)
+        handler = Recording(client, keys.results, "g")
+        sub = Subscription(
+            streams=(keys.results,),
+            group="g",
+            consumer="c",
+            claim_key=keys.consumer_claim("g", "c"),
+            claim_ttl_ms=settings.consumer_claim_ttl_ms,
+            count=10,
+            block_ms=50,
+        )
+        member = Member(client, sub, handler, "sink")
+        await client.xgroup_create(keys.results, "g", id="0", mkstream=True)
+        for i in range(2):
+            await client.xadd(keys.results, {"result": str(i).encode()})
+        read = await client.xreadgroup("g", "c", {keys.results: ">"})
+        entries = read[0][1]
+        await client.xack(keys.results, "g", entries[0][0])  # its answer landed meanwhile
+        await member.readers[0]._redelivered(entries)
+        await client.aclose()
+        return handler, entries[1][0].decode()
+
+    handler, second = asyncio.run(main())
+    assert handler.seen == handler.redelivered == [second]

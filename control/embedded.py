@@ -115,6 +115,12 @@ class EmbeddedRedis:
             client.close()
 
     @property
+    def pid(self) -> int:
+        """The server's process id (tests stop and resume it)."""
+        assert self._proc is not None, "started"
+        return self._proc.pid
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

@@ -102,6 +102,10 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self.loop = asyncio.get_running_loop()  # a socket serves the loop that opened it
+        # Set while the transport's buffer is over its high-water mark (Redis not reading, a
+        # stalled server): writers wait here instead of piling requests, images included,
+        # into memory until the timeout.
+        self.resumed: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports (the gateway runs on uvloop) are not asyncio.Transport's subclasses.
@@ -128,6 +132,15 @@ class _Connection(asyncio.Protocol):
                 if not batch.future.done():
                     batch.future.set_result(batch.answers)
 
+    def pause_writing(self) -> None:
+        if self.resumed is None:
+            self.resumed = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        resumed, self.resumed = self.resumed, None
+        if resumed is not None and not resumed.done():
+            resumed.set_result(None)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
 
@@ -139,6 +152,7 @@ class _Connection(asyncio.Protocol):
             return
         if self.transport is not None:
             self.transport.abort()
+        self.resume_writing()  # writers waiting for room find the connection lost
         while self.waiting:
             batch = self.waiting.popleft()
             if not batch.future.done():
@@ -186,6 +200,10 @@ class Hotline:
         loop = asyncio.get_running_loop()
         if conn is None or conn.lost or conn.loop is not loop:
             conn = await self._connect()
+        while conn.resumed is not None:  # its buffer is full: wait for Redis to read
+            await asyncio.shield(conn.resumed)
+            if conn.lost:
+                raise RedisConnectionError("connection to Redis lost while waiting to write")
         batch = _Batch(loop.create_future(), len(commands), time.monotonic())
         conn.waiting.append(batch)
         assert conn.transport is not None

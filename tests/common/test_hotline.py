@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import signal
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +33,7 @@ from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client, hotline
 from facestream.common.streams.hotline import Address, Hotline, HotlinePipeline, pack
 from facestream.common.streams.scripts import Scripts
+from facestream.control.embedded import EmbeddedRedis
 
 Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -272,3 +276,37 @@ def test_addresses_are_read_off_the_client() -> None:
     assert made.address == Address(
         "example.invalid", 6390, 2, None, None, connect_timeout_s=5.0, timeout_s=7.0
     )
+
+
+def test_a_stalled_server_makes_writers_wait_instead_of_buffering(
+    run: Runner, tmp_path: Path
+) -> None:
+    """redis-server stopped (SIGSTOP) while 40 callers each send 1 MB: past the kernel's socket
+    buffers the writers wait for room, so the process holds about one write's worth, not all
+    of them; resumed, every call is answered."""
+    server = EmbeddedRedis(tmp_path)
+    server.start()
+    made = hotline_of(server.url)
+    payload = b"x" * (1 << 20)
+
+    async def main() -> tuple[int, list[Any]]:
+        await made.call("PING")
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            calls = [
+                asyncio.ensure_future(made.call("SET", f"big:{i}", payload)) for i in range(40)
+            ]
+            await asyncio.sleep(1.0)
+            assert made._conn is not None and made._conn.transport is not None
+            buffered = made._conn.transport.get_write_buffer_size()
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        return buffered, await asyncio.gather(*calls)
+
+    try:
+        buffered, answers = run(main())
+    finally:
+        made.close()
+        server.stop()
+    assert answers == [b"OK"] * 40
+    assert buffered < 4 << 20  # without flow control: tens of MB

@@ -21,7 +21,6 @@ import uvloop
 from benchmarks.common import machine, redis_server, table
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client, hotline
-from facestream.common.streams.hotline import HotlinePipeline
 from facestream.common.streams.scripts import Scripts
 from facestream.common.streams.types import AsyncPipeline
 
@@ -47,8 +46,8 @@ async def _xadd(scripts: Scripts, client: Any) -> Any:
     # A new photo's event: about the size of a 640x480 JPEG.
     if scripts.hotline is None:
         return await client.xadd("bench:images", {"event": b"x" * 56_000}, maxlen=100)
-    pipe = HotlinePipeline().xadd("bench:images", {"event": b"x" * 56_000}, maxlen=100)
-    return await scripts.hotline.execute(pipe.commands)
+    pipe = scripts.hotline.pipeline().xadd("bench:images", {"event": b"x" * 56_000}, maxlen=100)
+    return await pipe.execute()
 
 
 CALLS: dict[str, Call] = {
@@ -58,8 +57,8 @@ CALLS: dict[str, Call] = {
 }
 
 
-async def per_call_us(url: str, with_lane: bool, call: Call, n: int) -> float:
-    settings = Settings(redis_url=url, redis_hotline=with_lane)
+async def per_call_us(url: str, with_hotline: bool, call: Call, n: int) -> float:
+    settings = Settings(redis_url=url, redis_hotline=with_hotline)
     client = async_client(settings)
     scripts = Scripts(client, hotline(settings, client))
     try:

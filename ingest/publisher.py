@@ -32,9 +32,10 @@ from facestream.common.contract.schema import (
     meta_problem,
 )
 from facestream.common.settings import PublisherSettings
+from facestream.common.streams.connection import pipeline
 from facestream.common.streams.errors import TRANSIENT
 from facestream.common.streams.groups import group_info
-from facestream.common.streams.hotline import Hotline, HotlinePipeline
+from facestream.common.streams.hotline import Hotline
 from facestream.common.streams.server_features import idempotent_xadd_from_hello
 from facestream.common.streams.types import (
     AsyncClient,
@@ -341,18 +342,9 @@ class AsyncPublisher(_Producer):
         raise AssertionError("unreachable")
 
     async def _send(self, events: list[ImageEvent], streams: list[str]) -> list[Any]:
-        pipe: AsyncPipeline = (
-            self.client.pipeline(transaction=False) if self.hotline is None else HotlinePipeline()
-        )
+        pipe = pipeline(self.client, self.hotline)
         for event, stream in zip(events, streams, strict=True):
             self.queue(pipe, event, stream)
-        if isinstance(pipe, HotlinePipeline):
-            assert self.hotline is not None
-            answers = await self.hotline.execute(pipe.commands)
-            for answer in answers:  # as a redis-py pipeline raises the first error
-                if isinstance(answer, Exception):
-                    raise answer
-            return answers
         return list(await pipe.execute())
 
 

@@ -16,7 +16,7 @@ import redis.cluster
 
 from facestream.common.settings import ConnectionSettings, MemberSettings
 from facestream.common.streams.hotline import Hotline
-from facestream.common.streams.types import AsyncClient, SyncClient
+from facestream.common.streams.types import AsyncClient, AsyncPipeline, SyncClient
 
 
 def _options(settings: ConnectionSettings) -> dict[str, Any]:
@@ -68,7 +68,7 @@ def cluster_seeds(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
 
 
 def pool_size(settings: ConnectionSettings) -> int:
-    # Detectors block one connection per reader (partitions x read hotlines) in XREADGROUP, sinks
+    # Detectors block one connection per reader (partitions x read lanes) in XREADGROUP, sinks
     # one per partition: room for those and for the writes, lock extensions and housekeeping.
     readers = settings.read_lanes if isinstance(settings, MemberSettings) else 1
     return max(settings.redis_max_connections, settings.partitions * readers + 16)
@@ -113,6 +113,11 @@ def hotline(settings: ConnectionSettings, client: AsyncClient) -> Hotline | None
     """The hot calls' own connection to `client`'s server, where settings and server allow
     (common/streams/hotline.py)."""
     return Hotline.of(client) if settings.redis_hotline and not settings.cluster else None
+
+
+def pipeline(client: AsyncClient, hotline: Hotline | None) -> AsyncPipeline:
+    """A non-transactional pipeline: the hotline's where there is one, else the client's."""
+    return client.pipeline(transaction=False) if hotline is None else hotline.pipeline()
 
 
 def redact(url: str) -> str:

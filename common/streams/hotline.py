@@ -188,6 +188,9 @@ class Hotline:
             )
         )
 
+    def pipeline(self) -> HotlinePipeline:
+        return HotlinePipeline(self)
+
     @property
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.lost
@@ -283,15 +286,26 @@ def stream_entries(raw: list[Any]) -> list[tuple[bytes, dict[bytes, bytes]]]:
 
 
 class HotlinePipeline:
-    """Commands queued the way redis-py's pipeline queues them, for one `Hotline.execute`: the
-    pipeline methods facestream's look-up and write steps use (common/streams/scripts.py
-    `Step`), with redis-py's argument order; replies stay raw."""
+    """A hotline's pipeline, used as redis-py's is: the pipeline methods facestream's look-up,
+    write and publish steps use (common/streams/scripts.py `Step`), with redis-py's argument
+    order, and `execute`; replies stay raw."""
 
-    def __init__(self) -> None:
+    def __init__(self, hotline: Hotline) -> None:
+        self.hotline = hotline
         self.commands: list[tuple[Arg, ...]] = []
 
     def __len__(self) -> int:
         return len(self.commands)
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        """The replies in order; as redis-py's pipeline, the first error reply is raised
+        unless `raise_on_error` is off (then errors are values)."""
+        answers = await self.hotline.execute(self.commands)
+        if raise_on_error:
+            for answer in answers:
+                if isinstance(answer, Exception):
+                    raise answer
+        return answers
 
     def execute_command(self, *args: Arg, **_options: Any) -> HotlinePipeline:
         self.commands.append(args)

@@ -24,6 +24,7 @@ import redis.cluster
 from redis.commands.core import AsyncScript, Script
 from redis.exceptions import NoScriptError
 
+from facestream.common.streams.connection import pipeline
 from facestream.common.streams.hotline import Hotline, HotlinePipeline
 from facestream.common.streams.types import (
     AsyncClient,
@@ -122,10 +123,8 @@ class Scripts:
         scripts are loaded and the pipeline is built and run again, so every pipeline given
         here must be safe to repeat (all of facestream's are: token-checked locks, idempotent
         cache and Bloom writes, ack-gated emits, replies deduped by id)."""
-        if self.hotline is not None:
-            return await self._run_on_hotline(self.hotline, client, build, raise_on_error)
         for attempt in (0, 1):
-            pipe = client.pipeline(transaction=False)
+            pipe = pipeline(client, self.hotline)
             build(pipe)
             try:
                 answers: list[Any] = await pipe.execute(raise_on_error=raise_on_error)
@@ -137,23 +136,6 @@ class Scripts:
             if attempt == 0 and any(isinstance(a, NoScriptError) for a in answers):
                 await self.load(client)
                 continue
-            return answers
-        raise AssertionError("unreachable")
-
-    async def _run_on_hotline(
-        self, hotline: Hotline, client: AsyncClient, build: Step, raise_on_error: bool
-    ) -> list[Any]:
-        for attempt in (0, 1):
-            pipe = HotlinePipeline()
-            build(pipe)
-            answers = await hotline.execute(pipe.commands)
-            if attempt == 0 and any(isinstance(a, NoScriptError) for a in answers):
-                await self.load(client)
-                continue
-            if raise_on_error:
-                for answer in answers:
-                    if isinstance(answer, Exception):
-                        raise answer
             return answers
         raise AssertionError("unreachable")
 

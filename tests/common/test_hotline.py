@@ -31,7 +31,7 @@ from redis.exceptions import (
 
 from facestream.common.settings import Settings
 from facestream.common.streams.connection import async_client, hotline
-from facestream.common.streams.hotline import Address, Hotline, HotlinePipeline, pack
+from facestream.common.streams.hotline import Address, Hotline, pack
 from facestream.common.streams.scripts import Scripts
 from facestream.control.embedded import EmbeddedRedis
 
@@ -110,7 +110,7 @@ def test_error_replies_are_values_of_redis_py_classes(
     run(main())
 
 
-def test_scripts_on_a_lane_load_themselves_after_a_flush(
+def test_scripts_on_a_hotline_load_themselves_after_a_flush(
     run: Runner, one_server: str, r: redis.Redis
 ) -> None:
     async def main() -> None:
@@ -231,11 +231,12 @@ def test_no_hotline_where_redis_py_must_keep_the_connection(one_server: str) -> 
     assert Hotline.of(redis.Redis()) is None  # not an asyncio client
 
 
-def test_a_lane_pipeline_sends_what_redis_py_sends(
+def test_a_hotline_pipeline_sends_what_redis_py_sends(
     run: Runner, one_server: str, prefix: str
 ) -> None:
     stream, key = f"{prefix}:s", f"{prefix}:h"
-    pipe = HotlinePipeline()
+    made = hotline_of(one_server)  # it connects on first use, in the loop that uses it
+    pipe = made.pipeline()
     pipe.xadd(stream, {"result": b"\x00\x01"}, maxlen=5, approximate=True)
     pipe.pexpire(stream, 60_000)
     pipe.hset(key, items=["a", 1, "b", 2.5])
@@ -245,20 +246,15 @@ def test_a_lane_pipeline_sends_what_redis_py_sends(
     assert pack([("XACK", stream, "g", "0-1")]).startswith(b"*4\r\n$4\r\nXACK\r\n")
 
     async def main() -> list[Any]:
-        hotlines = hotline_of(one_server)
         try:
-            answers = await hotlines.execute(pipe.commands)
+            answers = await pipe.execute()
             entry = answers[4][0][1][0][0]
             return [
                 *answers,
-                *(
-                    await hotlines.execute(
-                        HotlinePipeline().xack(stream, "g", entry).xdel(stream, entry).commands
-                    )
-                ),
+                *await made.pipeline().xack(stream, "g", entry).xdel(stream, entry).execute(),
             ]
         finally:
-            hotlines.close()
+            made.close()
 
     answers = run(main())
     assert answers[1:4] == [1, 2, b"OK"]

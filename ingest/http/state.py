@@ -21,7 +21,7 @@ from facestream.common.contract.keys import Keys
 from facestream.common.contract.schema import ImageEvent
 from facestream.common.log import get_logger
 from facestream.common.settings import GatewaySettings
-from facestream.common.streams.connection import async_client, hotline
+from facestream.common.streams.connection import async_client
 from facestream.common.streams.types import AsyncClient
 from facestream.ingest.http.admission import Admission
 from facestream.ingest.http.cache_answers import CacheAnswers, answer_or_wait
@@ -80,14 +80,15 @@ def gateway_lifespan(
         client = async_client(settings)
         replies = ReplyRouter.of(client, keys, settings)
         liveness = Liveness(settings, client)
-        publish_hotline = hotline(settings, client)  # the XADDs of new photos: one per request
+        # Results the gateway answers from the cache name it as their producer.
+        answers = CacheAnswers(settings, client, "gateway:" + replies.stream.rsplit(":", 1)[-1])
         gateway = Gateway(
             client=client,
             replies=replies,
-            publisher=AsyncPublisher(settings, client, replies.stream, publish_hotline),
+            # The XADDs of new photos share the cache look-ups' hotline: neither call blocks.
+            publisher=AsyncPublisher(settings, client, replies.stream, answers.scripts.hotline),
             liveness=liveness,
-            # Results the gateway answers from the cache name it as their producer.
-            answers=CacheAnswers(settings, client, "gateway:" + replies.stream.rsplit(":", 1)[-1]),
+            answers=answers,
             admission=Admission(settings, client, liveness),
         )
         app.state.gateway = gateway
@@ -98,9 +99,7 @@ def gateway_lifespan(
         finally:
             await gateway.admission.close()
             await replies.stop()
-            gateway.answers.scripts.close()
-            if publish_hotline is not None:
-                publish_hotline.close()
+            gateway.answers.scripts.close()  # and with it the publisher's hotline
             await client.aclose()
 
     return lifespan
